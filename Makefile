@@ -1,0 +1,54 @@
+# `make run`: set everything up and start the site on http://127.0.0.1:8000
+# `make test`: set everything up and run every test
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test setup system-packages python-packages browser-packages migrate lint format clean
+
+run: setup migrate
+	$(BIN)/python manage.py ensure_admin
+	@echo "Starting the site on http://$(HOST):$(PORT)/"
+	$(BIN)/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+
+test: setup
+	$(BIN)/python -m pytest
+
+setup: system-packages python-packages browser-packages
+
+# Debian packages the tests need: Chromium for browser tests, Redis and PostgreSQL for scale-out.
+system-packages:
+	@bash scripts/system-packages.sh
+
+python-packages: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+# Browser libraries: pinned in package-lock.json, installed with npm, served from static/vendor/.
+browser-packages: static/vendor/.installed
+
+static/vendor/.installed: package.json package-lock.json scripts/vendor.sh
+	npm ci --no-audit --no-fund --silent
+	bash scripts/vendor.sh
+	touch $@
+
+migrate: python-packages
+	$(BIN)/python manage.py migrate --noinput
+
+lint: python-packages
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: python-packages
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) node_modules static/vendor

@@ -1,0 +1,237 @@
+"""The websocket consumer at /ws/chat/: checks, routes and forwards (docs/protocol.md)."""
+
+import json
+import logging
+import uuid
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+
+from chat import protocol
+from chat.models import Conversation, ConversationBusy, Message
+from chat.worker import current_loop, get_worker, read_snapshot
+
+logger = logging.getLogger(__name__)
+
+
+class ClientError(Exception):
+    """A bad or refused frame; answered with one `error` frame, the socket stays open."""
+
+    def __init__(self, code, message):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+NOT_FOUND = "No such conversation."
+
+
+def parse_uuid(value, what="conversation"):
+    if not isinstance(value, str):
+        raise ClientError("invalid_field", f"`{what}` must be an id string.")
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        raise ClientError("not_found", f"No such {what}.") from None
+
+
+class ChatConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        self.user = self.scope.get("user")
+        if self.user is None or not self.user.is_authenticated:
+            await self.close(code=4401)
+            return
+        self.group = None
+        self.conversation_id = None
+        # message id -> last seq this socket has, for in-flight answers of the followed conversation
+        self.seen = {}
+        await self.accept()
+
+    async def disconnect(self, code):
+        if getattr(self, "group", None):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def send_json(self, content):
+        await self.send(text_data=json.dumps(content))
+
+    async def receive(self, text_data=None, bytes_data=None):
+        client_id = None
+        try:
+            content = self.decode(text_data, bytes_data)
+            client_id = content.get("client_id") if isinstance(content.get("client_id"), str) else None
+            handler = self.handlers.get(content.get("type"))
+            if handler is None:
+                raise ClientError("unknown_type", f"Unknown frame type {str(content.get('type'))[:50]!r}.")
+            await handler(self, content)
+        except ClientError as error:
+            frame = {"type": protocol.ERROR, "code": error.code, "message": error.message}
+            if client_id is not None:
+                frame["client_id"] = client_id
+            await self.send_json(frame)
+
+    @staticmethod
+    def decode(text_data, bytes_data):
+        if text_data is None:
+            raise ClientError("invalid_frame", "Frames must be JSON text, not binary.")
+        if len(text_data) > settings.CHAT_MAX_FRAME_BYTES:
+            raise ClientError("frame_too_large", f"Frames are limited to {settings.CHAT_MAX_FRAME_BYTES} bytes.")
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            raise ClientError("invalid_json", "The frame is not valid JSON.") from None
+        if not isinstance(content, dict):
+            raise ClientError("invalid_frame", "A frame must be a JSON object with a `type`.")
+        return content
+
+    # --- client frames ----------------------------------------------------------------------
+
+    async def chat_send(self, content):
+        text = content.get("text")
+        if not isinstance(text, str):
+            raise ClientError("invalid_field", "`text` must be a string.")
+        if not text.strip():
+            raise ClientError("empty_text", "The message is empty.")
+        limit = settings.CHAT_MAX_MESSAGE_CHARS
+        if len(text) > limit:
+            raise ClientError("text_too_long", f"The message is {len(text)} characters long; the limit is {limit}.")
+        model = content.get("model")
+        if model is not None and model not in settings.OPENRESPONSES_MODELS:
+            raise ClientError(
+                "unknown_model", f"Unknown model; choose one of: {', '.join(settings.OPENRESPONSES_MODELS)}."
+            )
+        client_id = content.get("client_id", "")
+        if not isinstance(client_id, str) or len(client_id) > 64:
+            raise ClientError("invalid_field", "`client_id` must be a string of at most 64 characters.")
+        raw_conversation = content.get("conversation")
+        conversation_id = None if raw_conversation is None else parse_uuid(raw_conversation)
+        worker = get_worker()
+        problem = worker.client_for(model or settings.OPENRESPONSES_MODELS[0]).configuration_problem()
+        if problem:
+            raise ClientError("not_configured", problem)
+
+        conversation, created, messages, is_new = await self.start_exchange(
+            conversation_id, text, model, client_id, worker.id
+        )
+        if created:
+            await self.send_json({"type": protocol.CONVERSATION_CREATED, "conversation": conversation.as_frame()})
+        await self.follow(conversation, announce=False)
+        answer = messages[1]
+        if not is_new:
+            # A retried send: answer with what the first one stored, and send nothing upstream.
+            for message in messages:
+                if message is not None:
+                    await self.send(text_data=protocol.created_event(message)["frame"])
+            return
+        for message in messages:
+            await self.channel_layer.group_send(self.group, protocol.created_event(message))
+        worker.submit(answer.id, self.group, current_loop())
+
+    async def chat_subscribe(self, content):
+        conversation = await self.owned_conversation(parse_uuid(content.get("conversation")))
+        await self.follow(conversation, announce=True)
+
+    async def chat_stop(self, content):
+        message_id = parse_uuid(content.get("message"), "message")
+        await self.stop_answer(message_id)
+
+    handlers = {
+        protocol.CHAT_SEND: chat_send,
+        protocol.CHAT_SUBSCRIBE: chat_subscribe,
+        protocol.CHAT_STOP: chat_stop,
+    }
+
+    # --- following a conversation -----------------------------------------------------------
+
+    async def follow(self, conversation, announce):
+        """Join the conversation's group first, then read snapshots: no delta falls between."""
+        if self.group != conversation.group_name:
+            if self.group:
+                await self.channel_layer.group_discard(self.group, self.channel_name)
+            self.group = conversation.group_name
+            self.conversation_id = str(conversation.id)
+            self.seen = {}
+            await self.channel_layer.group_add(self.group, self.channel_name)
+        messages, snapshots = await self.conversation_state(conversation)
+        for message_id, snapshot in snapshots.items():
+            self.seen[message_id] = snapshot["seq"]
+        if announce:
+            await self.send_json(
+                {
+                    "type": protocol.CONVERSATION_SUBSCRIBED,
+                    "conversation": conversation.as_frame(),
+                    "messages": messages,
+                }
+            )
+        for message_id, snapshot in snapshots.items():
+            await self.send_json({"type": protocol.MESSAGE_SNAPSHOT, "message": message_id, **snapshot})
+
+    @database_sync_to_async
+    def owned_conversation(self, conversation_id):
+        try:
+            return Conversation.objects.owned_by(self.user).get(pk=conversation_id)
+        except (Conversation.DoesNotExist, ValueError):
+            raise ClientError("not_found", NOT_FOUND) from None
+
+    @database_sync_to_async
+    def conversation_state(self, conversation):
+        messages = list(conversation.messages.all())
+        snapshots = {}
+        for message in messages:
+            if message.is_finished:
+                continue
+            snapshot = read_snapshot(message.id)
+            if snapshot is None:
+                # Nothing flushed yet (or the cache lost it): the checkpoint is all there is.
+                snapshot = {
+                    "seq": 0,
+                    "status": message.status,
+                    "text": message.text,
+                    "reasoning": message.reasoning,
+                    "refusal": message.refusal,
+                }
+            snapshots[str(message.id)] = snapshot
+        return [message.as_frame() for message in messages], snapshots
+
+    @database_sync_to_async
+    def start_exchange(self, conversation_id, text, model, client_id, worker_id):
+        try:
+            return Conversation.objects.start_exchange_for(
+                self.user, conversation_id, text, model=model, client_id=client_id, worker_id=worker_id
+            )
+        except Conversation.DoesNotExist:
+            raise ClientError("not_found", NOT_FOUND) from None
+        except ConversationBusy:
+            raise ClientError(
+                "busy", "An answer is still being written in this conversation: wait for it or press Stop."
+            ) from None
+
+    @database_sync_to_async
+    def stop_answer(self, message_id):
+        try:
+            message = Message.objects.owned_by(self.user).get(pk=message_id, role=Message.Role.ASSISTANT)
+        except Message.DoesNotExist:
+            raise ClientError("not_found", "No such message.") from None
+        if message.is_finished:
+            raise ClientError("not_running", "That answer has already finished.")
+        get_worker().request_stop(message.id)
+
+    # --- channel-layer events: forward only -------------------------------------------------
+
+    async def message_created(self, event):
+        self.seen.setdefault(event["message"], 0)
+        await self.send(text_data=event["frame"])
+
+    async def message_status(self, event):
+        await self.send(text_data=event["frame"])
+
+    async def message_delta(self, event):
+        last = self.seen.get(event["message"])
+        if last is not None and event["seq"] <= last:
+            return  # already part of the snapshot this socket got
+        self.seen[event["message"]] = event["seq"]
+        await self.send(text_data=event["frame"])
+
+    async def message_done(self, event):
+        self.seen.pop(event["message"], None)
+        await self.send(text_data=event["frame"])

@@ -1,0 +1,289 @@
+import uuid
+
+from django.conf import settings
+from django.db import models, transaction
+from django.utils import timezone
+
+TITLE_LENGTH = 120
+
+
+class ConversationBusy(Exception):
+    """The conversation already has an answer queued or streaming."""
+
+
+class ConversationQuerySet(models.QuerySet):
+    def owned_by(self, user):
+        return self.filter(owner=user)
+
+    @transaction.atomic
+    def start_exchange_for(self, user, conversation_id, text, *, model=None, client_id="", worker_id=None):
+        """Store a user's message and its queued answer, in a new or an owned conversation.
+
+        Returns (conversation, created, (user_message, answer), is_new); `is_new` is False when
+        `client_id` names a send already stored, which is then returned instead of a second one.
+        Raises Conversation.DoesNotExist for an unknown or another user's conversation and
+        ConversationBusy while an answer is still being written.
+        """
+        if client_id:
+            earlier = (
+                Message.objects.owned_by(user)
+                .filter(client_id=client_id, role=Message.Role.USER)
+                .select_related("conversation")
+                .first()
+            )
+            if earlier is not None:
+                answer = earlier.conversation.messages.filter(
+                    role=Message.Role.ASSISTANT, created_at__gte=earlier.created_at
+                ).first()
+                return earlier.conversation, False, (earlier, answer), False
+        created = conversation_id is None
+        if created:
+            conversation = self.create(
+                owner=user,
+                title=Conversation.title_from(text),
+                model=model or settings.OPENRESPONSES_MODELS[0],
+            )
+        else:
+            conversation = self.owned_by(user).select_for_update().get(pk=conversation_id)
+            if conversation.messages.unfinished().exists():
+                raise ConversationBusy
+            if model and model != conversation.model:
+                conversation.model = model
+                conversation.save(update_fields=["model"])
+        user_message, answer = conversation.start_exchange(text, client_id=client_id, worker_id=worker_id)
+        return conversation, created, (user_message, answer), True
+
+
+class Conversation(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations")
+    title = models.CharField(max_length=TITLE_LENGTH, blank=True)
+    model = models.CharField(max_length=200)
+    instructions = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    objects = ConversationQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-updated_at"]
+        indexes = [
+            # The sidebar: one user's conversations, most recently active first.
+            models.Index(fields=["owner", "-updated_at"], name="conversation_owner_recent"),
+        ]
+
+    def __str__(self):
+        return self.title or f"Conversation {self.id}"
+
+    @property
+    def group_name(self):
+        """The channel-layer group of every socket following this conversation."""
+        return f"chat.conversation.{self.id.hex}"
+
+    @staticmethod
+    def title_from(text):
+        first_line = " ".join(text.split())
+        if len(first_line) <= 60:
+            return first_line
+        return first_line[:59].rstrip() + "…"
+
+    def as_frame(self):
+        return {
+            "id": str(self.id),
+            "title": self.title,
+            "model": self.model,
+            "instructions": self.instructions,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+    def touch(self):
+        self.updated_at = timezone.now()
+        self.save(update_fields=["updated_at"])
+
+    def upstream_input(self, before):
+        """The conversation so far as Open Responses message items, up to `before` (exclusive).
+
+        Assistant turns that produced no text (failed before the first token, queued and
+        cancelled) are left out: the model never said them.
+        """
+        items = []
+        for message in self.messages.filter(created_at__lte=before.created_at).exclude(pk=before.pk):
+            if not message.text:
+                continue
+            items.append({"type": "message", "role": message.role, "content": message.text})
+        return items
+
+    @transaction.atomic
+    def start_exchange(self, text, client_id="", worker_id=None):
+        """Store the user's message and the assistant's answer to come, queued on a worker."""
+        user_message = self.messages.create(
+            role=Message.Role.USER, text=text, status=Message.Status.COMPLETED, client_id=client_id
+        )
+        answer = self.messages.create(
+            role=Message.Role.ASSISTANT, model=self.model, status=Message.Status.QUEUED, worker=worker_id
+        )
+        self.touch()
+        return user_message, answer
+
+
+class MessageQuerySet(models.QuerySet):
+    def owned_by(self, user):
+        return self.filter(conversation__owner=user)
+
+    def unfinished(self):
+        return self.filter(status__in=Message.UNFINISHED)
+
+
+class Message(models.Model):
+    class Role(models.TextChoices):
+        USER = "user"
+        ASSISTANT = "assistant"
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        STREAMING = "streaming"
+        COMPLETED = "completed"
+        INCOMPLETE = "incomplete"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        INTERRUPTED = "interrupted"
+
+    UNFINISHED = (Status.QUEUED, Status.STREAMING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="messages")
+    role = models.CharField(max_length=16, choices=Role.choices)
+    text = models.TextField(blank=True)
+    reasoning = models.TextField(blank=True, help_text="The reasoning summary the model streamed.")
+    refusal = models.TextField(blank=True, help_text="The model's refusal, when it refused.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETED)
+    # Set on user messages: a retried send with the same client id is answered, not repeated.
+    client_id = models.CharField(max_length=64, blank=True)
+
+    model = models.CharField(max_length=200, blank=True, help_text="The model the upstream used.")
+    response_id = models.CharField(max_length=200, blank=True)
+    error_code = models.CharField(max_length=100, blank=True)
+    error_message = models.TextField(blank=True)
+    incomplete_reason = models.CharField(max_length=100, blank=True)
+
+    input_tokens = models.PositiveIntegerField(null=True, blank=True)
+    output_tokens = models.PositiveIntegerField(null=True, blank=True)
+    total_tokens = models.PositiveIntegerField(null=True, blank=True)
+    cached_tokens = models.PositiveIntegerField(null=True, blank=True)
+    reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
+
+    # The server process generating this answer; used to tell live answers from orphans.
+    worker = models.UUIDField(null=True, blank=True, editable=False)
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    first_token_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    checkpointed_at = models.DateTimeField(null=True, blank=True)
+
+    objects = MessageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [
+            # A conversation's transcript in order.
+            models.Index(fields=["conversation", "created_at"], name="message_conversation_order"),
+            # The reaper's scan for answers left queued or streaming.
+            models.Index(fields=["status"], name="message_status"),
+        ]
+        constraints = [
+            # A retried chat.send finds the first one by its client id.
+            models.UniqueConstraint(
+                fields=["conversation", "client_id"],
+                condition=~models.Q(client_id=""),
+                name="message_unique_client_id",
+            )
+        ]
+
+    def __str__(self):
+        return f"{self.role} message {self.id} ({self.status})"
+
+    @property
+    def is_finished(self):
+        return self.status not in self.UNFINISHED
+
+    @property
+    def usage(self):
+        if self.total_tokens is None and self.input_tokens is None:
+            return None
+        return {
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
+            "total_tokens": self.total_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+        }
+
+    @property
+    def error(self):
+        if not self.error_code and not self.error_message:
+            return None
+        return {"code": self.error_code, "message": self.error_message}
+
+    def as_frame(self):
+        """The message as the websocket protocol and the page describe it."""
+        return {
+            "id": str(self.id),
+            "conversation": str(self.conversation_id),
+            "role": self.role,
+            "text": self.text,
+            "reasoning": self.reasoning,
+            "refusal": self.refusal,
+            "status": self.status,
+            "model": self.model,
+            "created_at": self.created_at.isoformat(),
+            "started_at": self.started_at.isoformat() if self.started_at else None,
+            "first_token_at": self.first_token_at.isoformat() if self.first_token_at else None,
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "usage": self.usage,
+            "error": self.error,
+            "incomplete_reason": self.incomplete_reason,
+        }
+
+    def claim(self, worker_id):
+        """Move a queued answer to streaming for one worker; False if it is no longer queued."""
+        now = timezone.now()
+        claimed = Message.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=self.Status.STREAMING, worker=worker_id, started_at=now
+        )
+        if claimed:
+            self.status, self.worker, self.started_at = self.Status.STREAMING, worker_id, now
+        return bool(claimed)
+
+    def finish_unstarted(self, status, error_code="", error_message=""):
+        """End an answer that never reached a worker (Stop while queued, shutdown)."""
+        now = timezone.now()
+        done = Message.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
+            status=status, error_code=error_code, error_message=error_message, finished_at=now
+        )
+        if done:
+            self.status, self.finished_at = status, now
+            self.error_code, self.error_message = error_code, error_message
+        return bool(done)
+
+
+class ServerProcess(models.Model):
+    """A running server process that may generate answers; it marks itself alive periodically.
+
+    An answer left queued or streaming whose process has stopped marking itself alive lost its
+    worker (SIGKILL, power loss) and is marked interrupted by any other live process.
+    """
+
+    id = models.UUIDField(primary_key=True, editable=False)
+    hostname = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    started_at = models.DateTimeField(default=timezone.now)
+    last_seen_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-last_seen_at"]
+        verbose_name_plural = "server processes"
+
+    def __str__(self):
+        return f"{self.hostname}:{self.pid}"

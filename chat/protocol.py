@@ -1,0 +1,69 @@
+"""Names of the websocket protocol and of the channel-layer events behind it (docs/protocol.md).
+
+Frame types sent to browsers are the contract of docs/protocol.md; the channel-layer event types
+are the names of the ChatConsumer methods that forward them.
+"""
+
+import json
+
+# Client to server.
+CHAT_SEND = "chat.send"
+CHAT_STOP = "chat.stop"
+CHAT_SUBSCRIBE = "chat.subscribe"
+
+# Server to client.
+CONVERSATION_CREATED = "conversation.created"
+CONVERSATION_SUBSCRIBED = "conversation.subscribed"
+MESSAGE_CREATED = "message.created"
+MESSAGE_STATUS = "message.status"
+MESSAGE_SNAPSHOT = "message.snapshot"
+MESSAGE_DELTA = "message.delta"
+MESSAGE_REASONING_DELTA = "message.reasoning.delta"
+MESSAGE_REFUSAL_DELTA = "message.refusal.delta"
+MESSAGE_DONE = "message.done"
+ERROR = "error"
+
+# Channel-layer events (each is handled by the consumer method of the same name).
+EVENT_CREATED = "message.created"
+EVENT_STATUS = "message.status"
+EVENT_DELTA = "message.delta"
+EVENT_DONE = "message.done"
+
+
+def frame_event(event_type, message_id, frame):
+    """A channel-layer event carrying a frame encoded once for every socket of the group."""
+    return {"type": event_type, "message": str(message_id), "frame": json.dumps(frame)}
+
+
+def created_event(message):
+    frame = {
+        "type": MESSAGE_CREATED,
+        "conversation": str(message.conversation_id),
+        "message": message.as_frame(),
+    }
+    return frame_event(EVENT_CREATED, message.id, frame)
+
+
+def status_event(message_id, status):
+    frame = {"type": MESSAGE_STATUS, "message": str(message_id), "status": status}
+    return frame_event(EVENT_STATUS, message_id, frame)
+
+
+def done_event(message):
+    frame = {
+        "type": MESSAGE_DONE,
+        "message": str(message.id),
+        "conversation": str(message.conversation_id),
+        "status": message.status,
+        "text": message.text,
+        "reasoning": message.reasoning,
+        "refusal": message.refusal,
+        "usage": message.usage,
+        "error": message.error,
+        "incomplete_reason": message.incomplete_reason,
+        "model": message.model,
+        "started_at": message.started_at.isoformat() if message.started_at else None,
+        "first_token_at": message.first_token_at.isoformat() if message.first_token_at else None,
+        "finished_at": message.finished_at.isoformat() if message.finished_at else None,
+    }
+    return frame_event(EVENT_DONE, message.id, frame)

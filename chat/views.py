@@ -1,0 +1,35 @@
+from django.conf import settings
+from django.contrib.auth.decorators import login_required
+from django.http import Http404
+from django.shortcuts import render
+
+from chat.models import Conversation
+
+
+def page_context(request, conversation=None):
+    conversations = Conversation.objects.owned_by(request.user).only("id", "title", "updated_at")
+    messages = [message.as_frame() for message in conversation.messages.all()] if conversation else []
+    return {
+        "conversations": conversations,
+        "conversation": conversation,
+        "page_data": {
+            "conversation": conversation.as_frame() if conversation else None,
+            "messages": messages,
+            "models": settings.OPENRESPONSES_MODELS,
+            "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+        },
+    }
+
+
+@login_required
+def home(request):
+    return render(request, "chat/chat.html", page_context(request))
+
+
+@login_required
+def conversation(request, conversation_id):
+    try:
+        found = Conversation.objects.owned_by(request.user).get(pk=conversation_id)
+    except Conversation.DoesNotExist:
+        raise Http404("No such conversation.") from None
+    return render(request, "chat/chat.html", page_context(request, found))

@@ -1,0 +1,611 @@
+"""The stream worker: generates answers in background threads and relays them to browsers.
+
+One `AnswerJob` per assistant message. A thread from the `StreamWorker` pool opens the upstream
+stream and feeds its events to the job, which
+
+- coalesces deltas: a delta after a quiet period is flushed at once; deltas arriving faster than
+  the flush window are joined and flushed at the end of that window by the `FlushScheduler`
+  thread, so none waits longer than one window even when the upstream then goes quiet;
+- on every flush writes the snapshot `{text, seq}` to the cache *before* group-sending the delta,
+  which is what makes resume gap-free (docs/protocol.md);
+- checkpoints the text so far to the database about once a second, and saves once at the end.
+
+Threads never run coroutines themselves: every channel-layer call is handed to the server's event
+loop captured when the job was created, in order, through a per-job outbox.
+"""
+
+import asyncio
+import collections
+import heapq
+import json
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+
+import requests
+from channels.layers import get_channel_layer
+from django.conf import settings
+from django.core.cache import cache
+from django.db import close_old_connections
+from django.utils import timezone
+
+from chat import protocol
+from chat.models import Message, ServerProcess
+from chat.upstream import (
+    ReasoningDelta,
+    ReasoningDone,
+    RefusalDelta,
+    RefusalDone,
+    ResponseFinished,
+    ResponseStarted,
+    StreamError,
+    TextDelta,
+    TextDone,
+    UpstreamClient,
+    UpstreamError,
+)
+
+logger = logging.getLogger(__name__)
+
+# Which frame each kind of streamed text goes out as, in the order a flush sends them.
+STREAMS = (
+    ("reasoning", protocol.MESSAGE_REASONING_DELTA),
+    ("refusal", protocol.MESSAGE_REFUSAL_DELTA),
+    ("text", protocol.MESSAGE_DELTA),
+)
+FINAL_STATUS = {
+    "completed": Message.Status.COMPLETED,
+    "incomplete": Message.Status.INCOMPLETE,
+    "failed": Message.Status.FAILED,
+}
+
+
+def snapshot_key(message_id):
+    return f"chat:snapshot:{message_id}"
+
+
+def stop_key(message_id):
+    return f"chat:stop:{message_id}"
+
+
+def read_snapshot(message_id):
+    return cache.get(snapshot_key(message_id))
+
+
+class FlushScheduler:
+    """One thread that runs callbacks at given moments (the end of each job's flush window)."""
+
+    def __init__(self):
+        self._heap = []
+        self._counter = 0
+        self._condition = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="flush-scheduler", daemon=True)
+        self._thread.start()
+
+    def call_at(self, when, callback):
+        with self._condition:
+            self._counter += 1
+            heapq.heappush(self._heap, (when, self._counter, callback))
+            if self._heap[0][2] is callback:
+                self._condition.notify()
+
+    def _run(self):
+        while True:
+            with self._condition:
+                while not self._heap:
+                    self._condition.wait()
+                when, _, callback = self._heap[0]
+                delay = when - time.monotonic()
+                if delay > 0:
+                    self._condition.wait(delay)
+                    continue
+                heapq.heappop(self._heap)
+            try:
+                callback()
+            except Exception:
+                logger.exception("A scheduled flush failed")
+
+
+class AnswerJob:
+    """The state of one answer being generated; see the module docstring."""
+
+    def __init__(self, worker, message_id, group, loop):
+        self.worker = worker
+        self.message_id = message_id
+        self.group = group
+        self.loop = loop
+        self.layer = get_channel_layer()
+        self.lock = threading.Lock()
+        self.stop_event = threading.Event()
+        self.finalized = False
+        self.stream = None
+
+        self.seq = 0
+        self.parts = {name: [] for name, _ in STREAMS}
+        self.pending = {name: [] for name, _ in STREAMS}
+        self.has_pending = False
+        self.flush_scheduled = False
+        self.last_flush = 0.0
+        self.last_checkpoint = time.monotonic()
+        self.first_token_at = None
+        self.text_done = {}  # (output_index, content_index) -> full text, from output_text.done
+        self.stream_error = None
+        self.response_id = ""
+        self.model = ""
+
+        self._outbox = collections.deque()
+        self._draining = False
+
+    # --- publishing, loop side --------------------------------------------------------------
+
+    def publish(self, event):
+        """Queue a channel-layer group_send on the server loop; never blocks the calling thread."""
+        try:
+            self.loop.call_soon_threadsafe(self._enqueue, event)
+        except RuntimeError:
+            logger.debug("Event loop closed; dropped %s for %s", event["type"], self.message_id)
+
+    def _enqueue(self, event):
+        self._outbox.append(event)
+        if not self._draining:
+            self._draining = True
+            self.loop.create_task(self._drain())
+
+    async def _drain(self):
+        try:
+            while self._outbox:
+                event = self._outbox.popleft()
+                try:
+                    await self.layer.group_send(self.group, event)
+                except Exception:
+                    logger.exception("group_send of %s failed", event["type"])
+        finally:
+            self._draining = False
+
+    # --- streaming, thread side -------------------------------------------------------------
+
+    def text(self, name="text"):
+        return "".join(self.parts[name])
+
+    def add(self, name, delta):
+        """Take one delta from the upstream; flush at once or at the end of the window."""
+        if not delta:
+            return
+        with self.lock:
+            if self.finalized:
+                return
+            if self.first_token_at is None:
+                self.first_token_at = timezone.now()
+            self.pending[name].append(delta)
+            self.has_pending = True
+            now = time.monotonic()
+            window = settings.CHAT_FLUSH_INTERVAL
+            if now - self.last_flush >= window:
+                self._flush_locked(now)
+            elif not self.flush_scheduled:
+                self.flush_scheduled = True
+                self.worker.scheduler.call_at(self.last_flush + window, self._scheduled_flush)
+
+    def _scheduled_flush(self):
+        with self.lock:
+            self.flush_scheduled = False
+            if self.has_pending and not self.finalized:
+                self._flush_locked(time.monotonic())
+
+    def _flush_locked(self, now):
+        """Send what is pending; the cache snapshot is written before any group_send."""
+        if not self.has_pending:
+            return
+        frames = []
+        for name, frame_type in STREAMS:
+            pending = self.pending[name]
+            if not pending:
+                continue
+            delta = "".join(pending)
+            pending.clear()
+            self.parts[name].append(delta)
+            self.seq += 1
+            frames.append((self.seq, frame_type, delta))
+        self.has_pending = False
+        self.last_flush = now
+        self._write_snapshot(Message.Status.STREAMING)
+        for seq, frame_type, delta in frames:
+            frame = json.dumps({"type": frame_type, "message": self.message_id, "seq": seq, "delta": delta})
+            self.publish({"type": protocol.EVENT_DELTA, "message": self.message_id, "seq": seq, "frame": frame})
+
+    def _write_snapshot(self, status, timeout=3600):
+        snapshot = {"seq": self.seq, "status": status}
+        for name, _ in STREAMS:
+            snapshot[name] = self.text(name)
+        cache.set(snapshot_key(self.message_id), snapshot, timeout)
+
+    def checkpoint_if_due(self):
+        """Save the text so far about once per checkpoint interval (bounded writes, crash safety)."""
+        now = time.monotonic()
+        if now - self.last_checkpoint < settings.CHAT_CHECKPOINT_INTERVAL:
+            return
+        self.last_checkpoint = now
+        with self.lock:
+            if self.finalized:
+                return
+            fields = {name: self.text(name) for name, _ in STREAMS}
+        # No lock held here: a database write can be slow and the flush thread must not wait.
+        Message.objects.filter(pk=self.message_id, status=Message.Status.STREAMING).update(
+            checkpointed_at=timezone.now(), first_token_at=self.first_token_at, **fields
+        )
+
+    def run(self):
+        """Generate the answer; called in a pool thread."""
+        close_old_connections()
+        try:
+            self._run()
+        except Exception as error:
+            logger.exception("Answer %s failed unexpectedly", self.message_id)
+            self.finish(
+                Message.Status.FAILED,
+                error_code="internal_error",
+                error_message=f"The server hit an unexpected error ({type(error).__name__}).",
+            )
+        finally:
+            self.worker.forget(self)
+            close_old_connections()
+
+    def _run(self):
+        if self.stop_event.is_set():
+            return
+        message = Message.objects.select_related("conversation").get(pk=self.message_id)
+        if not message.claim(self.worker.id):
+            return
+        self.publish(protocol.status_event(self.message_id, Message.Status.STREAMING))
+        conversation = message.conversation
+        client = self.worker.client_for(message.model or conversation.model)
+        try:
+            stream = client.stream_response(
+                message.model or conversation.model,
+                conversation.upstream_input(before=message),
+                conversation.instructions,
+                stop_event=self.stop_event,
+            )
+        except UpstreamError as error:
+            self.finish(Message.Status.FAILED, error_code=error.code, error_message=error.message)
+            return
+        with self.lock:
+            self.stream = stream
+            stopped = self.finalized
+        if stopped:
+            stream.abort()
+            return
+        try:
+            for event in stream:
+                if self.finalized:
+                    break
+                if self.handle(event):
+                    return
+                self.checkpoint_if_due()
+        except UpstreamError as error:
+            if self.stream_error:  # an `error` event then EOF: the event says what went wrong
+                code, text = self.stream_error
+                self.finish(Message.Status.FAILED, error_code=code, error_message=text)
+            else:
+                self.finish(Message.Status.FAILED, error_code=error.code, error_message=error.message)
+
+    def handle(self, event):
+        """Apply one upstream event; True once the answer is finished."""
+        if isinstance(event, TextDelta):
+            self.add("text", event.delta)
+        elif isinstance(event, ReasoningDelta):
+            self.add("reasoning", event.delta)
+        elif isinstance(event, RefusalDelta):
+            self.add("refusal", event.delta)
+        elif isinstance(event, TextDone):
+            self.text_done[(event.output_index, event.content_index)] = event.text
+        elif isinstance(event, (ReasoningDone, RefusalDone)):
+            pass  # the terminal response repeats them; deltas already carry the text
+        elif isinstance(event, ResponseStarted):
+            self.response_id = event.response_id or self.response_id
+            self.model = event.model or self.model
+        elif isinstance(event, StreamError):
+            self.stream_error = (event.code, event.message)
+        elif isinstance(event, ResponseFinished):
+            self.response_id = event.response_id or self.response_id
+            self.model = event.model or self.model
+            code, text = event.error_code, event.error_message
+            if event.status == "failed" and not (code or text) and self.stream_error:
+                code, text = self.stream_error
+            if event.status == "failed" and not text:
+                text = "The API reported that the answer failed."
+            self.finish(
+                FINAL_STATUS[event.status],
+                usage=event.usage,
+                final_text=self._final_text(event),
+                final_reasoning=event.reasoning_text,
+                final_refusal=event.refusal,
+                error_code=code,
+                error_message=text,
+                incomplete_reason=event.incomplete_reason,
+            )
+            return True
+        return False
+
+    def _final_text(self, event):
+        """The upstream's own final text when it sent one, else what the deltas built."""
+        if event.output_text is not None:
+            return event.output_text
+        if self.text_done:
+            return "".join(text for _, text in sorted(self.text_done.items()))
+        return None
+
+    # --- ending -----------------------------------------------------------------------------
+
+    def stop(self, status=Message.Status.CANCELLED, error_code="", error_message=""):
+        """End the answer now from any thread: close the upstream and save what there is."""
+        self.stop_event.set()
+        with self.lock:
+            stream = self.stream
+        if stream is not None:
+            stream.abort()
+        self.finish(status, error_code=error_code, error_message=error_message)
+
+    def finish(
+        self,
+        status,
+        *,
+        usage=None,
+        final_text=None,
+        final_reasoning=None,
+        final_refusal=None,
+        error_code="",
+        error_message="",
+        incomplete_reason="",
+    ):
+        """Save the final state once and tell the browsers; later calls do nothing."""
+        with self.lock:
+            if self.finalized:
+                return
+            self._flush_locked(time.monotonic())
+            self.finalized = True
+            texts = {name: self.text(name) for name, _ in STREAMS}
+            first_token_at = self.first_token_at
+        if final_text is not None:
+            texts["text"] = final_text
+        if final_reasoning:
+            texts["reasoning"] = final_reasoning
+        if final_refusal:
+            texts["refusal"] = final_refusal
+        fields = dict(
+            texts,
+            status=status,
+            error_code=error_code[:100],
+            error_message=error_message,
+            incomplete_reason=incomplete_reason[:100],
+            finished_at=timezone.now(),
+            first_token_at=first_token_at,
+        )
+        if self.response_id:
+            fields["response_id"] = self.response_id[:200]
+        if self.model:
+            fields["model"] = self.model[:200]
+        if usage is not None:
+            fields.update(
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                total_tokens=usage.total_tokens,
+                cached_tokens=usage.cached_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+            )
+        close_old_connections()
+        saved = Message.objects.filter(pk=self.message_id, status__in=Message.UNFINISHED).update(**fields)
+        if not saved:
+            logger.warning("Answer %s was already finished elsewhere; kept that state", self.message_id)
+            return
+        message = Message.objects.get(pk=self.message_id)
+        with self.lock:
+            self.parts.update({name: [value] for name, value in texts.items()})
+            self._write_snapshot(status, timeout=60)
+        self.publish(protocol.done_event(message))
+
+
+class StreamWorker:
+    """The per-process pool of answer threads, with its heartbeat, reaper and stop poller."""
+
+    def __init__(self, threads=None):
+        self.id = uuid.uuid4()
+        self.threads = threads or settings.CHAT_WORKER_THREADS
+        self.jobs = {}
+        self.jobs_lock = threading.Lock()
+        self.queue = queue.SimpleQueue()
+        self.scheduler = FlushScheduler()
+        self.busy = 0
+        self.busy_lock = threading.Lock()
+        self.sessions = threading.local()
+        self._stopping = threading.Event()
+        self.register()
+        self._threads = [
+            threading.Thread(target=self._serve, name=f"answer-{number}", daemon=True) for number in range(self.threads)
+        ]
+        self._threads.append(threading.Thread(target=self._maintain, name="answer-maintenance", daemon=True))
+        for thread in self._threads:
+            thread.start()
+        _hook_server_shutdown(self.shutdown)
+
+    # --- jobs -------------------------------------------------------------------------------
+
+    def client_for(self, model):
+        """The upstream client for a model; each pool thread keeps its own HTTP session."""
+        session = getattr(self.sessions, "session", None)
+        if session is None:
+            session = self.sessions.session = requests.Session()
+        return UpstreamClient.from_settings(session=session)
+
+    def submit(self, message_id, group, loop):
+        job = AnswerJob(self, str(message_id), group, loop)
+        with self.jobs_lock:
+            self.jobs[job.message_id] = job
+        self.queue.put(job)
+        return job
+
+    @property
+    def full(self):
+        return self.busy >= self.threads
+
+    def forget(self, job):
+        with self.jobs_lock:
+            self.jobs.pop(job.message_id, None)
+
+    def job(self, message_id):
+        with self.jobs_lock:
+            return self.jobs.get(str(message_id))
+
+    def request_stop(self, message_id):
+        """Stop an answer generated by any process; True if it was this process's."""
+        job = self.job(message_id)
+        if job is not None:
+            job.stop()
+            return True
+        cache.set(stop_key(message_id), True, 600)
+        return False
+
+    def _serve(self):
+        while True:
+            job = self.queue.get()
+            if job is None:
+                return
+            with self.busy_lock:
+                self.busy += 1
+            try:
+                job.run()
+            finally:
+                with self.busy_lock:
+                    self.busy -= 1
+
+    def close(self, timeout=5):
+        """Stop this worker's threads once their current answers end (tests, shutdown)."""
+        self._stopping.set()
+        for _ in range(self.threads):
+            self.queue.put(None)
+        for thread in self._threads:
+            thread.join(timeout)
+
+    # --- process liveness -------------------------------------------------------------------
+
+    def register(self):
+        close_old_connections()
+        hostname = socket.gethostname()
+        for process in ServerProcess.objects.filter(hostname=hostname).exclude(id=self.id):
+            if not _pid_alive(process.pid):
+                process.delete()
+        ServerProcess.objects.update_or_create(
+            id=self.id, defaults={"hostname": hostname, "pid": os.getpid(), "last_seen_at": timezone.now()}
+        )
+        reap_orphans()
+
+    def heartbeat(self):
+        updated = ServerProcess.objects.filter(id=self.id).update(last_seen_at=timezone.now())
+        if not updated:
+            self.register()
+
+    def _maintain(self):
+        last_heartbeat = time.monotonic()
+        while not self._stopping.wait(0.25):
+            try:
+                self._poll_stops()
+                if time.monotonic() - last_heartbeat >= settings.CHAT_HEARTBEAT_INTERVAL:
+                    last_heartbeat = time.monotonic()
+                    close_old_connections()
+                    self.heartbeat()
+                    reap_orphans()
+            except Exception:
+                logger.exception("Answer maintenance failed; trying again")
+
+    def _poll_stops(self):
+        """Stops requested through another process arrive as cache keys."""
+        with self.jobs_lock:
+            ids = list(self.jobs)
+        if not ids:
+            return
+        requested = cache.get_many([stop_key(message_id) for message_id in ids])
+        for message_id in ids:
+            if stop_key(message_id) in requested:
+                cache.delete(stop_key(message_id))
+                job = self.job(message_id)
+                if job is not None:
+                    close_old_connections()
+                    job.stop()
+
+    def shutdown(self):
+        """Save every answer in flight as interrupted; the server is going away."""
+        self._stopping.set()
+        with self.jobs_lock:
+            jobs = list(self.jobs.values())
+        for job in jobs:
+            try:
+                job.stop(
+                    Message.Status.INTERRUPTED,
+                    error_code="server_shutdown",
+                    error_message="The server restarted while this answer was being written.",
+                )
+            except Exception:
+                logger.exception("Could not save answer %s at shutdown", job.message_id)
+        ServerProcess.objects.filter(id=self.id).delete()
+
+
+def reap_orphans():
+    """Mark answers whose server process is gone as interrupted, keeping their checkpoint."""
+    cutoff = timezone.now() - timezone.timedelta(seconds=settings.CHAT_HEARTBEAT_TIMEOUT)
+    alive = ServerProcess.objects.filter(last_seen_at__gte=cutoff).values("id")
+    count = (
+        Message.objects.unfinished()
+        .exclude(worker__in=alive)
+        .update(
+            status=Message.Status.INTERRUPTED,
+            error_code="server_stopped",
+            error_message="The server stopped while this answer was being written; the text so far was kept.",
+            finished_at=timezone.now(),
+        )
+    )
+    if count:
+        logger.warning("Marked %s answers interrupted: their server process is gone", count)
+    ServerProcess.objects.filter(last_seen_at__lt=cutoff).delete()
+    return count
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _hook_server_shutdown(callback):
+    """Run `callback` when daphne's reactor shuts down (SIGTERM, SIGINT)."""
+    import sys
+
+    if "twisted.internet.reactor" not in sys.modules:
+        return
+    from twisted.internet import reactor
+
+    reactor.addSystemEventTrigger("before", "shutdown", callback)
+
+
+_worker = None
+_worker_lock = threading.Lock()
+
+
+def get_worker():
+    """The process's StreamWorker, started on first use."""
+    global _worker
+    with _worker_lock:
+        if _worker is None:
+            _worker = StreamWorker()
+        return _worker
+
+
+def current_loop():
+    return asyncio.get_running_loop()

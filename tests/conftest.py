@@ -1,0 +1,50 @@
+"""Shared fixtures: personas, the loopback upstream, and a fresh stream worker per test."""
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from tests.upstream import UpstreamServer
+
+
+@pytest.fixture
+def upstream(settings):
+    """A real Open Responses SSE server on loopback, configured as the site's upstream."""
+    server = UpstreamServer().start()
+    settings.OPENRESPONSES_BASE_URL = server.base_url
+    settings.OPENRESPONSES_API_KEY = "sk-test-secret-key"
+    settings.OPENRESPONSES_MODELS = ["test-model", "other-model"]
+    settings.OPENRESPONSES_TIMEOUT = 5.0
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def worker(settings):
+    """A stream worker of its own for the test; its threads are stopped afterwards."""
+    from chat import worker as worker_module
+
+    settings.CHAT_WORKER_THREADS = 4
+    worker_module._worker = None
+    stream_worker = worker_module.get_worker()
+    yield stream_worker
+    stream_worker.close()
+    worker_module._worker = None
+
+
+def make_user(username, **extra):
+    return get_user_model().objects.create_user(username, f"{username}@example.com", "correct horse battery", **extra)
+
+
+@pytest.fixture
+def alice(db):
+    return make_user("alice")
+
+
+@pytest.fixture
+def bob(db):
+    return make_user("bob")
+
+
+@pytest.fixture
+def charlie(db):
+    return make_user("charlie", is_staff=True)
