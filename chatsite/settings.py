@@ -121,6 +121,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "transaction_mode": "IMMEDIATE",
         "timeout": 20,
     }
+    # Tests use a file too (one per test process), not SQLite's shared in-memory database, whose
+    # table locks make concurrent worker threads fail instead of waiting.
+    DATABASES["default"]["TEST"] = {"NAME": f"/tmp/chatsite-test-{os.getpid()}.sqlite3"}
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

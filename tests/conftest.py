@@ -19,11 +19,12 @@ def upstream(settings):
 
 
 @pytest.fixture
-def worker(settings):
-    """A stream worker of its own for the test; its threads are stopped afterwards."""
+def worker(settings, request):
+    """A stream worker of its own for the test (4 threads, or `@pytest.mark.worker_threads(n)`)."""
     from chat import worker as worker_module
 
-    settings.CHAT_WORKER_THREADS = 4
+    marker = request.node.get_closest_marker("worker_threads")
+    settings.CHAT_WORKER_THREADS = marker.args[0] if marker else 4
     worker_module._worker = None
     stream_worker = worker_module.get_worker()
     yield stream_worker

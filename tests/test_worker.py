@@ -1,0 +1,130 @@
+"""The stream worker with real threads, the real in-memory channel layer and a loopback upstream."""
+
+import asyncio
+
+import pytest
+from channels.layers import get_channel_layer
+from django.db.backends.signals import connection_created
+
+from chat.models import Message
+from tests.upstream import answer
+from tests.websocket import connect, receive, receive_until
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+
+
+def words(prefix, count):
+    return [f"{prefix}-{index} " for index in range(count)]
+
+
+@pytest.mark.worker_threads(24)
+@pytest.mark.timeout(120)
+async def test_twenty_answers_at_once_each_arrive_whole_once_and_in_order(alice, upstream, worker):
+    count = 20
+    scripts = {f"question {number}": words(f"a{number}", 60) for number in range(count)}
+    upstream.queue(*[
+        (lambda body: answer(scripts[body["input"][-1]["content"]], pause=0.005))
+        for _ in range(count)
+    ])
+    sockets = []
+    for number in range(count):
+        communicator, connected, _ = await connect(alice)
+        assert connected
+        sockets.append(communicator)
+
+    async def converse(number, communicator):
+        await communicator.send_json_to({"type": "chat.send", "conversation": None, "text": f"question {number}"})
+        return await receive_until(communicator, "message.done", timeout=60)
+
+    results = await asyncio.gather(*(converse(n, s) for n, s in enumerate(sockets)))
+    for number, frames in enumerate(results):
+        deltas = [frame for frame in frames if frame["type"] == "message.delta"]
+        seqs = [frame["seq"] for frame in deltas]
+        assert seqs == list(range(1, len(seqs) + 1)), "each delta once, in order, none missing"
+        expected = "".join(scripts[f"question {number}"])
+        assert "".join(frame["delta"] for frame in deltas) == expected
+        assert frames[-1]["text"] == expected
+        assert frames[-1]["status"] == "completed"
+    for communicator in sockets:
+        await communicator.disconnect()
+    assert await Message.objects.filter(role="assistant", status="completed").acount() == count
+    assert get_channel_layer().groups == {}
+
+
+async def test_fast_deltas_are_coalesced_into_fewer_frames(alice, upstream, worker, settings):
+    settings.CHAT_FLUSH_INTERVAL = 0.05
+    upstream.queue(answer(words("x", 500)))
+    communicator, _, _ = await connect(alice)
+    await communicator.send_json_to({"type": "chat.send", "conversation": None, "text": "fast"})
+    frames = await receive_until(communicator, "message.done")
+    deltas = [frame for frame in frames if frame["type"] == "message.delta"]
+    assert "".join(frame["delta"] for frame in deltas) == "".join(words("x", 500))
+    assert len(deltas) < 100
+    await communicator.disconnect()
+
+
+async def test_a_delta_after_a_quiet_period_is_not_held_back(alice, upstream, worker, settings):
+    """With a long window, a lone delta still goes out at once, and a burst's tail within one window."""
+    settings.CHAT_FLUSH_INTERVAL = 0.4
+    from tests.upstream import Pause
+
+    steps = answer(["first ", "second ", "third"], pause=0)
+    # Hold the stream open after the deltas, before the terminal events.
+    steps.insert(-4, Pause(2.0))
+    upstream.queue(steps)
+    communicator, _, _ = await connect(alice)
+    await communicator.send_json_to({"type": "chat.send", "conversation": None, "text": "go"})
+    loop = asyncio.get_running_loop()
+    received = []
+    while True:
+        frame = await receive(communicator, timeout=5)
+        if frame["type"] == "message.delta":
+            received.append((loop.time(), frame["delta"]))
+        if frame["type"] == "message.done":
+            done_at = loop.time()
+            break
+    assert "".join(delta for _, delta in received) == "first second third"
+    # Everything streamed arrived well before the 2 s silence ended.
+    assert received[-1][0] < done_at - 1.0
+    await communicator.disconnect()
+
+
+class WriteCounter:
+    """Counts INSERT/UPDATE/DELETE statements on messages, in every thread's connection."""
+
+    def __init__(self):
+        self.writes = []
+
+    def __call__(self, execute, sql, params, many, context):
+        if sql.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")) and "chat_message" in sql:
+            self.writes.append(sql.split()[0].upper())
+        return execute(sql, params, many, context)
+
+    def install(self, sender, connection, **kwargs):
+        connection.execute_wrappers.append(self)
+
+
+async def writes_for_an_answer(alice, upstream, deltas):
+    counter = WriteCounter()
+    connection_created.connect(counter.install)
+    try:
+        upstream.queue(answer(words("w", deltas)))
+        communicator, _, _ = await connect(alice)
+        await communicator.send_json_to({"type": "chat.send", "conversation": None, "text": "count"})
+        frames = await receive_until(communicator, "message.done", timeout=60)
+        await communicator.disconnect()
+    finally:
+        connection_created.disconnect(counter.install)
+    assert frames[-1]["text"] == "".join(words("w", deltas))
+    assert frames[-1]["status"] == "completed"
+    return counter.writes
+
+
+async def test_database_writes_per_answer_do_not_grow_with_its_length(alice, upstream, worker, settings):
+    settings.CHAT_CHECKPOINT_INTERVAL = 60
+    settings.CHAT_HEARTBEAT_INTERVAL = 600
+    short = await writes_for_an_answer(alice, upstream, 100)
+    long = await writes_for_an_answer(alice, upstream, 5000)
+    assert short == long
+    # The messages' inserts, the claim and one final save: a handful, however long the answer.
+    assert len(short) <= 6
