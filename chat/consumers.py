@@ -8,7 +8,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import protocol
+from chat import limits, protocol
 from chat.models import Conversation, ConversationBusy, Message
 from chat.worker import current_loop, get_worker, read_snapshot
 
@@ -46,11 +46,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.conversation_id = None
         # message id -> last seq this socket has, for in-flight answers of the followed conversation
         self.seen = {}
+        # Logging out closes the session's sockets; deactivating an account closes all of the user's.
+        self.account_groups = [protocol.user_group(self.user.pk)]
+        session_key = self.scope["session"].session_key
+        if session_key:
+            self.account_groups.append(protocol.session_group(session_key))
+        for group in self.account_groups:
+            await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
 
     async def disconnect(self, code):
-        if getattr(self, "group", None):
-            await self.channel_layer.group_discard(self.group, self.channel_name)
+        for group in [getattr(self, "group", None), *getattr(self, "account_groups", [])]:
+            if group:
+                await self.channel_layer.group_discard(group, self.channel_name)
 
     async def send_json(self, content):
         await self.send(text_data=json.dumps(content))
@@ -109,6 +117,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         problem = worker.client_for(model or settings.OPENRESPONSES_MODELS[0]).configuration_problem()
         if problem:
             raise ClientError("not_configured", problem)
+        await self.check_limits()
 
         conversation, created, messages, is_new = await self.start_exchange(
             conversation_id, text, model, client_id, worker.id
@@ -165,6 +174,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
         for message_id, snapshot in snapshots.items():
             await self.send_json({"type": protocol.MESSAGE_SNAPSHOT, "message": message_id, **snapshot})
+
+    @database_sync_to_async
+    def check_limits(self):
+        """The session is still valid, the send rate and today's token budget allow a send."""
+        session = self.scope["session"]
+        if not session.session_key or not session.exists(session.session_key):
+            raise ClientError("session_expired", "Your session has ended: log in again.")
+        wait = limits.send_allowed(self.user)
+        if wait:
+            raise ClientError("rate_limited", f"You are sending messages too fast: wait {wait} seconds.")
+        budget = limits.budget_status(self.user)
+        if budget["exhausted"]:
+            raise ClientError(
+                "quota_exceeded",
+                f"You have used today's budget of {budget['budget']} tokens; it resets at midnight.",
+            )
 
     @database_sync_to_async
     def owned_conversation(self, conversation_id):
@@ -235,3 +260,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def message_done(self, event):
         self.seen.pop(event["message"], None)
         await self.send(text_data=event["frame"])
+
+    async def account_closed(self, event):
+        """Logged out, or the account was deactivated: this socket may no longer act."""
+        await self.send_json({"type": protocol.ERROR, "code": event["code"], "message": event["message"]})
+        await self.close(code=4401)

@@ -287,3 +287,64 @@ class ServerProcess(models.Model):
 
     def __str__(self):
         return f"{self.hostname}:{self.pid}"
+
+
+class AuditEvent(models.Model):
+    """A member of staff read or exported a transcript: who, when, which, how."""
+
+    class Action(models.TextChoices):
+        VIEWED = "viewed"
+        EXPORTED = "exported"
+
+    staff = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, related_name="+")
+    staff_username = models.CharField(max_length=150, help_text="Kept if the account is deleted.")
+    action = models.CharField(max_length=16, choices=Action.choices)
+    conversation = models.ForeignKey(Conversation, models.SET_NULL, null=True, related_name="audit_events")
+    conversation_title = models.CharField(max_length=TITLE_LENGTH, blank=True)
+    conversation_owner = models.CharField(max_length=150, blank=True)
+    detail = models.CharField(max_length=200, blank=True, help_text="For exports: the format and the means.")
+    at = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["-at"]
+        indexes = [
+            # "Who read this conversation?" on the transcript page.
+            models.Index(fields=["conversation", "-at"], name="audit_conversation_recent"),
+        ]
+
+    def __str__(self):
+        return f"{self.staff_username} {self.action} {self.conversation_title!r} at {self.at:%Y-%m-%d %H:%M}"
+
+    @classmethod
+    def record(cls, staff, action, conversations, detail=""):
+        cls.objects.bulk_create(
+            cls(
+                staff=staff,
+                staff_username=staff.get_username(),
+                action=action,
+                conversation=conversation,
+                conversation_title=conversation.title,
+                conversation_owner=conversation.owner.get_username(),
+                detail=detail,
+            )
+            for conversation in conversations
+        )
+
+
+class AccountLimits(models.Model):
+    """Per-user overrides of the site's limits."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, related_name="chat_limits")
+    daily_token_budget = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Tokens this user may spend per day; empty uses the site default (CHAT_DAILY_TOKEN_BUDGET), "
+        "0 means unlimited.",
+    )
+
+    class Meta:
+        verbose_name = "chat limits"
+        verbose_name_plural = "chat limits"
+
+    def __str__(self):
+        return f"Limits of {self.user}"

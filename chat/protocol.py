@@ -4,6 +4,7 @@ Frame types sent to browsers are the contract of docs/protocol.md; the channel-l
 are the names of the ChatConsumer methods that forward them.
 """
 
+import hashlib
 import json
 
 # Client to server.
@@ -24,6 +25,7 @@ MESSAGE_DONE = "message.done"
 ERROR = "error"
 
 # Channel-layer events (each is handled by the consumer method of the same name).
+EVENT_ACCOUNT_CLOSED = "account.closed"
 EVENT_CREATED = "message.created"
 EVENT_STATUS = "message.status"
 EVENT_DELTA = "message.delta"
@@ -67,3 +69,17 @@ def done_event(message):
         "finished_at": message.finished_at.isoformat() if message.finished_at else None,
     }
     return frame_event(EVENT_DONE, message.id, frame)
+
+
+def user_group(user_id):
+    """Every socket of one user."""
+    return f"chat.user.{user_id}"
+
+
+def session_group(session_key):
+    """Every socket of one login session (named by a digest: group names are not secret)."""
+    return f"chat.session.{hashlib.sha256(session_key.encode()).hexdigest()[:32]}"
+
+
+def account_closed_event(code, message):
+    return {"type": EVENT_ACCOUNT_CLOSED, "code": code, "message": message}

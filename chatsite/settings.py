@@ -209,3 +209,25 @@ CHAT_CHECKPOINT_INTERVAL = envnumber("CHAT_CHECKPOINT_INTERVAL", 1.0, float)
 # its unfinished answers are taken as interrupted.
 CHAT_HEARTBEAT_INTERVAL = envnumber("CHAT_HEARTBEAT_INTERVAL", 5.0, float)
 CHAT_HEARTBEAT_TIMEOUT = envnumber("CHAT_HEARTBEAT_TIMEOUT", 30.0, float)
+
+# --- Accounts and limits --------------------------------------------------------------------
+
+# Tokens a user may spend per day (0: unlimited); staff can override it per user in the admin.
+CHAT_DAILY_TOKEN_BUDGET = envnumber("CHAT_DAILY_TOKEN_BUDGET", 0)
+# Messages a user may send per minute (0: unlimited).
+CHAT_SENDS_PER_MINUTE = envnumber("CHAT_SENDS_PER_MINUTE", 20)
+# After this many failed logins for one account within the window (seconds), further attempts wait.
+LOGIN_FAILURE_LIMIT = envnumber("LOGIN_FAILURE_LIMIT", 5)
+LOGIN_FAILURE_WINDOW = envnumber("LOGIN_FAILURE_WINDOW", 15 * 60)
+# Anyone may create an account at /accounts/signup/ when on; otherwise staff create accounts.
+CHAT_SIGNUP_OPEN = envbool("CHAT_SIGNUP_OPEN", False)
+# Off: nobody, not even superusers, can read transcripts in the admin (usage figures stay).
+CHAT_STAFF_CAN_READ_TRANSCRIPTS = envbool("CHAT_STAFF_CAN_READ_TRANSCRIPTS", True)
+
+EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = envstr("EMAIL_HOST", "localhost")
+EMAIL_PORT = envnumber("EMAIL_PORT", 25)
+EMAIL_HOST_USER = envstr("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
+DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "chat@localhost")

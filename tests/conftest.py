@@ -6,6 +6,16 @@ from django.contrib.auth import get_user_model
 from tests.upstream import UpstreamServer
 
 
+@pytest.fixture(autouse=True)
+def empty_cache():
+    """Rate-limit counters and resume snapshots must not leak from one test into the next."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()
+
+
 @pytest.fixture
 def upstream(settings):
     """A real Open Responses SSE server on loopback, configured as the site's upstream."""

@@ -137,7 +137,11 @@ async def test_a_second_send_while_answering_is_refused_as_busy(alice, upstream,
     await communicator.send_json_to({"type": "chat.send", "conversation": conversation_id, "text": "third"})
     done = (await receive_until(communicator, "message.done"))[-1]
     assert done["status"] == "completed"
-    assert [item["content"] for item in upstream.requests[-1]["body"]["input"]] == ["first", "slowslowslowslowslow", "third"]
+    assert [item["content"] for item in upstream.requests[-1]["body"]["input"]] == [
+        "first",
+        "slowslowslowslowslow",
+        "third",
+    ]
     await communicator.disconnect()
 
 

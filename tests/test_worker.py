@@ -22,12 +22,9 @@ def words(prefix, count):
 async def test_twenty_answers_at_once_each_arrive_whole_once_and_in_order(alice, upstream, worker):
     count = 20
     scripts = {f"question {number}": words(f"a{number}", 60) for number in range(count)}
-    upstream.queue(*[
-        (lambda body: answer(scripts[body["input"][-1]["content"]], pause=0.005))
-        for _ in range(count)
-    ])
+    upstream.queue(*[(lambda body: answer(scripts[body["input"][-1]["content"]], pause=0.005)) for _ in range(count)])
     sockets = []
-    for number in range(count):
+    for _ in range(count):
         communicator, connected, _ = await connect(alice)
         assert connected
         sockets.append(communicator)

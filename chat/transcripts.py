@@ -1,0 +1,103 @@
+"""Transcript exports (JSON and Markdown), shared by the admin action and `export_transcripts`."""
+
+import json
+
+from django.db.models import Prefetch
+
+from chat.models import Message
+
+FORMATS = ("json", "markdown")
+MESSAGE_FIELDS = (
+    "role",
+    "status",
+    "model",
+    "text",
+    "reasoning",
+    "refusal",
+    "response_id",
+    "error_code",
+    "error_message",
+    "incomplete_reason",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+)
+TIMES = ("created_at", "started_at", "first_token_at", "finished_at")
+
+
+def with_messages(conversations):
+    return conversations.select_related("owner").prefetch_related(
+        Prefetch("messages", queryset=Message.objects.order_by("created_at"))
+    )
+
+
+def conversation_record(conversation):
+    return {
+        "id": str(conversation.id),
+        "title": conversation.title,
+        "owner": conversation.owner.get_username(),
+        "model": conversation.model,
+        "instructions": conversation.instructions,
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
+        "messages": [
+            {"id": str(message.id)}
+            | {name: getattr(message, name) for name in MESSAGE_FIELDS}
+            | {name: getattr(message, name).isoformat() if getattr(message, name) else None for name in TIMES}
+            for message in conversation.messages.all()
+        ],
+    }
+
+
+def as_json(conversations):
+    records = [conversation_record(conversation) for conversation in with_messages(conversations)]
+    return json.dumps({"conversations": records}, indent=2, ensure_ascii=False)
+
+
+def _usage_line(message):
+    if message.total_tokens is None:
+        return ""
+    return f"{message.input_tokens or 0} tokens in, {message.output_tokens or 0} out" + (
+        f" ({message.reasoning_tokens} reasoning)" if message.reasoning_tokens else ""
+    )
+
+
+def as_markdown(conversations):
+    parts = []
+    for conversation in with_messages(conversations):
+        parts.append(f"# {conversation.title or 'Untitled conversation'}\n")
+        parts.append(
+            f"- Owner: {conversation.owner.get_username()}\n- Model: {conversation.model}\n"
+            f"- Started: {conversation.created_at:%Y-%m-%d %H:%M %Z}\n- Id: {conversation.id}\n"
+        )
+        if conversation.instructions:
+            parts.append(f"**Instructions:**\n\n> {conversation.instructions.replace(chr(10), chr(10) + '> ')}\n")
+        for message in conversation.messages.all():
+            heading = "User" if message.role == Message.Role.USER else "Assistant"
+            facts = [f"{message.created_at:%Y-%m-%d %H:%M:%S}"]
+            if message.role == Message.Role.ASSISTANT:
+                facts += [message.status, message.model, _usage_line(message)]
+            parts.append(f"## {heading}\n\n*{' · '.join(fact for fact in facts if fact)}*\n")
+            if message.reasoning:
+                parts.append("<details><summary>Thinking</summary>\n\n" + message.reasoning + "\n\n</details>\n")
+            if message.text:
+                parts.append(message.text + "\n")
+            if message.refusal:
+                parts.append(f"**Refused:** {message.refusal}\n")
+            if message.error_message:
+                parts.append(f"**Error ({message.error_code}):** {message.error_message}\n")
+            if message.incomplete_reason:
+                parts.append(f"**Incomplete:** {message.incomplete_reason}\n")
+        parts.append("\n---\n")
+    return "\n".join(parts)
+
+
+def export(conversations, format):
+    """The export as text and its file extension."""
+    if format == "json":
+        return as_json(conversations), "json"
+    if format == "markdown":
+        return as_markdown(conversations), "md"
+    raise ValueError(f"Unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
