@@ -3,7 +3,8 @@
 `UpstreamClient.stream_response()` posts `{base}/responses` with `stream: true` and returns a
 `ResponseStream`, an iterator of the typed events below. Every expected failure (HTTP errors before
 the stream, network errors, a stream that breaks off) is raised as one `UpstreamError` with a code
-and a sentence a person can read. The API key goes into the Authorization header and nowhere else.
+and a sentence a person can read. The API key goes into the Authorization header and nowhere else:
+it is scrubbed from anything the upstream echoes back.
 """
 
 import http.client
@@ -12,12 +13,11 @@ import logging
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import requests
-import sseclient
 import urllib3.exceptions
 from django.conf import settings
 
@@ -27,21 +27,25 @@ TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 READ_SIZE = 64 * 1024
+# The largest token count a PositiveIntegerField holds on every database we support.
+MAX_COUNT = 2**31 - 1
 
 
 class UpstreamError(Exception):
     """An expected failure talking to the upstream, with a readable message."""
 
-    def __init__(self, code, message, *, status=None, retry_after=None):
+    def __init__(self, code, message, *, status=None, retry_after=None, retryable=False):
         super().__init__(message)
         self.code = code
         self.message = message
         self.status = status
         self.retry_after = retry_after
+        self.retryable = retryable
 
-    @property
-    def retryable(self):
-        return self.status in RETRYABLE_STATUSES or self.code in ("connection_error", "connect_timeout")
+    def amend(self, note):
+        """Add a parenthesised note to the sentence: "… (tried 3 times)."."""
+        self.message = f"{self.message.removesuffix('.')} ({note})."
+        self.args = (self.message,)
 
 
 # --- Typed events ---------------------------------------------------------------------------
@@ -59,14 +63,14 @@ class Usage:
     def from_json(cls, data):
         if not isinstance(data, dict):
             return None
-        input_details = data.get("input_tokens_details") or {}
-        output_details = data.get("output_tokens_details") or {}
+        input_details = _dict(data.get("input_tokens_details"))
+        output_details = _dict(data.get("output_tokens_details"))
         return cls(
-            input_tokens=_integer(data.get("input_tokens")),
-            output_tokens=_integer(data.get("output_tokens")),
-            total_tokens=_integer(data.get("total_tokens")),
-            cached_tokens=_integer(input_details.get("cached_tokens")),
-            reasoning_tokens=_integer(output_details.get("reasoning_tokens")),
+            input_tokens=_count(data.get("input_tokens")),
+            output_tokens=_count(data.get("output_tokens")),
+            total_tokens=_count(data.get("total_tokens")),
+            cached_tokens=_count(input_details.get("cached_tokens")),
+            reasoning_tokens=_count(output_details.get("reasoning_tokens")),
         )
 
 
@@ -146,29 +150,51 @@ class ResponseFinished:
     incomplete_reason: str = ""
 
 
-def _integer(value):
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def _count(value):
+    """A token count, or None for anything a database column could not hold."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_COUNT:
+        return value
+    return None
+
+
+# Upstream JSON is read leniently: a field of the wrong type counts as absent, never as a crash.
 
 
 def _index(data, key):
     value = data.get(key)
-    return value if isinstance(value, int) else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _string(value):
-    return value if isinstance(value, str) else ""
+    # PostgreSQL text cannot hold NUL characters; they carry nothing a person could read anyway.
+    return value.replace("\x00", "") if isinstance(value, str) else ""
+
+
+def _code(value):
+    """An error code: a string, though some servers send a number."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return _string(value)
+
+
+def _dict(value):
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value):
+    return value if isinstance(value, list) else []
 
 
 def _output_texts(output):
     """Text, reasoning summary and refusal read from a terminal response's `output` items."""
     texts, reasoning, refusals = [], [], []
     found_message = False
-    for item in output if isinstance(output, list) else ():
+    for item in _list(output):
         if not isinstance(item, dict):
             continue
         if item.get("type") == "message":
             found_message = True
-            for part in item.get("content") or ():
+            for part in _list(item.get("content")):
                 if not isinstance(part, dict):
                     continue
                 if part.get("type") == "output_text":
@@ -176,9 +202,11 @@ def _output_texts(output):
                 elif part.get("type") == "refusal":
                     refusals.append(_string(part.get("refusal")))
         elif item.get("type") == "reasoning":
-            for part in item.get("summary") or ():
-                if isinstance(part, dict):
-                    reasoning.append(_string(part.get("text")))
+            # The summary when one was asked for, else the raw reasoning text some servers stream.
+            parts = [part for part in _list(item.get("summary")) if isinstance(part, dict)]
+            if not parts:
+                parts = [part for part in _list(item.get("content")) if isinstance(part, dict)]
+            reasoning += [_string(part.get("text")) for part in parts]
     return (
         "".join(texts) if found_message else None,
         "\n\n".join(reasoning) if reasoning else None,
@@ -204,21 +232,20 @@ def parse_event(data):
     if kind == "response.refusal.done":
         return RefusalDone(_string(data.get("refusal")), _index(data, "output_index"), _index(data, "content_index"))
     if kind in ("response.created", "response.in_progress", "response.queued"):
-        response = data.get("response") if isinstance(data.get("response"), dict) else {}
+        response = _dict(data.get("response"))
         return ResponseStarted(_string(response.get("id")), _string(response.get("model")))
     if kind == "error":
         # The live API nests the details under "error"; its reference documents them flat.
-        nested = data.get("error") if isinstance(data.get("error"), dict) else {}
-        code = nested.get("code") or nested.get("type") or data.get("code") or "stream_error"
-        message = nested.get("message") or data.get("message") or "The API reported an error."
-        return StreamError(str(code), str(message))
+        nested = _dict(data.get("error"))
+        code = _code(nested.get("code")) or _code(nested.get("type")) or _code(data.get("code")) or "stream_error"
+        message = _string(nested.get("message")) or _string(data.get("message")) or "The API reported an error."
+        return StreamError(code, message)
     if kind in TERMINAL_EVENTS:
-        response = data.get("response") if isinstance(data.get("response"), dict) else {}
+        response = _dict(data.get("response"))
         status = kind.removeprefix("response.")
         text, reasoning, refusal = _output_texts(response.get("output"))
-        error = response.get("error") if isinstance(response.get("error"), dict) else {}
-        incomplete = response.get("incomplete_details")
-        incomplete = incomplete if isinstance(incomplete, dict) else {}
+        error = _dict(response.get("error"))
+        incomplete = _dict(response.get("incomplete_details"))
         return ResponseFinished(
             status=status,
             response_id=_string(response.get("id")),
@@ -227,7 +254,7 @@ def parse_event(data):
             output_text=text,
             reasoning_text=reasoning,
             refusal=refusal,
-            error_code=_string(error.get("code")),
+            error_code=_code(error.get("code")),
             error_message=_string(error.get("message")),
             incomplete_reason=_string(incomplete.get("reason")) or ("unknown" if status == "incomplete" else ""),
         )
@@ -240,42 +267,55 @@ HTTP_SENTENCES = {
     400: "The API rejected the request as invalid",
     401: "The API key was rejected: check OPENRESPONSES_API_KEY",
     403: "The API key is not allowed to use this model or endpoint",
-    404: "The model is not available at this API (or OPENRESPONSES_BASE_URL is wrong)",
+    404: "The API has no such model or endpoint: check the model name and OPENRESPONSES_BASE_URL",
     408: "The API timed out waiting for the request",
     409: "The API reported a conflict with another request",
-    413: "The conversation is too long for the API",
+    413: "The request is too large for the API: the conversation may be too long",
     422: "The API could not process the request",
-    429: "The API is rate limiting requests",
+    429: "The API is rate limiting requests: try again in a moment",
     500: "The API had an internal error",
     502: "The API's gateway could not reach the model (bad gateway)",
     503: "The API is unavailable right now",
-    504: "The API's gateway timed out",
+    504: "The API's gateway timed out waiting for the model",
 }
+# The API's own detail is shown for these: it says what in the request to change. Other statuses
+# concern the operator (keys, quotas, outages), and their details go to the log only.
+STATUSES_WITH_DETAIL = frozenset({400, 404, 409, 413, 422})
+DETAIL_LENGTH = 300
+# OpenAI answers 429 both for "slow down" and for "out of credit"; only the first passes by waiting.
+QUOTA_CODES = frozenset({"insufficient_quota"})
 
 
-def _error_from_http(response):
+def _error_from_http(response, scrub):
     status = response.status_code
     try:
-        body = response.content[: 64 * 1024].decode("utf-8", errors="replace")
+        body = scrub(response.content[: 64 * 1024].decode("utf-8", errors="replace"))
     except requests.RequestException:
         body = ""
-    detail, code = "", ""
     try:
         data = json.loads(body)
     except ValueError:
         data = None
-    if isinstance(data, dict):
-        error = data.get("error") if isinstance(data.get("error"), dict) else data
-        detail = _string(error.get("message"))
-        code = _string(error.get("code")) or _string(error.get("type"))
-    sentence = HTTP_SENTENCES.get(status) or f"The API answered HTTP {status}"
-    if status in (400, 404, 409, 413, 422) and detail:
-        sentence = f"{sentence}: {detail}"
-    elif not detail and body.strip() and data is None:
-        logger.warning("Upstream answered HTTP %s with a non-JSON body: %.200r", status, body)
+    error = (_dict(data.get("error")) or data) if isinstance(data, dict) else {}
+    detail = " ".join(_string(error.get("message")).split())
+    code, kind = _code(error.get("code")), _string(error.get("type"))
+    logger.warning("The API answered HTTP %s (%s): %.300s", status, code or kind or "no code", detail or body)
+    if status == 429 and QUOTA_CODES & {code, kind}:
+        return UpstreamError(code or kind, "The API account has run out of credit or quota.", status=status)
+    sentence = HTTP_SENTENCES.get(status) or f"The API answered with HTTP status {status}"
+    if status in STATUSES_WITH_DETAIL and detail:
+        if len(detail) > DETAIL_LENGTH:
+            detail = detail[:DETAIL_LENGTH].rstrip() + "…"
+        sentence = f"{sentence}. It said: {detail}"
     if not sentence.endswith("."):
         sentence += "."
-    return UpstreamError(code or f"http_{status}", sentence, status=status, retry_after=_retry_after(response))
+    return UpstreamError(
+        code or kind or f"http_{status}",
+        sentence,
+        status=status,
+        retry_after=_retry_after(response),
+        retryable=status in RETRYABLE_STATUSES,
+    )
 
 
 def _retry_after(response):
@@ -290,6 +330,19 @@ def _retry_after(response):
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     except (TypeError, ValueError):
         return None
+
+
+def _causes(error):
+    """The error and every exception it wraps (requests wraps urllib3, which wraps socket errors)."""
+    pending, seen = [error], set()
+    while pending:
+        error = pending.pop()
+        if error is None or id(error) in seen:
+            continue
+        seen.add(id(error))
+        yield error
+        pending += [error.__cause__, error.__context__, getattr(error, "reason", None)]
+        pending += [arg for arg in getattr(error, "args", ()) if isinstance(arg, BaseException)]
 
 
 # --- The client -----------------------------------------------------------------------------
@@ -322,8 +375,7 @@ class UpstreamClient:
 
     def configuration_problem(self):
         """A sentence saying what to set, when requests could not possibly succeed."""
-        host = (urlsplit(self.base_url).hostname or "").lower()
-        if not self.api_key and host not in LOOPBACK_HOSTS:
+        if not self.api_key and self._hostname not in LOOPBACK_HOSTS:
             return (
                 f"No API key is configured for {self.base_url}: set OPENRESPONSES_API_KEY "
                 "(or point OPENRESPONSES_BASE_URL at a local server)."
@@ -333,36 +385,50 @@ class UpstreamClient:
     def stream_response(self, model, input_items, instructions="", stop_event=None, on_retry=None):
         """POST the request and return the open stream once the upstream answered 2xx.
 
-        Retries 429, 502, 503, 504 and connection failures a bounded number of times with
+        Retries 429, 502, 503, 504 and refused connections a bounded number of times with
         backoff, honouring Retry-After; nothing is retried once the stream has started.
         `stop_event` ends the waits between tries early.
         """
         body = {"model": model, "input": input_items, "stream": True}
         if instructions:
             body["instructions"] = instructions
-        attempt = 0
+        tries = 0
         while True:
+            tries += 1
             try:
                 return self._open(body)
             except UpstreamError as error:
-                if not error.retryable or attempt >= self.retries:
-                    if attempt and error.retryable:
-                        error.message = f"{error.message.rstrip('.')} (tried {attempt + 1} times)."
-                        error.args = (error.message,)
+                wait = self._retry_wait(error, tries)
+                if wait is None:
+                    if tries > 1:
+                        error.amend(f"tried {tries} times")
                     raise
-                attempt += 1
-                wait = error.retry_after if error.retry_after is not None else self.backoff * 2 ** (attempt - 1)
-                wait = min(wait, self.max_retry_wait)
-                logger.info("Upstream %s; retry %s in %.1fs", error.code, attempt, wait)
+                logger.info("Upstream %s; try %s in %.1fs", error.code, tries + 1, wait)
                 if on_retry:
-                    on_retry(attempt, error)
+                    on_retry(tries, error)
                 if stop_event is not None:
                     if stop_event.wait(wait):
                         raise
                 else:
                     time.sleep(wait)
 
+    def _retry_wait(self, error, tries):
+        """Seconds to wait before trying again, or None to give up."""
+        if not error.retryable or tries > self.retries:
+            return None
+        if error.retry_after is None:
+            return self.backoff * 2 ** (tries - 1)
+        if error.retry_after > self.max_retry_wait:
+            # Holding a worker thread that long helps nobody: fail now and say what the API asked.
+            error.amend(f"it asked to wait {error.retry_after:g} seconds")
+            return None
+        return error.retry_after
+
     def _open(self, body):
+        if self._hostname == "invalid" or self._hostname.endswith(".invalid"):
+            # RFC 6761 §6.4: resolvers should fail such names at once; some only do after a DNS
+            # round trip, or a timeout when offline.
+            raise UpstreamError("unknown_host", f"The API's host name {self._hostname} could not be found.")
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
@@ -375,47 +441,111 @@ class UpstreamClient:
                 timeout=(self.connect_timeout, self.timeout),
             )
         except requests.ConnectTimeout:
+            # Not retried: one timeout already kept the person waiting for connect_timeout seconds.
             raise UpstreamError("connect_timeout", f"Timed out connecting to the API at {self._host}.") from None
         except requests.ReadTimeout:
+            # Not retried either: the upstream may be generating the answer already.
             raise UpstreamError(
                 "read_timeout", f"The API did not start answering within {self.timeout:g} seconds."
             ) from None
+        except requests.exceptions.SSLError:
+            # Not retried: a certificate or protocol mismatch does not pass by waiting.
+            raise UpstreamError(
+                "tls_error", f"A secure (TLS) connection to the API at {self._host} could not be set up."
+            ) from None
         except requests.ConnectionError as error:
-            raise UpstreamError("connection_error", self._connection_sentence(error)) from None
+            raise self._connection_error(error) from None
         except requests.RequestException as error:
             raise UpstreamError("request_error", f"The request to the API failed ({type(error).__name__}).") from None
         if response.status_code >= 400:
             try:
-                raise _error_from_http(response)
+                raise _error_from_http(response, self.scrub)
             finally:
                 response.close()
-        return ResponseStream(response, self.timeout)
+        return ResponseStream(response, self.timeout, self.scrub)
+
+    def scrub(self, text):
+        """`text` with the API key blanked out, for anything the upstream may echo back."""
+        if self.api_key and text and self.api_key in text:
+            return text.replace(self.api_key, "[API key]")
+        return text
+
+    @property
+    def _hostname(self):
+        return (urlsplit(self.base_url).hostname or "").lower()
 
     @property
     def _host(self):
-        return urlsplit(self.base_url).netloc
+        """Host and port for messages; never the user:password part of the URL."""
+        parts = urlsplit(self.base_url)
+        return f"{parts.hostname}:{parts.port}" if parts.port else (parts.hostname or self.base_url)
 
-    def _connection_sentence(self, error):
-        text = str(error)
-        if "NameResolution" in text or "Name or service not known" in text or "nodename nor servname" in text:
-            return f"The API's host name could not be resolved ({self._host})."
-        if "Connection refused" in text or "ConnectionRefused" in text:
-            return f"The API refused the connection ({self._host})."
-        return f"Could not connect to the API at {self._host}."
+    def _connection_error(self, error):
+        causes = list(_causes(error))
+        if any(isinstance(cause, (socket.gaierror, urllib3.exceptions.NameResolutionError)) for cause in causes):
+            # Not retried: a wrong host name stays wrong.
+            return UpstreamError("unknown_host", f"The API's host name {self._hostname} could not be found.")
+        if any(isinstance(cause, ConnectionRefusedError) for cause in causes):
+            return UpstreamError(
+                "connection_refused", f"The API at {self._host} refused the connection.", retryable=True
+            )
+        return UpstreamError("connection_error", f"Could not connect to the API at {self._host}.", retryable=True)
+
+
+# --- The stream -----------------------------------------------------------------------------
+
+
+def _lines(chunks):
+    """The lines of a byte stream ending in LF, CR or CRLF, wherever the chunks break."""
+    pending = []  # pieces of a line not ended yet: joined once, so a huge line costs linear time
+    after_cr = False
+    for chunk in chunks:
+        if after_cr and chunk.startswith(b"\n"):
+            chunk = chunk[1:]  # the LF of a CRLF split across two chunks
+        pieces = chunk.splitlines(keepends=True)
+        after_cr = bool(pieces) and pieces[-1].endswith(b"\r")
+        for piece in pieces:
+            pending.append(piece)
+            if piece.endswith((b"\n", b"\r")):
+                yield b"".join(pending).rstrip(b"\r\n")
+                pending.clear()
+    if pending:
+        yield b"".join(pending)
+    yield b""  # EOF ends the last event even without its blank line
+
+
+def sse_data(chunks):
+    """The `data` of each server-sent event: `:` comments skipped, multi-line data joined by LF.
+
+    Only `data` matters: events are dispatched on the JSON `type`, which the specification requires
+    to equal the `event:` line. Decoding is per line, after a character split across chunks has been
+    put back together; invalid UTF-8 raises UnicodeDecodeError.
+    """
+    data = []
+    for line in _lines(chunks):
+        if not line:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        name, _, value = line.partition(b":")
+        if name == b"data":
+            data.append(value.removeprefix(b" ").decode("utf-8"))
 
 
 class ResponseStream:
     """An open streamed response: iterate for typed events; `abort()` works from any thread."""
 
-    def __init__(self, response, read_timeout):
+    def __init__(self, response, read_timeout, scrub=lambda text: text):
         self.response = response
         self.read_timeout = read_timeout
+        self.scrub = scrub
         self.aborted = False
         self._lock = threading.Lock()
 
     def _chunks(self):
         raw = self.response.raw
-        while True:
+        while not self.aborted:
             chunk = raw.read1(READ_SIZE)
             if not chunk:
                 return
@@ -429,30 +559,40 @@ class ResponseStream:
         except (OSError, requests.RequestException, http.client.HTTPException, urllib3.exceptions.HTTPError) as error:
             if self.aborted:
                 return
-            if _is_timeout(error):
+            if any(
+                isinstance(cause, (TimeoutError, requests.Timeout, urllib3.exceptions.TimeoutError))
+                for cause in _causes(error)
+            ):
                 raise UpstreamError(
                     "read_timeout", f"The API sent nothing for {self.read_timeout:g} seconds."
                 ) from None
-            raise UpstreamError("connection_lost", "The connection to the API broke mid-answer.") from None
+            raise UpstreamError(
+                "connection_lost", "The connection to the API broke off in the middle of the answer."
+            ) from None
         finally:
-            self.response.close()
+            self.close()
 
     def _events(self):
-        for sse in sseclient.SSEClient(self._chunks()).events():
-            if sse.data.strip() == "[DONE]":
-                return
+        for data in sse_data(self._chunks()):
+            if self.aborted:
+                return  # nothing more after abort(), not even what was already received
+            if data.strip() == "[DONE]":
+                break  # the end marker of the specification; a terminal event should have come first
             try:
-                data = json.loads(sse.data)
+                decoded = json.loads(data)
             except ValueError:
-                logger.warning("Skipped an upstream event that is not JSON: %.200r", sse.data)
+                logger.warning("Skipped an upstream event that is not JSON: %.200r", self.scrub(data))
                 continue
-            if not isinstance(data, dict) or not isinstance(data.get("type"), str):
-                logger.warning("Skipped an upstream event without a type: %.200r", sse.data)
+            if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
+                logger.warning("Skipped an upstream event without a type: %.200r", self.scrub(data))
                 continue
-            event = parse_event(data)
-            if event is None:
-                continue
-            yield event
+            event = parse_event(decoded)
+            if isinstance(event, StreamError):
+                event = replace(event, message=self.scrub(event.message))
+            elif isinstance(event, ResponseFinished):
+                event = replace(event, error_message=self.scrub(event.error_message))
+            if event is not None:
+                yield event
             if isinstance(event, ResponseFinished):
                 return
         if not self.aborted:
@@ -464,6 +604,8 @@ class ResponseStream:
             if self.aborted:
                 return
             self.aborted = True
+        # shutdown() rather than close(): it is safe while another thread is inside recv() and
+        # makes that recv() return at once; the reading thread then closes the response.
         connection = getattr(self.response.raw, "connection", None)
         sock = getattr(connection, "sock", None)
         if sock is not None:
@@ -472,12 +614,6 @@ class ResponseStream:
             except OSError:
                 pass
 
-
-def _is_timeout(error):
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, (TimeoutError, requests.Timeout, urllib3.exceptions.TimeoutError)):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    def close(self):
+        """Release the connection; call from the reading thread (or when never read)."""
+        self.response.close()

@@ -133,6 +133,7 @@ class AnswerJob:
         self.last_checkpoint = time.monotonic()
         self.first_token_at = None
         self.text_done = {}  # (output_index, content_index) -> full text, from output_text.done
+        self.reasoning_part = None  # (output_index, part index) of the last reasoning delta
         self.stream_error = None
         self.response_id = ""
         self.model = ""
@@ -256,10 +257,10 @@ class AnswerJob:
 
     def _run(self):
         if self.stop_event.is_set():
-            return
-        message = Message.objects.select_related("conversation").get(pk=self.message_id)
-        if not message.claim(self.worker.id):
-            return
+            return  # stopped while queued: stop() saved it, and nothing goes upstream
+        message = Message.objects.select_related("conversation").filter(pk=self.message_id).first()
+        if message is None or not message.claim(self.worker.id):
+            return  # deleted, or finished elsewhere while it waited in the queue
         self.publish(protocol.status_event(self.message_id, Message.Status.STREAMING))
         conversation = message.conversation
         client = self.worker.client_for(message.model or conversation.model)
@@ -275,9 +276,11 @@ class AnswerJob:
             return
         with self.lock:
             self.stream = stream
-            stopped = self.finalized
+            # stop() sets stop_event before it looks for the stream: one of us sees the other.
+            stopped = self.stop_event.is_set()
         if stopped:
             stream.abort()
+            stream.close()
             return
         try:
             for event in stream:
@@ -292,13 +295,21 @@ class AnswerJob:
                 self.finish(Message.Status.FAILED, error_code=code, error_message=text)
             else:
                 self.finish(Message.Status.FAILED, error_code=error.code, error_message=error.message)
+            return
+        # The stream ended without a terminal event and without an error: only stop() ends it so,
+        # and stop() has saved the answer; should anything else, the answer still gets a final state.
+        self.finish(
+            Message.Status.FAILED,
+            error_code="stream_truncated",
+            error_message="The API ended the stream before finishing the answer.",
+        )
 
     def handle(self, event):
         """Apply one upstream event; True once the answer is finished."""
         if isinstance(event, TextDelta):
             self.add("text", event.delta)
         elif isinstance(event, ReasoningDelta):
-            self.add("reasoning", event.delta)
+            self.add_reasoning(event)
         elif isinstance(event, RefusalDelta):
             self.add("refusal", event.delta)
         elif isinstance(event, TextDone):
@@ -316,8 +327,9 @@ class AnswerJob:
             code, text = event.error_code, event.error_message
             if event.status == "failed" and not (code or text) and self.stream_error:
                 code, text = self.stream_error
-            if event.status == "failed" and not text:
-                text = "The API reported that the answer failed."
+            if event.status == "failed":
+                code = code or "response_failed"
+                text = text or "The API reported that the answer failed."
             self.finish(
                 FINAL_STATUS[event.status],
                 usage=event.usage,
@@ -331,24 +343,38 @@ class AnswerJob:
             return True
         return False
 
+    def add_reasoning(self, event):
+        """Reasoning deltas; a new summary part starts a new paragraph, as the final text has it."""
+        if not event.delta:
+            return
+        part = (event.output_index, event.part_index)
+        separator = "\n\n" if self.reasoning_part not in (None, part) else ""
+        self.reasoning_part = part
+        self.add("reasoning", separator + event.delta)
+
     def _final_text(self, event):
-        """The upstream's own final text when it sent one, else what the deltas built."""
-        if event.output_text is not None:
+        """The upstream's own final text when it sent one, else what the deltas built.
+
+        An empty final text does not wipe out streamed text: a lenient server may leave its
+        terminal `output` bare, and the text the person watched arrive is then the best record.
+        """
+        if event.output_text:
             return event.output_text
-        if self.text_done:
-            return "".join(text for _, text in sorted(self.text_done.items()))
-        return None
+        done = "".join(text for _, text in sorted(self.text_done.items()))
+        return done or None
 
     # --- ending -----------------------------------------------------------------------------
 
     def stop(self, status=Message.Status.CANCELLED, error_code="", error_message=""):
-        """End the answer now from any thread: close the upstream and save what there is."""
+        """End the answer now from any thread: save what there is and close the upstream."""
         self.stop_event.set()
+        # Saved before the upstream is closed: the worker thread, woken by the closed stream or
+        # the ended retry wait, must find the answer already final rather than call it failed.
+        self.finish(status, error_code=error_code, error_message=error_message, stopping=True)
         with self.lock:
             stream = self.stream
         if stream is not None:
             stream.abort()
-        self.finish(status, error_code=error_code, error_message=error_message)
 
     def finish(
         self,
@@ -361,11 +387,12 @@ class AnswerJob:
         error_code="",
         error_message="",
         incomplete_reason="",
+        stopping=False,
     ):
         """Save the final state once and tell the browsers; later calls do nothing."""
         with self.lock:
-            if self.finalized:
-                return
+            if self.finalized or (self.stop_event.is_set() and not stopping):
+                return  # once stop() is under way, it alone decides how the answer ends
             self._flush_locked(time.monotonic())
             self.finalized = True
             texts = {name: self.text(name) for name, _ in STREAMS}

@@ -7,6 +7,12 @@ from tests.upstream import UpstreamServer
 
 
 @pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Real password hashing costs a second per user; tests do not need its strength."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
 def empty_cache():
     """Rate-limit counters and resume snapshots must not leak from one test into the next."""
     from django.core.cache import cache

@@ -3,16 +3,23 @@
 A scenario is a list of steps the handler performs in order:
 
 - `bytes`: written as one HTTP chunk (an SSE event, part of one, or anything else);
-- `Pause(seconds)`: a silence (slow first byte, stall, pacing);
+- `Pause(seconds)`: a silence (slow first byte, stall, pacing); a client hanging up meanwhile is
+  noticed at once and recorded as `disconnected`;
 - `Hangup()`: the connection is dropped without the terminating chunk (a truncated body);
-- `Status(code, body, headers)`: as the first step, an HTTP error answer before any stream.
+- `Status(code, body, headers)`: as the first step (after any `Pause`, which then delays the
+  status line), an HTTP error answer before any stream.
 
 `server.queue(scenario)` makes the next request play it; with nothing queued the server answers
 with `echo_answer()` of the last user message. Every request is recorded in `server.requests` with
-its headers and decoded JSON body.
+its headers and decoded JSON body. `chunked(steps, size)` re-cuts a scenario's bytes into chunks of
+`size` bytes; `closed_port_url()` and `unresponsive_url()` give APIs that refuse connections and
+that never accept them.
 """
 
+import contextlib
 import json
+import select
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,10 +47,13 @@ class Status:
 
 
 def sse(data, event=None):
-    """One SSE event; `event:` defaults to the data's type as the specification requires."""
+    """One SSE event; `event:` defaults to the data's type as the specification requires.
+
+    Text goes out as raw UTF-8, not `\\u` escapes, as the real APIs send it.
+    """
     if isinstance(data, dict):
         event = event or data.get("type")
-        payload = json.dumps(data)
+        payload = json.dumps(data, ensure_ascii=False)
     else:
         payload = data
     head = f"event: {event}\n" if event else ""
@@ -76,6 +86,143 @@ def usage_object(input_tokens, output_tokens, cached=0, reasoning=0):
     }
 
 
+# --- Building blocks for streams of any shape ------------------------------------------------
+# `stream(*started(), *text_events(["Hi"]), finished("completed", [message_item("Hi")]))` is a
+# complete answer; mix in reasoning, refusals, `error` events, pauses and raw bytes as a test needs.
+
+
+def stream(*events):
+    """SSE steps from event dicts, numbered from 0 in order; other steps (Pause, bytes…) pass through."""
+    steps, number = [], 0
+    for event in events:
+        if isinstance(event, dict):
+            steps.append(sse({"type": event["type"], **event, "sequence_number": number}))
+            number += 1
+        else:
+            steps.append(event)
+    return steps
+
+
+def started(response_id="resp_test", model="test-model"):
+    response = response_object(response_id, model, "in_progress")
+    return [{"type": "response.created", "response": response}, {"type": "response.in_progress", "response": response}]
+
+
+def finished(
+    status, output=(), *, usage=None, error=None, incomplete_reason=None, response_id="resp_test", model="test-model"
+):
+    """The terminal event: `response.completed`, `response.failed` or `response.incomplete`."""
+    final = response_object(response_id, model, status, usage=usage, output=list(output))
+    final["error"] = error
+    if status == "incomplete":
+        final["incomplete_details"] = {"reason": incomplete_reason or "max_output_tokens"}
+    return {"type": f"response.{status}", "response": final}
+
+
+def error_event(code, message, *, flat=False):
+    """An `error` event as the live API nests it, or flat as its reference documents it."""
+    if flat:
+        return {"type": "error", "code": code, "message": message, "param": None}
+    return {"type": "error", "error": {"type": "server_error", "code": code, "message": message, "param": None}}
+
+
+def message_item(text="", *, refusal=None, status="completed", item_id="msg_test"):
+    part = {"type": "refusal", "refusal": refusal} if refusal is not None else output_text_part(text)
+    return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": [part]}
+
+
+def output_text_part(text):
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def text_events(deltas, *, output_index=0, item_id="msg_test", status="completed"):
+    """A message item streaming `deltas` as output text, from output_item.added to .done."""
+    text = "".join(deltas)
+    where = {"item_id": item_id, "output_index": output_index, "content_index": 0}
+    return [
+        {
+            "type": "response.output_item.added",
+            "output_index": output_index,
+            "item": message_item(status="in_progress", item_id=item_id),
+        },
+        {"type": "response.content_part.added", **where, "part": output_text_part("")},
+        *({"type": "response.output_text.delta", **where, "delta": delta, "logprobs": []} for delta in deltas),
+        {"type": "response.output_text.done", **where, "text": text, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": output_text_part(text)},
+        {
+            "type": "response.output_item.done",
+            "output_index": output_index,
+            "item": message_item(text, status=status, item_id=item_id),
+        },
+    ]
+
+
+def refusal_events(deltas, *, output_index=0, item_id="msg_test"):
+    """A message item streaming a refusal instead of text."""
+    refusal = "".join(deltas)
+    where = {"item_id": item_id, "output_index": output_index, "content_index": 0}
+    return [
+        {
+            "type": "response.output_item.added",
+            "output_index": output_index,
+            "item": message_item(status="in_progress", item_id=item_id),
+        },
+        {"type": "response.content_part.added", **where, "part": {"type": "refusal", "refusal": ""}},
+        *({"type": "response.refusal.delta", **where, "delta": delta} for delta in deltas),
+        {"type": "response.refusal.done", **where, "refusal": refusal},
+        {"type": "response.content_part.done", **where, "part": {"type": "refusal", "refusal": refusal}},
+        {
+            "type": "response.output_item.done",
+            "output_index": output_index,
+            "item": message_item(refusal=refusal, item_id=item_id),
+        },
+    ]
+
+
+REASONING_EVENTS = {
+    # kind: (delta event, done event, index field); `summary` is what OpenAI streams when asked for
+    # a reasoning summary, `reasoning_text` its name for raw reasoning, `reasoning` the spec's name.
+    "summary": ("response.reasoning_summary_text.delta", "response.reasoning_summary_text.done", "summary_index"),
+    "reasoning_text": ("response.reasoning_text.delta", "response.reasoning_text.done", "content_index"),
+    "reasoning": ("response.reasoning.delta", "response.reasoning.done", "content_index"),
+}
+
+
+def reasoning_item(parts, kind="summary", item_id="rs_test"):
+    texts = ["".join(part) for part in parts]
+    if kind == "summary":
+        return {"id": item_id, "type": "reasoning", "summary": [{"type": "summary_text", "text": t} for t in texts]}
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": t} for t in texts],
+    }
+
+
+def reasoning_events(parts, *, kind="summary", output_index=0, item_id="rs_test"):
+    """A reasoning item streaming each part (a list of deltas) of its summary or reasoning text."""
+    delta_type, done_type, index_field = REASONING_EVENTS[kind]
+    events = [
+        {"type": "response.output_item.added", "output_index": output_index, "item": reasoning_item([], kind, item_id)}
+    ]
+    for index, deltas in enumerate(parts):
+        where = {"item_id": item_id, "output_index": output_index, index_field: index}
+        if kind == "summary":
+            empty = {"type": "summary_text", "text": ""}
+            events.append({"type": "response.reasoning_summary_part.added", **where, "part": empty})
+        events += [{"type": delta_type, **where, "delta": delta} for delta in deltas]
+        events.append({"type": done_type, **where, "text": "".join(deltas)})
+    events.append(
+        {
+            "type": "response.output_item.done",
+            "output_index": output_index,
+            "item": reasoning_item(parts, kind, item_id),
+        }
+    )
+    return events
+
+
 def answer(
     deltas,
     *,
@@ -88,106 +235,27 @@ def answer(
     incomplete_reason="max_output_tokens",
     first_pause=0.0,
 ):
-    """A complete, well-formed streamed answer made of the given text deltas."""
+    """A complete, well-formed streamed answer made of the given text deltas.
+
+    Steps: created, in_progress, [Pause(first_pause)], output_item.added, content_part.added,
+    ([Pause(pause)], output_text.delta) per delta, output_text.done, content_part.done,
+    output_item.done, the terminal event, and `data: [DONE]` when `done_marker`.
+    """
     deltas = list(deltas)
-    text = "".join(deltas)
     usage = usage if usage is not None else usage_object(7, len(deltas))
-    item_id = "msg_test"
-    steps = []
-    seq = iter(range(10_000))
-    steps.append(
-        sse(
-            {
-                "type": "response.created",
-                "sequence_number": next(seq),
-                "response": response_object(response_id, model, "in_progress"),
-            }
-        )
-    )
-    steps.append(
-        sse(
-            {
-                "type": "response.in_progress",
-                "sequence_number": next(seq),
-                "response": response_object(response_id, model, "in_progress"),
-            }
-        )
-    )
-    if first_pause:
-        steps.append(Pause(first_pause))
-    steps.append(
-        sse(
-            {
-                "type": "response.output_item.added",
-                "sequence_number": next(seq),
-                "output_index": 0,
-                "item": {"id": item_id, "type": "message", "status": "in_progress", "role": "assistant", "content": []},
-            }
-        )
-    )
-    steps.append(
-        sse(
-            {
-                "type": "response.content_part.added",
-                "sequence_number": next(seq),
-                "item_id": item_id,
-                "output_index": 0,
-                "content_index": 0,
-                "part": {"type": "output_text", "text": "", "annotations": []},
-            }
-        )
-    )
-    for delta in deltas:
-        if pause:
-            steps.append(Pause(pause))
-        steps.append(
-            sse(
-                {
-                    "type": "response.output_text.delta",
-                    "sequence_number": next(seq),
-                    "item_id": item_id,
-                    "output_index": 0,
-                    "content_index": 0,
-                    "delta": delta,
-                    "logprobs": [],
-                }
-            )
-        )
-    steps.append(
-        sse(
-            {
-                "type": "response.output_text.done",
-                "sequence_number": next(seq),
-                "item_id": item_id,
-                "output_index": 0,
-                "content_index": 0,
-                "text": text,
-                "logprobs": [],
-            }
-        )
-    )
-    part = {"type": "output_text", "text": text, "annotations": []}
-    steps.append(
-        sse(
-            {
-                "type": "response.content_part.done",
-                "sequence_number": next(seq),
-                "item_id": item_id,
-                "output_index": 0,
-                "content_index": 0,
-                "part": part,
-            }
-        )
-    )
     item_status = "completed" if terminal == "completed" else "incomplete"
-    item = {"id": item_id, "type": "message", "status": item_status, "role": "assistant", "content": [part]}
-    steps.append(
-        sse({"type": "response.output_item.done", "sequence_number": next(seq), "output_index": 0, "item": item})
+    events = text_events(deltas, status=item_status)
+    if pause:
+        events[2 : 2 + len(deltas)] = [step for event in events[2 : 2 + len(deltas)] for step in (Pause(pause), event)]
+    final = finished(
+        terminal,
+        [message_item("".join(deltas), status=item_status)],
+        usage=usage,
+        incomplete_reason=incomplete_reason,
+        response_id=response_id,
+        model=model,
     )
-    final = response_object(response_id, model, terminal, usage=usage, output=[item])
-    if terminal == "incomplete":
-        final["incomplete_details"] = {"reason": incomplete_reason}
-    steps.append(sse({"type": f"response.{terminal}", "sequence_number": next(seq), "response": final}))
+    steps = stream(*started(response_id, model), *([Pause(first_pause)] if first_pause else []), *events, final)
     if done_marker:
         steps.append(b"data: [DONE]\n\n")
     return steps
@@ -200,6 +268,43 @@ def echo_answer(request_body):
     text = f"You said: {last}"
     deltas = [text[index : index + 4] for index in range(0, len(text), 4)]
     return answer(deltas, model=request_body.get("model") or "test-model", pause=0.01)
+
+
+def chunked(steps, size):
+    """The same scenario with its bytes cut into HTTP chunks of `size` bytes, wherever that falls."""
+    result, buffer = [], b""
+    for step in steps:
+        if isinstance(step, bytes):
+            buffer += step
+            continue
+        result.extend(buffer[start : start + size] for start in range(0, len(buffer), size))
+        buffer = b""
+        result.append(step)
+    result.extend(buffer[start : start + size] for start in range(0, len(buffer), size))
+    return result
+
+
+def closed_port_url():
+    """The base URL of a loopback port nothing listens on: connecting is refused."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+@contextlib.contextmanager
+def unresponsive_url():
+    """The base URL of a loopback listener whose backlog is full: connecting times out, offline."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        # One connection fills a backlog of 0; the kernel then drops further SYNs unanswered.
+        filler = socket.create_connection(("127.0.0.1", port))
+        try:
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            filler.close()
 
 
 def transcript(name):
@@ -232,8 +337,10 @@ class UpstreamServer(ThreadingHTTPServer):
         self.scenarios = []
         self.lock = threading.Lock()
         self.connections_closed = threading.Event()
+        self.stopping = threading.Event()
         self.api_key = None
-        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits for one poll, at the end of every test.
+        self.thread = threading.Thread(target=self.serve_forever, args=(0.02,), daemon=True)
 
     @property
     def base_url(self):
@@ -254,7 +361,15 @@ class UpstreamServer(ThreadingHTTPServer):
         self.thread.start()
         return self
 
+    def handle_error(self, request, client_address):
+        # Clients closing their end (Stop, a finished stream) are expected, not test failures.
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
     def stop(self):
+        self.stopping.set()  # ends every Pause still running
         self.shutdown()
         self.server_close()
 
@@ -285,9 +400,17 @@ class UpstreamHandler(BaseHTTPRequestHandler):
                 401,
                 {"error": {"message": "Incorrect API key", "type": "invalid_request_error", "code": "invalid_api_key"}},
             )
-        steps = server.next_scenario(body)
-        if steps and isinstance(steps[0], Status):
-            status = steps[0]
+        steps = list(server.next_scenario(body))
+        first = next((step for step in steps if not isinstance(step, Pause)), None)
+        if isinstance(first, Status):
+            try:
+                for step in steps[: steps.index(first)]:
+                    self.pause(step.seconds)
+            except ConnectionError:
+                record["disconnected"] = True
+                self.close_connection = True
+                return
+            status = first
             self.send_response(status.code)
             for name, value in status.headers.items():
                 self.send_header(name, value)
@@ -303,7 +426,7 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         try:
             for step in steps:
                 if isinstance(step, Pause):
-                    time.sleep(step.seconds)
+                    self.pause(step.seconds)
                 elif isinstance(step, Hangup):
                     self.close_connection = True
                     return
@@ -313,9 +436,21 @@ class UpstreamHandler(BaseHTTPRequestHandler):
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
             record["finished"] = True
-        except (BrokenPipeError, ConnectionResetError):
+        except ConnectionError:
             record["disconnected"] = True
             self.close_connection = True
+
+    def pause(self, seconds):
+        """Stay silent for `seconds`, raising ConnectionError as soon as the client hangs up."""
+        deadline = time.monotonic() + seconds
+        while (remaining := deadline - time.monotonic()) > 0:
+            if self.server.stopping.is_set():
+                raise ConnectionAbortedError("the test server is stopping")
+            readable, _, _ = select.select([self.connection], [], [], min(remaining, 0.05))
+            if readable:
+                if not self.connection.recv(1, socket.MSG_PEEK):
+                    raise ConnectionResetError("the client closed the connection")
+                time.sleep(min(remaining, 0.05))  # unexpected bytes from the client: just wait
 
     def send_json(self, code, data):
         payload = json.dumps(data).encode()
