@@ -8,7 +8,7 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import limits, protocol
+from chat import limits, protocol, providers
 from chat.models import Conversation, ConversationBusy, Message
 from chat.worker import current_loop, get_worker, read_snapshot
 
@@ -60,6 +60,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if group:
                 await self.channel_layer.group_discard(group, self.channel_name)
 
+    @property
+    def server_url(self):
+        """This server's own address as the socket reached it: where the local model is served."""
+        host, port = self.scope.get("server") or ("127.0.0.1", 8000)
+        if ":" in host:
+            host = f"[{host}]"
+        if host in ("0.0.0.0", "[::]"):
+            host = "127.0.0.1"
+        return f"http://{host}:{port}"
+
     async def send_json(self, content):
         await self.send(text_data=json.dumps(content))
 
@@ -104,17 +114,16 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if len(text) > limit:
             raise ClientError("text_too_long", f"The message is {len(text)} characters long; the limit is {limit}.")
         model = content.get("model")
-        if model is not None and model not in settings.OPENRESPONSES_MODELS:
-            raise ClientError(
-                "unknown_model", f"Unknown model; choose one of: {', '.join(settings.OPENRESPONSES_MODELS)}."
-            )
+        offered = providers.model_names()
+        if model is not None and model not in offered:
+            raise ClientError("unknown_model", f"Unknown model; choose one of: {', '.join(offered)}.")
         client_id = content.get("client_id", "")
         if not isinstance(client_id, str) or len(client_id) > 64:
             raise ClientError("invalid_field", "`client_id` must be a string of at most 64 characters.")
         raw_conversation = content.get("conversation")
         conversation_id = None if raw_conversation is None else parse_uuid(raw_conversation)
         worker = get_worker()
-        problem = worker.client_for(model or settings.OPENRESPONSES_MODELS[0]).configuration_problem()
+        problem = worker.client_for(model or offered[0], self.server_url).configuration_problem()
         if problem:
             raise ClientError("not_configured", problem)
         await self.check_limits()
@@ -134,7 +143,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         for message in messages:
             await self.channel_layer.group_send(self.group, protocol.created_event(message))
-        worker.submit(answer.id, self.group, current_loop())
+        worker.submit(answer.id, self.group, current_loop(), self.server_url)
 
     async def chat_subscribe(self, content):
         conversation = await self.owned_conversation(parse_uuid(content.get("conversation")))

@@ -4,6 +4,8 @@ from django.conf import settings
 from django.db import models, transaction
 from django.utils import timezone
 
+from chat import providers
+
 TITLE_LENGTH = 120
 
 
@@ -41,7 +43,7 @@ class ConversationQuerySet(models.QuerySet):
             conversation = self.create(
                 owner=user,
                 title=Conversation.title_from(text),
-                model=model or settings.OPENRESPONSES_MODELS[0],
+                model=model or providers.default_model(),
             )
         else:
             conversation = self.owned_by(user).select_for_update().get(pk=conversation_id)

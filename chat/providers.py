@@ -25,10 +25,16 @@ def local_available():
     return settings.LOCAL_MODEL_ENABLED and runtime.installed()
 
 
+def remote_configured():
+    return bool(settings.OPENRESPONSES_API_KEY) or (
+        settings.OPENRESPONSES_BASE_URL != settings.OPENRESPONSES_DEFAULT_BASE_URL
+    )
+
+
 def providers():
     """Every model offered, in picker order; the first is the default."""
     offered = []
-    if settings.OPENRESPONSES_REMOTE_CONFIGURED:
+    if remote_configured():
         offered += [
             Provider(model, model, settings.OPENRESPONSES_BASE_URL, settings.OPENRESPONSES_API_KEY)
             for model in settings.OPENRESPONSES_MODELS
@@ -47,6 +53,10 @@ def providers():
 
 def model_names():
     return [provider.model for provider in providers()]
+
+
+def default_model():
+    return providers()[0].model
 
 
 def provider_for(model):

@@ -76,10 +76,12 @@ class Usage:
 
 @dataclass(frozen=True)
 class ResponseStarted:
-    """`response.created` / `response.in_progress`: the upstream's id and model."""
+    """`response.created` / `response.queued` / `response.in_progress`: the upstream's id, model and
+    whether it is still waiting to start (`queued`)."""
 
     response_id: str
     model: str
+    status: str = "in_progress"
 
 
 @dataclass(frozen=True)
@@ -233,7 +235,8 @@ def parse_event(data):
         return RefusalDone(_string(data.get("refusal")), _index(data, "output_index"), _index(data, "content_index"))
     if kind in ("response.created", "response.in_progress", "response.queued"):
         response = _dict(data.get("response"))
-        return ResponseStarted(_string(response.get("id")), _string(response.get("model")))
+        status = "queued" if kind == "response.queued" else _string(response.get("status")) or "in_progress"
+        return ResponseStarted(_string(response.get("id")), _string(response.get("model")), status)
     if kind == "error":
         # The live API nests the details under "error"; its reference documents them flat.
         nested = _dict(data.get("error"))

@@ -3,19 +3,22 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import render
 
+from chat import providers
 from chat.models import Conversation
 
 
 def page_context(request, conversation=None):
     conversations = Conversation.objects.owned_by(request.user).only("id", "title", "updated_at")
     messages = [message.as_frame() for message in conversation.messages.all()] if conversation else []
+    offered = providers.providers()
     return {
         "conversations": conversations,
         "conversation": conversation,
         "page_data": {
             "conversation": conversation.as_frame() if conversation else None,
             "messages": messages,
-            "models": settings.OPENRESPONSES_MODELS,
+            "models": [provider.model for provider in offered],
+            "model_labels": {provider.model: provider.label for provider in offered},
             "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
         },
     }

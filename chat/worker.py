@@ -33,7 +33,8 @@ from django.core.cache import cache
 from django.db import close_old_connections
 from django.utils import timezone
 
-from chat import protocol
+from chat import protocol, providers
+from chat.localmodel.views import local_token
 from chat.models import Message, ServerProcess
 from chat.upstream import (
     ReasoningDelta,
@@ -113,9 +114,10 @@ class FlushScheduler:
 class AnswerJob:
     """The state of one answer being generated; see the module docstring."""
 
-    def __init__(self, worker, message_id, group, loop):
+    def __init__(self, worker, message_id, group, loop, local_base_url=""):
         self.worker = worker
         self.message_id = message_id
+        self.local_base_url = local_base_url
         self.group = group
         self.loop = loop
         self.layer = get_channel_layer()
@@ -135,6 +137,7 @@ class AnswerJob:
         self.text_done = {}  # (output_index, content_index) -> full text, from output_text.done
         self.reasoning_part = None  # (output_index, part index) of the last reasoning delta
         self.stream_error = None
+        self.upstream_queued = False
         self.response_id = ""
         self.model = ""
 
@@ -263,7 +266,7 @@ class AnswerJob:
             return  # deleted, or finished elsewhere while it waited in the queue
         self.publish(protocol.status_event(self.message_id, Message.Status.STREAMING))
         conversation = message.conversation
-        client = self.worker.client_for(message.model or conversation.model)
+        client = self.worker.client_for(message.model or conversation.model, self.local_base_url)
         try:
             stream = client.stream_response(
                 message.model or conversation.model,
@@ -319,6 +322,12 @@ class AnswerJob:
         elif isinstance(event, ResponseStarted):
             self.response_id = event.response_id or self.response_id
             self.model = event.model or self.model
+            # The upstream may queue the request (the local model serves one at a time): say so.
+            upstream_queued = event.status == "queued"
+            if upstream_queued != self.upstream_queued:
+                self.upstream_queued = upstream_queued
+                status = Message.Status.QUEUED if upstream_queued else Message.Status.STREAMING
+                self.publish(protocol.status_event(self.message_id, status))
         elif isinstance(event, StreamError):
             self.stream_error = (event.code, event.message)
         elif isinstance(event, ResponseFinished):
@@ -461,15 +470,28 @@ class StreamWorker:
 
     # --- jobs -------------------------------------------------------------------------------
 
-    def client_for(self, model):
-        """The upstream client for a model; each pool thread keeps its own HTTP session."""
+    def client_for(self, model, local_base_url=""):
+        """The upstream client for a model, remote or local; each pool thread keeps its own session.
+
+        `local_base_url` is this server's own address, where the local model is served.
+        """
         session = getattr(self.sessions, "session", None)
         if session is None:
             session = self.sessions.session = requests.Session()
+        provider = providers.provider_for(model)
+        if provider is not None and provider.local:
+            base = settings.LOCAL_MODEL_BASE_URL or local_base_url
+            return UpstreamClient.from_settings(
+                session=session,
+                base_url=f"{base}/local/v1",
+                api_key=local_token(),
+                # The local model answers one request at a time: waiting for it is not an error.
+                timeout=max(settings.OPENRESPONSES_TIMEOUT, 300),
+            )
         return UpstreamClient.from_settings(session=session)
 
-    def submit(self, message_id, group, loop):
-        job = AnswerJob(self, str(message_id), group, loop)
+    def submit(self, message_id, group, loop, local_base_url=""):
+        job = AnswerJob(self, str(message_id), group, loop, local_base_url)
         with self.jobs_lock:
             self.jobs[job.message_id] = job
         self.queue.put(job)

@@ -169,10 +169,37 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
-STATIC_ROOT = BASE_DIR / "staticfiles"
-# Serve straight from the source folders, so a fresh clone runs without collectstatic.
-WHITENOISE_USE_FINDERS = True
-WHITENOISE_AUTOREFRESH = DEBUG
+STATIC_ROOT = Path(envstr("DJANGO_STATIC_ROOT") or BASE_DIR / "staticfiles")
+if DEBUG:
+    # Serve straight from the source folders, so a fresh clone runs without collectstatic.
+    WHITENOISE_USE_FINDERS = True
+    WHITENOISE_AUTOREFRESH = True
+else:
+    # Production serves what `manage.py collectstatic` gathered in STATIC_ROOT, compressed and
+    # under names carrying a hash of their content, which browsers may cache for good.
+    STORAGES = {
+        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    }
+
+# --- HTTPS (docs/deploy.md) -----------------------------------------------------------------
+
+# With DJANGO_DEBUG=0 the site is taken to be reached over HTTPS, and `manage.py check --deploy`
+# reports nothing. DJANGO_HTTPS=0 serves it over plain HTTP (a local cluster, a closed network).
+HTTPS = envbool("DJANGO_HTTPS", not DEBUG)
+if envbool("DJANGO_BEHIND_TLS_PROXY", False):
+    # A proxy terminates TLS and says so in X-Forwarded-Proto. Only safe when the proxy sets that
+    # header itself, whatever the client sent (deploy/nginx.conf does).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+if HTTPS:
+    SECURE_SSL_REDIRECT = True
+    # Load balancers probe the processes directly, over plain HTTP.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = envnumber("DJANGO_HSTS_SECONDS", 365 * 24 * 3600)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = envbool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", True)
+    SECURE_HSTS_PRELOAD = envbool("DJANGO_HSTS_PRELOAD", True)
 
 # --- Logging --------------------------------------------------------------------------------
 
@@ -187,7 +214,8 @@ LOGGING = {
 
 # --- The upstream Open Responses API --------------------------------------------------------
 
-OPENRESPONSES_BASE_URL = envstr("OPENRESPONSES_BASE_URL", "https://llm.onerouter.pro/v1").rstrip("/")
+OPENRESPONSES_DEFAULT_BASE_URL = "https://llm.onerouter.pro/v1"
+OPENRESPONSES_BASE_URL = envstr("OPENRESPONSES_BASE_URL", OPENRESPONSES_DEFAULT_BASE_URL).rstrip("/")
 OPENRESPONSES_API_KEY = envstr("OPENRESPONSES_API_KEY")
 OPENRESPONSES_MODELS = envlist("OPENRESPONSES_MODELS", ["google/gemini-3-flash"])
 OPENRESPONSES_TIMEOUT = envnumber("OPENRESPONSES_TIMEOUT", 60.0, float)
@@ -235,11 +263,13 @@ DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "chat@localhost")
 # --- Models -----------------------------------------------------------------------------------
 
 # A remote API counts as configured once its base URL or key is set; otherwise the site chats
-# with the bundled local model alone (chat/localmodel), offline.
-OPENRESPONSES_REMOTE_CONFIGURED = bool(os.environ.get("OPENRESPONSES_BASE_URL") or OPENRESPONSES_API_KEY)
+# with the bundled local model alone (chat/localmodel), offline. See chat/providers.py.
 LOCAL_MODEL_ENABLED = envbool("LOCAL_MODEL_ENABLED", True)
 LOCAL_MODEL_NAME = envstr("LOCAL_MODEL_NAME", "smollm2-135m")
 LOCAL_MODEL_LABEL = "Local model: SmolLM2-135M, offline"
 # Tokens the local model reads at most (prompt and answer together), and the threads it uses.
 LOCAL_MODEL_CONTEXT = envnumber("LOCAL_MODEL_CONTEXT", 2048)
 LOCAL_MODEL_THREADS = envnumber("LOCAL_MODEL_THREADS", 0)
+# Where the site's worker reaches the local endpoint; empty: this very server, at the address the
+# browser's websocket came in on.
+LOCAL_MODEL_BASE_URL = envstr("LOCAL_MODEL_BASE_URL").rstrip("/")

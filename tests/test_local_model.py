@@ -299,3 +299,56 @@ async def test_a_client_disconnect_stops_the_generation(settings):
         await __import__("asyncio").sleep(0.05)
     assert not model.generation_lock.locked(), "the generation stopped when the client went away"
     await communicator.wait(timeout=5)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_chat_with_the_local_model_goes_through_the_whole_site_path(site, alice, worker, settings):
+    """chat.send -> worker -> requests -> the local endpoint's SSE -> websocket, usage saved exactly."""
+    from chat.models import Message
+    from tests.websocket import connect, receive_until
+
+    settings.SECRET_KEY = SECRET
+    settings.LOCAL_MODEL_BASE_URL = site.removesuffix("/local/v1")
+    settings.OPENRESPONSES_API_KEY = ""
+    settings.OPENRESPONSES_BASE_URL = settings.OPENRESPONSES_DEFAULT_BASE_URL
+    communicator, _, _ = await connect(alice)
+    await communicator.send_json_to({"type": "chat.send", "conversation": None, "text": "Say hi."})
+    frames = await receive_until(communicator, "message.done", timeout=120)
+    await communicator.disconnect()
+    assert frames[0]["conversation"]["model"] == MODEL, "with no remote API configured the local model is the default"
+    done = frames[-1]
+    assert done["status"] == "completed"
+    streamed = "".join(frame["delta"] for frame in frames if frame["type"] == "message.delta")
+    assert streamed and streamed == done["text"]
+    row = await Message.objects.aget(pk=done["message"])
+    assert row.output_tokens == done["usage"]["output_tokens"] > 0
+    assert row.total_tokens == row.input_tokens + row.output_tokens
+    assert row.model == MODEL
+
+
+def test_a_request_waiting_for_the_model_is_reported_queued(site):
+    """The runtime serves one generation at a time; the second stream says it is queued first."""
+    import threading
+
+    long_body = {"model": MODEL, "input": "Tell a long story.", "stream": True, "max_output_tokens": 200}
+    first = post(site, long_body, stream=True)
+    lines = first.iter_lines()
+    while b"response.output_text.delta" not in next(lines):
+        pass  # the first request now holds the model
+    results = {}
+    thread = threading.Thread(
+        target=lambda: results.update(second=post(site, long_body | {"max_output_tokens": 16}, stream=True).text)
+    )
+    thread.start()
+    for _ in lines:
+        pass
+    thread.join(120)
+    events, done = read_events(type("Body", (), {"text": results["second"]})())
+    types = [data["type"] for _, data in events]
+    assert types[:3] == ["response.created", "response.queued", "response.in_progress"]
+    assert events[0][1]["response"]["status"] == "queued"
+    for _, data in events[:3]:
+        validator(EVENT_SCHEMAS.get(data["type"], "ResponseQueuedStreamingEvent")).validate(data)
+    assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+    assert done

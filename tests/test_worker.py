@@ -125,3 +125,22 @@ async def test_database_writes_per_answer_do_not_grow_with_its_length(alice, ups
     assert short == long
     # The messages' inserts, the claim and one final save: a handful, however long the answer.
     assert len(short) <= 6
+
+
+async def test_an_upstream_that_queues_the_request_shows_the_answer_as_queued(alice, upstream, worker):
+    from tests.upstream import Pause, response_object, sse
+
+    steps = answer(["after ", "the queue"])
+    queued = [
+        sse({"type": "response.created", "sequence_number": 0, "response": response_object("r", "m", "queued")}),
+        sse({"type": "response.queued", "sequence_number": 1, "response": response_object("r", "m", "queued")}),
+        Pause(0.3),
+    ]
+    upstream.queue(queued + steps[1:])  # in_progress and the rest follow
+    communicator, _, _ = await connect(alice)
+    await communicator.send_json_to({"type": "chat.send", "conversation": None, "text": "wait"})
+    frames = await receive_until(communicator, "message.done")
+    statuses = [frame["status"] for frame in frames if frame["type"] == "message.status"]
+    assert statuses == ["streaming", "queued", "streaming"]
+    assert frames[-1]["text"] == "after the queue"
+    await communicator.disconnect()

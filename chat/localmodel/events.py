@@ -87,9 +87,16 @@ class ResponseEvents:
 
     # --- the stream, in order ---------------------------------------------------------------
 
-    def opening(self):
+    def queued(self):
+        """While another generation holds the model: created as queued, then `response.queued`."""
         return [
-            self._event("response.created", response=self.response("in_progress")),
+            self._event("response.created", response=self.response("queued")),
+            self._event("response.queued", response=self.response("queued")),
+        ]
+
+    def opening(self, after_queue=False):
+        started = [] if after_queue else [self._event("response.created", response=self.response("in_progress"))]
+        return started + [
             self._event("response.in_progress", response=self.response("in_progress")),
             self._event("response.output_item.added", output_index=0, item=self.item("in_progress")),
             self._event(

@@ -92,15 +92,19 @@ def start_generation(parsed):
 
 async def stream(parsed):
     events = ResponseEvents(parsed)
+    # Another generation holds the model: tell the client it is queued until this one starts.
+    busy = get_model().generation_lock.locked()
     queue, stop_event = start_generation(parsed)
-    opening = events.opening()
     try:
-        yield sse(opening[0])
-        for event in opening[1:]:
-            yield sse(event)
+        if busy:
+            for event in events.queued():
+                yield sse(event)
         while True:
             kind, value = await queue.get()
-            if kind == "piece":
+            if kind == "started":
+                for event in events.opening(after_queue=busy):
+                    yield sse(event)
+            elif kind == "piece":
                 if value.text:
                     yield sse(events.delta(value.text))
                 if value.finish_reason:
@@ -114,7 +118,7 @@ async def stream(parsed):
                 for event in events.failure(code, message):
                     yield sse(event)
                 break
-            elif kind == "end":
+            else:
                 break
         yield b"data: [DONE]\n\n"
     finally:
