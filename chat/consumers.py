@@ -122,7 +122,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ClientError("invalid_field", "`client_id` must be a string of at most 64 characters.")
         raw_conversation = content.get("conversation")
         conversation_id = None if raw_conversation is None else parse_uuid(raw_conversation)
-        worker = get_worker()
+        worker = await database_sync_to_async(get_worker)()  # the first call registers the process
         problem = worker.client_for(model or offered[0], self.server_url).configuration_problem()
         if problem:
             raise ClientError("not_configured", problem)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import socket
 import threading
 import time
@@ -466,7 +467,6 @@ class StreamWorker:
         self._threads.append(threading.Thread(target=self._maintain, name="answer-maintenance", daemon=True))
         for thread in self._threads:
             thread.start()
-        _hook_server_shutdown(self.shutdown)
 
     # --- jobs -------------------------------------------------------------------------------
 
@@ -585,9 +585,20 @@ class StreamWorker:
                     close_old_connections()
                     job.stop()
 
-    def shutdown(self):
-        """Save every answer in flight as interrupted; the server is going away."""
+    def shutdown(self, timeout=15):
+        """Save every answer in flight as interrupted; the server is going away.
+
+        Called on the server's event loop thread, where the ORM may not run: the saving happens
+        in a thread of its own, which this waits for.
+        """
+        saver = threading.Thread(target=self.interrupt_all, name="answer-shutdown")
+        saver.start()
+        saver.join(timeout)
+
+    def interrupt_all(self):
+        """Save every answer in flight as interrupted and tell its browsers (any thread but the loop)."""
         self._stopping.set()
+        close_old_connections()
         with self.jobs_lock:
             jobs = list(self.jobs.values())
         for job in jobs:
@@ -600,6 +611,7 @@ class StreamWorker:
             except Exception:
                 logger.exception("Could not save answer %s at shutdown", job.message_id)
         ServerProcess.objects.filter(id=self.id).delete()
+        close_old_connections()
 
 
 def reap_orphans():
@@ -632,23 +644,15 @@ def _pid_alive(pid):
     return True
 
 
-def _hook_server_shutdown(callback):
-    """Run `callback` when daphne's reactor shuts down (SIGTERM, SIGINT)."""
-    import sys
-
-    if "twisted.internet.reactor" not in sys.modules:
-        return
-    from twisted.internet import reactor
-
-    reactor.addSystemEventTrigger("before", "shutdown", callback)
-
-
 _worker = None
 _worker_lock = threading.Lock()
 
 
 def get_worker():
-    """The process's StreamWorker, started on first use."""
+    """The process's StreamWorker, started on first use (or at server start, see start_with_server).
+
+    The first call writes to the database: call it from synchronous code.
+    """
     global _worker
     with _worker_lock:
         if _worker is None:
@@ -658,3 +662,57 @@ def get_worker():
 
 def current_loop():
     return asyncio.get_running_loop()
+
+
+def start_with_server():
+    """Tie the worker to daphne's life: started as soon as the reactor runs (so a restarted server
+    reaps the answers its previous life left unfinished without waiting for a browser), and on
+    SIGTERM or SIGINT every answer in flight is saved as interrupted and the browsers are told
+    before the server stops.
+
+    Call at import of the ASGI application, before daphne's server registers its own shutdown
+    trigger (which cancels every consumer): ours must run first.
+    """
+    import sys
+
+    if "twisted.internet.reactor" not in sys.modules:
+        return
+    from twisted.internet import reactor
+
+    def start():
+        threading.Thread(target=_start_logging_failure, name="answer-worker-start", daemon=True).start()
+        for number in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, lambda *args: reactor.callFromThread(_stop_gracefully, reactor))
+
+    reactor.callWhenRunning(start)
+    # A stop that did not come through the signals above still saves the answers.
+    reactor.addSystemEventTrigger("before", "shutdown", _interrupt_answers)
+
+
+def _interrupt_answers():
+    if _worker is not None:
+        _worker.shutdown()
+
+
+def _stop_gracefully(reactor):
+    """Save the answers in a thread (the ORM may not run on the loop), give the loop a moment to
+    deliver their message.done frames, then stop the reactor."""
+    if getattr(_stop_gracefully, "started", False):
+        return
+    _stop_gracefully.started = True
+
+    def save_then_stop():
+        try:
+            if _worker is not None:
+                _worker.interrupt_all()
+        finally:
+            reactor.callFromThread(reactor.callLater, 0.5, reactor.stop)
+
+    threading.Thread(target=save_then_stop, name="answer-shutdown").start()
+
+
+def _start_logging_failure():
+    try:
+        get_worker()
+    except Exception:
+        logger.exception("The answer worker could not start; it will be started on the first message")
