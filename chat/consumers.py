@@ -133,21 +133,23 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         if created:
             await self.send_json({"type": protocol.CONVERSATION_CREATED, "conversation": conversation.as_frame()})
-        await self.follow(conversation, announce=False)
-        answer = messages[1]
+        await self.join(conversation)
         if not is_new:
-            # A retried send: answer with what the first one stored, and send nothing upstream.
+            # A retried send: answer with what the first one stored, then where its answer is;
+            # nothing goes upstream again.
             for message in messages:
                 if message is not None:
                     await self.send(text_data=protocol.created_event(message)["frame"])
+            await self.catch_up(conversation, announce=False)
             return
         for message in messages:
             await self.channel_layer.group_send(self.group, protocol.created_event(message))
-        worker.submit(answer.id, self.group, current_loop(), self.server_url)
+        worker.submit(messages[1].id, self.group, current_loop(), self.server_url)
 
     async def chat_subscribe(self, content):
         conversation = await self.owned_conversation(parse_uuid(content.get("conversation")))
-        await self.follow(conversation, announce=True)
+        await self.join(conversation)
+        await self.catch_up(conversation, announce=True)
 
     async def chat_stop(self, content):
         message_id = parse_uuid(content.get("message"), "message")
@@ -161,8 +163,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     # --- following a conversation -----------------------------------------------------------
 
-    async def follow(self, conversation, announce):
-        """Join the conversation's group first, then read snapshots: no delta falls between."""
+    async def join(self, conversation):
+        """Follow the conversation: join its group (leaving the one followed before)."""
         if self.group != conversation.group_name:
             if self.group:
                 await self.channel_layer.group_discard(self.group, self.channel_name)
@@ -170,6 +172,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.conversation_id = str(conversation.id)
             self.seen = {}
             await self.channel_layer.group_add(self.group, self.channel_name)
+
+    async def catch_up(self, conversation, announce):
+        """After joining, read the snapshots of answers in flight: no delta falls between."""
         messages, snapshots = await self.conversation_state(conversation)
         for message_id, snapshot in snapshots.items():
             self.seen[message_id] = snapshot["seq"]

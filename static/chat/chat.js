@@ -1,0 +1,495 @@
+// The chat page: the conversation, the composer and the websocket (docs/protocol.md).
+//
+// Server data arrives through the `page-data` json_script element and websocket frames, never
+// through markup built from strings. Frames update message views and mark them dirty; one
+// requestAnimationFrame callback renders whatever changed, so a burst of deltas costs one render.
+
+import { copyCode } from "./markdown.js";
+import { createView, incompleteReason, UNFINISHED } from "./render.js";
+import { ChatSocket, socketUrl } from "./socket.js";
+
+const page = JSON.parse(document.getElementById("page-data").textContent);
+
+const dom = {
+  scroller: document.getElementById("scroller"),
+  messages: document.getElementById("messages"),
+  emptyState: document.getElementById("empty-state"),
+  jump: document.getElementById("jump"),
+  composer: document.getElementById("composer"),
+  input: document.getElementById("message-input"),
+  model: document.getElementById("model"),
+  send: document.getElementById("send"),
+  stop: document.getElementById("stop"),
+  charCount: document.getElementById("char-count"),
+  composerError: document.getElementById("composer-error"),
+  connection: document.getElementById("connection"),
+  connectionLabel: document.getElementById("connection-label"),
+  announcer: document.getElementById("announcer"),
+  sidebar: document.getElementById("sidebar"),
+  sidebarToggle: document.getElementById("sidebar-toggle"),
+  conversationList: document.getElementById("conversation-list"),
+  title: document.getElementById("conversation-title"),
+};
+
+const state = {
+  conversation: page.conversation, // {id, title, model, ...} or null for a new chat
+  views: new Map(), // message id -> view
+  order: [], // views in conversation order
+  // The chat.send not yet acknowledged by the server: re-sent after a reconnect (its client_id
+  // makes that safe) and put back in the composer if the server refuses it.
+  pendingSend: null,
+  stopping: null, // the answer a chat.stop was sent for
+  lastResync: 0,
+};
+
+// --- helpers ---------------------------------------------------------------------------------
+
+function uuid4() {
+  if (window.crypto.randomUUID) return window.crypto.randomUUID();
+  // Plain-HTTP deployments are not a secure context and lack randomUUID.
+  const bytes = window.crypto.getRandomValues(new Uint8Array(16));
+  bytes[6] = (bytes[6] & 0x0f) | 0x40;
+  bytes[8] = (bytes[8] & 0x3f) | 0x80;
+  const hex = [...bytes].map((byte) => byte.toString(16).padStart(2, "0")).join("");
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20)}`;
+}
+
+function announce(text) {
+  dom.announcer.textContent = "";
+  // A fresh text node after a tick is announced even when the words repeat.
+  setTimeout(() => {
+    dom.announcer.textContent = text;
+  }, 50);
+}
+
+function showError(message) {
+  dom.composerError.textContent = message;
+  dom.composerError.hidden = !message;
+}
+
+// --- rendering -------------------------------------------------------------------------------
+
+const dirty = new Set();
+let frameRequested = false;
+let followBottom = true;
+
+function scheduleRender(view) {
+  dirty.add(view);
+  if (frameRequested) return;
+  frameRequested = true;
+  requestAnimationFrame(renderDirty);
+}
+
+function renderDirty() {
+  frameRequested = false;
+  for (const view of dirty) view.render();
+  dirty.clear();
+  if (followBottom) scrollToBottom();
+  updateJumpButton();
+}
+
+function isAtBottom() {
+  const { scrollTop, scrollHeight, clientHeight } = dom.scroller;
+  return scrollHeight - scrollTop - clientHeight < 48;
+}
+
+function scrollToBottom() {
+  dom.scroller.scrollTop = dom.scroller.scrollHeight;
+}
+
+function updateJumpButton() {
+  dom.jump.hidden = followBottom || isAtBottom();
+}
+
+dom.scroller.addEventListener("scroll", () => {
+  followBottom = isAtBottom();
+  updateJumpButton();
+});
+
+// The composer growing or the window resizing must not leave the latest words out of sight.
+new ResizeObserver(() => {
+  if (followBottom) scrollToBottom();
+}).observe(dom.scroller);
+
+dom.jump.addEventListener("click", () => {
+  // Not a smooth scroll: its scroll events would read as the reader scrolling, and the answer
+  // can grow past the target before it lands.
+  followBottom = true;
+  scrollToBottom();
+  dom.jump.hidden = true;
+});
+
+// --- the conversation ------------------------------------------------------------------------
+
+function addView(frame, seq = null) {
+  const view = createView(frame, { onRetry: retry, seq });
+  state.views.set(view.id, view);
+  state.order.push(view);
+  dom.messages.append(view.element);
+  dom.emptyState.hidden = true;
+  view.render();
+  return view;
+}
+
+/** Brings the list in line with the server's (after a (re)subscribe), keeping known views. */
+function replaceMessages(frames) {
+  const views = [];
+  for (const frame of frames) {
+    let view = state.views.get(frame.id);
+    if (view) {
+      view.apply(frame);
+    } else {
+      view = createView(frame, { onRetry: retry });
+    }
+    views.push(view);
+  }
+  state.views = new Map(views.map((view) => [view.id, view]));
+  state.order = views;
+  dom.messages.replaceChildren(...views.map((view) => view.element));
+  dom.emptyState.hidden = views.length > 0;
+  for (const view of views) scheduleRender(view);
+}
+
+function activeAnswer() {
+  for (let index = state.order.length - 1; index >= 0; index -= 1) {
+    const view = state.order[index];
+    if (view.role === "assistant" && UNFINISHED.has(view.status)) return view;
+  }
+  return null;
+}
+
+function setConversation(conversation) {
+  state.conversation = conversation;
+  const path = `/c/${conversation.id}/`;
+  if (window.location.pathname !== path) window.history.replaceState(null, "", path);
+  document.title = `${conversation.title || "Conversation"} · Chat`;
+  dom.title.textContent = conversation.title || "Conversation";
+  markCurrentInSidebar(conversation);
+}
+
+function markCurrentInSidebar(conversation) {
+  const path = `/c/${conversation.id}/`;
+  let link = null;
+  for (const candidate of dom.conversationList.querySelectorAll("a")) {
+    if (candidate.getAttribute("href") === path) link = candidate;
+    candidate.removeAttribute("aria-current");
+  }
+  if (link === null) {
+    link = document.createElement("a");
+    link.href = path;
+    link.textContent = conversation.title || "New conversation";
+    const item = document.createElement("li");
+    item.append(link);
+    dom.conversationList.prepend(item);
+  } else {
+    // The most recently active conversation leads the list, as it will after a reload.
+    dom.conversationList.prepend(link.parentElement);
+  }
+  link.setAttribute("aria-current", "page");
+}
+
+// --- frames from the server ------------------------------------------------------------------
+
+function belongsHere(conversationId) {
+  return state.conversation !== null && conversationId === state.conversation.id;
+}
+
+// Error codes after which this page's session can no longer use the socket.
+const SIGNED_OUT = new Set(["logged_out", "account_disabled", "session_expired"]);
+
+const handlers = {
+  "conversation.created"(frame) {
+    if (state.conversation === null && state.pendingSend?.frame.conversation === null) {
+      setConversation(frame.conversation);
+    }
+  },
+
+  "conversation.subscribed"(frame) {
+    if (!belongsHere(frame.conversation.id)) return;
+    state.conversation = frame.conversation;
+    state.stopping = null; // a Stop lost with the old socket can be pressed again
+    replaceMessages(frame.messages);
+    updateComposer();
+  },
+
+  "message.created"(frame) {
+    if (state.conversation === null && state.pendingSend?.frame.conversation === null) {
+      // A re-sent first message whose conversation.created was lost with the old socket.
+      setConversation({ id: frame.conversation, title: state.pendingSend.frame.text.slice(0, 60) });
+    }
+    if (!belongsHere(frame.conversation)) return;
+    const message = frame.message;
+    if (state.pendingSend !== null) {
+      // Acknowledged. Another tab's send into this conversation while ours is unacknowledged
+      // would make the server refuse ours as busy, with an error naming our client_id.
+      state.pendingSend = null;
+      markCurrentInSidebar(state.conversation);
+    }
+    if (state.views.has(message.id)) return;
+    followBottom = true;
+    addView(message, 0);
+    updateComposer();
+  },
+
+  "message.status"(frame) {
+    const view = state.views.get(frame.message);
+    if (!view) return;
+    view.applyStatus(frame.status);
+    scheduleRender(view);
+    updateComposer();
+  },
+
+  "message.snapshot"(frame) {
+    const view = state.views.get(frame.message);
+    if (!view || view.role !== "assistant") return;
+    view.applySnapshot(frame);
+    scheduleRender(view);
+    updateComposer();
+  },
+
+  "message.delta"(frame) {
+    delta("text", frame);
+  },
+
+  "message.reasoning.delta"(frame) {
+    delta("reasoning", frame);
+  },
+
+  "message.refusal.delta"(frame) {
+    delta("refusal", frame);
+  },
+
+  "message.done"(frame) {
+    const view = state.views.get(frame.message);
+    if (!view || view.role !== "assistant") return;
+    view.apply(frame);
+    scheduleRender(view);
+    updateComposer();
+    announce(doneAnnouncement(frame));
+  },
+
+  error(frame) {
+    if (SIGNED_OUT.has(frame.code)) {
+      // The server closes this socket next; reconnecting would only be refused.
+      socket.halt();
+      dom.connection.dataset.state = "signed-out";
+      dom.connectionLabel.textContent = "Signed out";
+    }
+    const pending = state.pendingSend;
+    if (pending && frame.client_id && frame.client_id === pending.frame.client_id) {
+      state.pendingSend = null;
+      if (pending.retryOf) {
+        // The text is still in the conversation; the Retry button comes back instead.
+        pending.retryOf.retried = false;
+        pending.retryOf.dirty = true;
+        scheduleRender(pending.retryOf);
+      } else {
+        // Nothing typed is lost: the refused text goes back into the composer.
+        const current = dom.input.value;
+        dom.input.value = current.trim() ? `${pending.frame.text}\n\n${current}` : pending.frame.text;
+        resizeInput();
+      }
+    }
+    showError(frame.message || "Something went wrong.");
+    updateComposer();
+  },
+};
+
+function delta(kind, frame) {
+  const view = state.views.get(frame.message);
+  if (!view || view.role !== "assistant") return;
+  const wasQueued = view.status === "queued";
+  const result = view.applyDelta(kind, frame);
+  if (result === "applied") {
+    scheduleRender(view);
+    if (wasQueued) updateComposer();
+  } else if (result === "gap") {
+    resync();
+  }
+}
+
+function doneAnnouncement(frame) {
+  switch (frame.status) {
+    case "completed":
+      return "Answer finished.";
+    case "incomplete":
+      return `Answer incomplete: ${incompleteReason(frame.incomplete_reason) || "stopped early"}.`;
+    case "failed":
+      return `Answer failed: ${frame.error?.message || "unknown error"}`;
+    case "cancelled":
+      return "Answer stopped.";
+    default:
+      return `Answer ${frame.status}.`;
+  }
+}
+
+/** A delta went missing (it should not): ask for a fresh snapshot, at most once a second. */
+function resync() {
+  const now = Date.now();
+  if (!state.conversation || now - state.lastResync < 1000) return;
+  state.lastResync = now;
+  socket.send({ type: "chat.subscribe", conversation: state.conversation.id });
+}
+
+// --- the composer ----------------------------------------------------------------------------
+
+function fillModels() {
+  const preferred = state.conversation?.model;
+  for (const name of page.models) {
+    const option = document.createElement("option");
+    option.value = name;
+    option.textContent = page.model_labels?.[name] || name;
+    dom.model.append(option);
+  }
+  if (preferred && page.models.includes(preferred)) dom.model.value = preferred;
+  dom.model.hidden = page.models.length < 2;
+}
+
+function resizeInput() {
+  dom.input.style.height = "auto";
+  dom.input.style.height = `${Math.min(dom.input.scrollHeight, 240)}px`;
+}
+
+function updateComposer() {
+  const answer = activeAnswer();
+  const busy = answer !== null;
+  const length = dom.input.value.length;
+  const tooLong = length > page.max_message_chars;
+  dom.send.hidden = busy;
+  dom.stop.hidden = !busy;
+  dom.stop.disabled = busy && state.stopping === answer.id;
+  dom.send.disabled = !dom.input.value.trim() || tooLong || state.pendingSend !== null;
+  dom.charCount.hidden = length < page.max_message_chars * 0.9;
+  dom.charCount.textContent = `${length.toLocaleString()} / ${page.max_message_chars.toLocaleString()}`;
+  dom.charCount.classList.toggle("is-over", tooLong);
+}
+
+function sendText(text, retryOf = null) {
+  const frame = {
+    type: "chat.send",
+    conversation: state.conversation ? state.conversation.id : null,
+    text,
+    model: dom.model.value || undefined,
+    client_id: uuid4(),
+  };
+  state.pendingSend = { frame, retryOf };
+  showError("");
+  followBottom = true;
+  if (!socket.send(frame)) {
+    showError("Not connected. Your message will be sent as soon as the connection is back.");
+  }
+  updateComposer();
+}
+
+function submit() {
+  const text = dom.input.value;
+  if (!text.trim() || activeAnswer() !== null || state.pendingSend !== null) return;
+  if (text.length > page.max_message_chars) return;
+  dom.input.value = "";
+  resizeInput();
+  sendText(text);
+}
+
+function stop() {
+  const answer = activeAnswer();
+  if (!answer || state.stopping === answer.id) return;
+  if (socket.send({ type: "chat.stop", message: answer.id })) state.stopping = answer.id;
+  updateComposer();
+}
+
+function retry(failedView) {
+  const index = state.order.indexOf(failedView);
+  for (let position = index - 1; position >= 0; position -= 1) {
+    const view = state.order[position];
+    if (view.role === "user") {
+      sendText(view.text, failedView);
+      return;
+    }
+  }
+}
+
+dom.composer.addEventListener("submit", (event) => {
+  event.preventDefault();
+  submit();
+});
+
+dom.input.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    submit();
+  }
+});
+
+dom.input.addEventListener("input", () => {
+  resizeInput();
+  updateComposer();
+});
+
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Escape" && activeAnswer() !== null) {
+    event.preventDefault();
+    stop();
+  }
+});
+
+dom.stop.addEventListener("click", stop);
+
+dom.messages.addEventListener("click", (event) => {
+  const button = event.target.closest(".copy-button");
+  if (button) copyCode(button);
+});
+
+// --- sidebar on narrow screens ---------------------------------------------------------------
+
+function setSidebar(open) {
+  document.body.classList.toggle("sidebar-open", open);
+  dom.sidebarToggle.setAttribute("aria-expanded", String(open));
+}
+
+dom.sidebarToggle.addEventListener("click", () => {
+  setSidebar(!document.body.classList.contains("sidebar-open"));
+});
+
+document.addEventListener("click", (event) => {
+  if (!document.body.classList.contains("sidebar-open")) return;
+  if (dom.sidebar.contains(event.target) || dom.sidebarToggle.contains(event.target)) return;
+  setSidebar(false);
+});
+
+// --- the socket ------------------------------------------------------------------------------
+
+const CONNECTION_LABELS = {
+  connecting: "Connecting…",
+  connected: "Connected",
+  reconnecting: "Reconnecting…",
+};
+
+const socket = new ChatSocket(socketUrl("/ws/chat/"), {
+  onState(name) {
+    dom.connection.dataset.state = name;
+    dom.connectionLabel.textContent = CONNECTION_LABELS[name];
+  },
+  onOpen() {
+    if (state.conversation) {
+      socket.send({ type: "chat.subscribe", conversation: state.conversation.id });
+    }
+    if (state.pendingSend) {
+      socket.send(state.pendingSend.frame);
+      showError("");
+    }
+  },
+  onFrame(frame) {
+    const handler = handlers[frame.type];
+    if (handler) handler(frame);
+  },
+});
+
+// --- start -----------------------------------------------------------------------------------
+
+fillModels();
+for (const message of page.messages) addView(message);
+updateComposer();
+scrollToBottom();
+socket.start();
+// On touch screens focusing would pop up the keyboard over the conversation.
+if (window.matchMedia("(pointer: fine)").matches) dom.input.focus();

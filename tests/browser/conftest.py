@@ -1,0 +1,202 @@
+"""A live site for browser tests: the real daphne server in a subprocess, a loopback upstream in
+this process, and Chromium driven by Playwright.
+
+The server runs in its own process with its own SQLite file, so these tests never use
+pytest-django's database fixtures; they see the site only through the browser, as a person would.
+"""
+
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.upstream import UpstreamServer
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+PASSWORD = "correct horse battery"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    # A page answered through Playwright's router (the CSP test adds a header that way) counts as
+    # a public address, and Chromium would then refuse its websocket to the loopback server.
+    "--disable-features=LocalNetworkAccessChecks",
+]
+# Where screenshots go; `CHAT_SCREENSHOTS=docs/screenshots` refreshes the ones in the docs.
+SCREENSHOTS = ROOT / os.environ.get("CHAT_SCREENSHOTS", "test-artifacts/screenshots")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_port(port, process, log_path, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"The server exited with {process.returncode}:\n{log_path.read_text()}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    pytest.fail(f"The server did not listen on port {port} within {timeout} s:\n{log_path.read_text()}")
+
+
+def manage(env, *args):
+    done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode:
+        pytest.fail(f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}")
+
+
+@pytest.fixture(scope="session")
+def upstream_server():
+    server = UpstreamServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def upstream(upstream_server):
+    """The shared upstream with nothing left queued by an earlier test."""
+    with upstream_server.lock:
+        upstream_server.scenarios.clear()
+    yield upstream_server
+
+
+@pytest.fixture(scope="session")
+def live_site(upstream_server, tmp_path_factory):
+    """The site served by daphne on a free loopback port, with the user alice; yields its URL."""
+    folder = tmp_path_factory.mktemp("site")
+    port = free_port()
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "chatsite.settings",
+        "DJANGO_DEBUG": "1",
+        "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
+        "OPENRESPONSES_BASE_URL": upstream_server.base_url,
+        "OPENRESPONSES_API_KEY": "sk-test",
+        "OPENRESPONSES_MODELS": "test-model,other-model",
+        "OPENRESPONSES_TIMEOUT": "10",
+        "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "PYTHONUNBUFFERED": "1",
+        # One answer at a time, so a test can see an answer wait in the queue.
+        "CHAT_WORKER_THREADS": "1",
+        # Every test sends as alice within about a minute; the send rate limit has tests of its own.
+        "CHAT_SENDS_PER_MINUTE": "1000",
+        # Only the loopback upstream's models, whether or not the local model is installed here.
+        "LOCAL_MODEL_ENABLED": "0",
+    }
+    env.pop("REDIS_URL", None)
+    manage(env, "migrate", "--noinput")
+    manage(
+        env,
+        "shell",
+        "-c",
+        f"from django.contrib.auth import get_user_model; "
+        f"get_user_model().objects.create_user('alice', 'alice@example.com', {PASSWORD!r})",
+    )
+    log_path = folder / "daphne.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "daphne"),
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "chatsite.asgi:application",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for_port(port, process, log_path)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def chromium_path():
+    return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+# Module-scoped, not session-scoped: while the sync API runs, its event loop counts as running in
+# this thread, which would break every asyncio test collected after the browser tests.
+@pytest.fixture(scope="module")
+def browser():
+    executable = chromium_path()
+    if not executable:
+        # Never a skip: a missing browser must not pass as a green run, in CI or anywhere else.
+        where = (
+            "CI must install it" if os.environ.get("CI") == "true" else "install it or deselect with -m 'not browser'"
+        )
+        pytest.fail(f"Chromium is needed for browser tests (Debian package `chromium`); {where}.")
+    from playwright.sync_api import sync_playwright
+
+    playwright = sync_playwright().start()
+    try:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+    finally:
+        playwright.stop()
+
+
+@pytest.fixture
+def context(browser, live_site):
+    context = browser.new_context(base_url=live_site, viewport={"width": 1200, "height": 800})
+    context.set_default_timeout(10_000)
+    yield context
+    context.close()
+
+
+@pytest.fixture
+def page(context):
+    """A fresh browser tab (no session yet)."""
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(error))
+    yield page
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def log_in(page, username="alice", password=PASSWORD):
+    page.goto("/accounts/login/")
+    page.get_by_label("Username").fill(username)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Log in").click()
+    page.wait_for_url(re.compile(r"^https?://[^/]+/$"))
+
+
+@pytest.fixture
+def chat(page):
+    """A tab logged in as alice, on a new chat, its websocket connected."""
+    log_in(page)
+    page.get_by_role("status").filter(has_text="Connected").wait_for()
+    return page
+
+
+@pytest.fixture(scope="session")
+def screenshots():
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    return SCREENSHOTS

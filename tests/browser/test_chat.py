@@ -1,0 +1,455 @@
+"""The chat page in real Chromium against the real server, with elements found by role and name."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import log_in
+from tests.upstream import Status, answer, response_object, sse, transcript, usage_object
+
+pytestmark = pytest.mark.browser
+
+MARKDOWN_ANSWER = """## Reversing a list in Python
+
+There are two common ways:
+
+1. **Slicing** returns a new list: `items[::-1]`
+2. **`list.reverse()`** reverses in place and returns `None`
+
+```python
+items = [1, 2, 3]
+print(items[::-1])  # [3, 2, 1]
+items.reverse()
+```
+
+| Way | New list? |
+| --- | --- |
+| `items[::-1]` | yes |
+| `items.reverse()` | no |
+
+See [the tutorial](https://docs.python.org/3/tutorial/datastructures.html) for more.
+"""
+
+
+def composer(page):
+    return page.get_by_role("textbox", name="Message")
+
+
+def send(page, text):
+    box = composer(page)
+    box.fill(text)
+    box.press("Enter")
+
+
+def answers(page):
+    return page.get_by_role("article", name="Assistant message")
+
+
+def chunks(text, size=12):
+    return [text[index : index + size] for index in range(0, len(text), size)]
+
+
+def wait_until_idle(page):
+    expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=20_000)
+
+
+def test_an_answer_streams_in_and_is_kept_with_its_usage(page, upstream, screenshots):
+    log_in(page)
+    words = [f"word{number} " for number in range(1, 21)]
+    upstream.queue(answer(words, pause=0.15, usage=usage_object(12, 20)))
+    send(page, "Tell me twenty words")
+
+    reply = answers(page).first
+    expect(reply).to_contain_text("word1")
+    expect(page.get_by_role("button", name="Stop")).to_be_visible()
+    assert "word20" not in reply.inner_text(), "the answer should still be streaming"
+    expect(composer(page)).to_have_value("")
+    page.screenshot(path=screenshots / "chat-streaming.png", animations="disabled")
+
+    wait_until_idle(page)
+    expect(reply).to_contain_text("word20")
+    expect(reply).to_contain_text("12 in / 20 out · 32 tokens")
+    expect(page.locator("[aria-live=polite]")).to_have_text("Answer finished.")
+    expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+
+    page.reload()
+    reply = answers(page).first
+    expect(reply).to_contain_text("word1 word2")
+    expect(reply).to_contain_text("word20")
+    expect(reply).to_contain_text("12 in / 20 out · 32 tokens")
+    expect(page.get_by_role("article", name="User message")).to_have_text("Tell me twenty words")
+    sidebar = page.get_by_role("navigation", name="Conversations")
+    expect(sidebar.get_by_role("link", name="Tell me twenty words")).to_have_attribute("aria-current", "page")
+
+
+def test_markdown_is_rendered_with_highlighted_code_and_looks_tidy(chat, context, upstream, screenshots):
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    upstream.queue(answer(chunks(MARKDOWN_ANSWER), pause=0.01, usage=usage_object(25, 96)))
+    send(chat, "How do I reverse a list in Python?")
+    wait_until_idle(chat)
+    reply = answers(chat).first
+    expect(reply.get_by_role("heading", name="Reversing a list in Python")).to_be_visible()
+    expect(reply.get_by_role("table")).to_be_visible()
+    expect(reply.locator("pre code .hljs-built_in, pre code .hljs-comment").first).to_be_visible()
+    chat.bring_to_front()  # the clipboard answers only the focused page
+    reply.get_by_role("button", name="Copy").click()
+    # What matters is the clipboard; the button's "Copied" lasts 1.5 s, too short to poll for on
+    # a loaded machine.
+    expected = "items = [1, 2, 3]\nprint(items[::-1])"
+    for _ in range(100):
+        if chat.evaluate("navigator.clipboard.readText()").startswith(expected):
+            break
+        chat.wait_for_timeout(100)
+    assert chat.evaluate("navigator.clipboard.readText()").startswith(expected)
+    expect(reply.get_by_role("button", name="Copy")).to_be_visible()
+    link = reply.get_by_role("link", name="the tutorial")
+    expect(link).to_have_attribute("target", "_blank")
+    expect(link).to_have_attribute("rel", "noopener noreferrer")
+    chat.screenshot(path=screenshots / "chat-light.png", animations="disabled")
+
+    chat.emulate_media(color_scheme="dark")
+    chat.screenshot(path=screenshots / "chat-dark.png", animations="disabled")
+    chat.emulate_media(color_scheme="light")
+
+    chat.set_viewport_size({"width": 360, "height": 740})
+    expect(chat.get_by_role("navigation", name="Conversations")).to_be_hidden()
+    expect(chat.get_by_role("button", name="Send")).to_be_in_viewport()
+    assert chat.evaluate("document.documentElement.scrollWidth") <= 360, "the page scrolls sideways"
+    chat.screenshot(path=screenshots / "chat-narrow.png", animations="disabled")
+    chat.get_by_role("button", name="Conversations").click()
+    expect(chat.get_by_role("navigation", name="Conversations")).to_be_visible()
+    chat.screenshot(path=screenshots / "chat-narrow-sidebar.png", animations="disabled")
+
+
+def test_stop_ends_the_answer_and_keeps_its_text(chat, upstream):
+    upstream.queue(answer([f"part{number} " for number in range(40)], pause=0.2))
+    send(chat, "Count slowly")
+    reply = answers(chat).first
+    expect(reply).to_contain_text("part2")
+    chat.get_by_role("button", name="Stop").click()
+
+    expect(reply.get_by_text("Cancelled", exact=True)).to_be_visible()
+    wait_until_idle(chat)
+    kept = reply.inner_text()
+    assert "part2" in kept and "part39" not in kept
+
+    chat.reload()
+    reply = answers(chat).first
+    expect(reply.get_by_text("Cancelled", exact=True)).to_be_visible()
+    expect(reply).to_contain_text("part0 part1 part2")
+    expect(chat.get_by_role("button", name="Send")).to_be_visible()
+
+
+def test_escape_stops_the_answer(chat, upstream):
+    upstream.queue(answer([f"part{number} " for number in range(40)], pause=0.2))
+    send(chat, "Count slowly again")
+    reply = answers(chat).first
+    expect(reply).to_contain_text("part1")
+    composer(chat).press("Escape")
+    expect(reply.get_by_text("Cancelled", exact=True)).to_be_visible()
+
+
+def test_a_failed_answer_shows_the_error_and_can_be_retried(chat, upstream, screenshots):
+    upstream.queue([Status(500, b'{"error":{"message":"boom","type":"server_error"}}')])
+    send(chat, "Will this work?")
+    reply = answers(chat).first
+    expect(reply.get_by_text("Failed", exact=True)).to_be_visible()
+    # The client words upstream errors itself (an HTTP 500's detail may or may not be quoted).
+    expect(reply.get_by_text(re.compile("internal error|boom", re.IGNORECASE))).to_be_visible()
+    chat.screenshot(path=screenshots / "failed.png", animations="disabled")
+
+    upstream.queue(answer(["Second ", "time ", "lucky."]))
+    reply.get_by_role("button", name="Retry").click()
+    expect(answers(chat)).to_have_count(2)
+    expect(answers(chat).nth(1)).to_contain_text("Second time lucky.")
+    expect(reply.get_by_role("button", name="Retry")).to_be_hidden()
+    expect(chat.get_by_role("article", name="User message").nth(1)).to_have_text("Will this work?")
+    assert upstream.requests[-1]["body"]["input"][-1]["content"] == "Will this work?"
+
+
+def test_an_incomplete_answer_says_why(chat, upstream, screenshots):
+    upstream.queue(answer(["The answer was cut ", "short because"], terminal="incomplete"))
+    send(chat, "Write a very long essay")
+    reply = answers(chat).first
+    expect(reply.get_by_text("Incomplete: output token limit reached")).to_be_visible()
+    expect(reply).to_contain_text("The answer was cut short because")
+    chat.screenshot(path=screenshots / "incomplete.png", animations="disabled")
+
+
+def test_a_reasoning_summary_is_shown_in_a_thinking_block(chat, upstream, screenshots):
+    upstream.queue(transcript("openai-reasoning-summary.sse"))
+    send(chat, "Should I wear a coat to the Tigers game today?")
+    wait_until_idle(chat)
+    reply = answers(chat).first
+    thinking = reply.get_by_text("Thinking", exact=True)
+    expect(thinking).to_be_visible()
+    expect(reply.get_by_text("The Tigers game today is set for June 23")).to_be_hidden()
+    thinking.click()
+    expect(reply.get_by_text("The Tigers game today is set for June 23")).to_be_visible()
+    expect(reply.locator("strong", has_text="Providing game details")).to_be_visible()
+    chat.screenshot(path=screenshots / "thinking.png", animations="disabled")
+
+
+def refusal(deltas):
+    """A streamed answer in which the model refuses instead of answering."""
+    text = "".join(deltas)
+    part = {"type": "refusal", "refusal": text}
+    item = {"id": "msg_refusal", "type": "message", "status": "completed", "role": "assistant", "content": [part]}
+    steps = [
+        sse({"type": "response.created", "response": response_object("resp_refusal", "test-model", "in_progress")}),
+        sse({"type": "response.output_item.added", "output_index": 0, "item": {**item, "content": []}}),
+    ]
+    for delta in deltas:
+        steps.append(
+            sse(
+                {
+                    "type": "response.refusal.delta",
+                    "item_id": "msg_refusal",
+                    "output_index": 0,
+                    "content_index": 0,
+                    "delta": delta,
+                }
+            )
+        )
+    steps += [
+        sse(
+            {
+                "type": "response.refusal.done",
+                "item_id": "msg_refusal",
+                "output_index": 0,
+                "content_index": 0,
+                "refusal": text,
+            }
+        ),
+        sse({"type": "response.output_item.done", "output_index": 0, "item": item}),
+        sse(
+            {
+                "type": "response.completed",
+                "response": response_object(
+                    "resp_refusal", "test-model", "completed", usage=usage_object(9, 6), output=[item]
+                ),
+            }
+        ),
+    ]
+    return steps
+
+
+def test_a_refusal_is_shown_apart_from_answers(chat, upstream, screenshots):
+    upstream.queue(refusal(["I can't ", "help with ", "that."]))
+    send(chat, "Help me with something bad")
+    wait_until_idle(chat)
+    reply = answers(chat).first
+    expect(reply.get_by_text("Refused", exact=True)).to_be_visible()
+    expect(reply.get_by_text("I can't help with that.")).to_be_visible()
+    expect(reply.locator(".message-body")).to_have_text("")
+    chat.screenshot(path=screenshots / "refusal.png", animations="disabled")
+    chat.reload()
+    expect(answers(chat).first.get_by_text("I can't help with that.")).to_be_visible()
+
+
+def test_markup_in_model_output_does_not_run(chat, upstream):
+    hostile = [
+        'Look: <img src=x onerror="window.__xss=1"> ',
+        "and <script>window.__xss=1</script> ",
+        "and [x](javascript:window.__xss=1) ",
+        '<a href="javascript:window.__xss=1">y</a>',
+    ]
+    upstream.queue(answer(hostile, pause=0.05))
+    send(chat, "Say something nasty")
+    wait_until_idle(chat)
+    reply = answers(chat).first
+    expect(reply).to_contain_text('<img src=x onerror="window.__xss=1">')
+    reply.get_by_text("x", exact=True).click()
+    chat.wait_for_timeout(300)
+    assert chat.evaluate("typeof window.__xss") == "undefined"
+    assert reply.locator("img, script").count() == 0
+    for href in reply.locator("a").evaluate_all("links => links.map(link => link.getAttribute('href'))"):
+        assert not (href or "").strip().lower().startswith("javascript:")
+
+
+def test_a_reload_mid_answer_resumes_it_without_gaps_or_repeats(chat, upstream):
+    parts = [f"chunk{number} " for number in range(30)]
+    upstream.queue(answer(parts, pause=0.1))
+    send(chat, "Stream for a while")
+    expect(answers(chat).first).to_contain_text("chunk3")
+    chat.reload()
+    reply = answers(chat).first
+    expect(chat.get_by_role("button", name="Stop")).to_be_visible()
+    wait_until_idle(chat)
+    expect(reply.locator(".message-body")).to_have_text("".join(parts).strip())
+
+
+def test_a_dropped_connection_reconnects_and_catches_up(chat, upstream):
+    connections = []
+
+    def relay(route):
+        connections.append((route, route.connect_to_server()))
+
+    chat.route_web_socket(re.compile(r"/ws/chat/$"), relay)
+    chat.reload()
+    expect(chat.get_by_role("status")).to_have_text("Connected")
+    chat.evaluate(
+        """() => {
+            window.connectionStates = [];
+            const label = document.getElementById("connection-label");
+            new MutationObserver(() => window.connectionStates.push(label.textContent))
+                .observe(label, { childList: true, characterData: true, subtree: true });
+        }"""
+    )
+    parts = [f"piece{number} " for number in range(30)]
+    upstream.queue(answer(parts, pause=0.1))
+    send(chat, "Keep going through a network blip")
+    reply = answers(chat).first
+    expect(reply).to_contain_text("piece3")
+
+    page_side, server_side = connections[-1]
+    page_side.close()
+    server_side.close()
+    expect(chat.get_by_role("status")).to_have_text("Connected")
+    wait_until_idle(chat)
+    assert len(connections) == 2
+    assert "Reconnecting…" in chat.evaluate("window.connectionStates")
+    expect(reply.locator(".message-body")).to_have_text("".join(parts).strip())
+
+
+def test_an_answer_waits_visibly_in_the_queue(chat, context, upstream):
+    """The live server has one answer thread: a second answer waits and says so."""
+    upstream.queue(answer([f"first{number} " for number in range(20)], pause=0.1))
+    send(chat, "First question")
+    expect(answers(chat).first).to_contain_text("first1")
+
+    other = context.new_page()
+    other.goto("/")
+    expect(other.get_by_role("status").filter(has_text="Connected")).to_be_visible()
+    upstream.queue(answer(["Your ", "turn ", "now."]))
+    send(other, "Second question")
+    waiting = answers(other).first
+    expect(waiting.get_by_text("Queued", exact=True)).to_be_visible()
+    expect(other.get_by_role("button", name="Stop")).to_be_visible()
+    expect(waiting).to_contain_text("Your turn now.", timeout=15_000)
+    expect(other.get_by_role("button", name="Send")).to_be_visible()
+    wait_until_idle(chat)
+
+
+def test_the_chosen_model_is_sent_upstream(chat, upstream):
+    chat.get_by_role("combobox", name="Model").select_option("other-model")
+    send(chat, "Which model are you?")
+    wait_until_idle(chat)
+    expect(answers(chat).first).to_contain_text("You said: Which model are you?")
+    assert upstream.requests[-1]["body"]["model"] == "other-model"
+
+
+def test_logging_out_ends_the_session(chat, screenshots):
+    chat.get_by_role("button", name="Log out").click()
+    expect(chat.get_by_role("button", name="Log in")).to_be_visible()
+    chat.screenshot(path=screenshots / "login.png", animations="disabled")
+    chat.goto("/")
+    expect(chat).to_have_url(re.compile(r"/accounts/login/\?next=/$"))
+
+
+def test_the_composer_keys(chat):
+    box = composer(chat)
+    send_button = chat.get_by_role("button", name="Send")
+    expect(send_button).to_be_disabled()
+    box.fill("   ")
+    expect(send_button).to_be_disabled()
+    box.fill("first line")
+    expect(send_button).to_be_enabled()
+    height = box.bounding_box()["height"]
+    box.press("Shift+Enter")
+    box.press_sequentially("second line")
+    expect(box).to_have_value("first line\nsecond line")
+    assert box.bounding_box()["height"] > height, "the composer grows with its text"
+    expect(answers(chat)).to_have_count(0)
+    box.press("Enter")
+    expect(chat.get_by_role("article", name="User message")).to_have_text("first line\nsecond line")
+    wait_until_idle(chat)
+
+
+def test_scrolling_up_stops_following_and_offers_a_jump_to_the_latest(chat, upstream):
+    lines = [f"Line {number} of a long answer.\n\n" for number in range(80)]
+    upstream.queue(answer(lines, pause=0.05))
+    send(chat, "Write many lines")
+    reply = answers(chat).first
+    expect(reply).to_contain_text("Line 30 ")
+    scroller = chat.locator("#scroller")
+    jump = chat.get_by_role("button", name="Jump to latest")
+    expect(jump).to_be_hidden()
+    scroller.hover()
+    chat.mouse.wheel(0, -600)
+    expect(jump).to_be_visible()
+    position = scroller.evaluate("element => element.scrollTop")
+    chat.wait_for_timeout(500)
+    assert scroller.evaluate("element => element.scrollTop") == position, "it scrolled away from the reader"
+    jump.click()
+    expect(jump).to_be_hidden()
+    wait_until_idle(chat)
+    expect(reply).to_contain_text("Line 79 ")
+    at_bottom = "element => element.scrollHeight - element.scrollTop - element.clientHeight < 2"
+    chat.wait_for_function(f"({at_bottom})(document.getElementById('scroller'))")
+
+
+@pytest.mark.parametrize("step", [1, 3, 7])
+def test_markdown_rendered_block_by_block_while_streaming_matches_a_full_render(chat, step):
+    """The incremental renderer keeps finished blocks; the result must equal a full render."""
+    sample = MARKDOWN_ANSWER + "\n> quoted\n> text\n\n- a\n- b\n\n    indented code\n\nSetext\n===\n\nEnd *here*"
+    same = chat.evaluate(
+        """async ([text, step]) => {
+            const { MarkdownStream, renderMarkdown } = await import("/static/chat/markdown.js");
+            const streamed = document.createElement("div");
+            const stream = new MarkdownStream(streamed);
+            for (let end = 0; end < text.length; end += step) stream.update(text.slice(0, end));
+            stream.update(text);
+            const full = document.createElement("div");
+            full.append(renderMarkdown(text));
+            const flat = (node) =>
+                node.innerHTML.replaceAll('<div class="markdown-tail">', "").replaceAll("</div>", "");
+            return [flat(streamed), flat(full)];
+        }""",
+        [sample, step],
+    )
+    assert same[0] == same[1]
+
+
+STRICT_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; font-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+def test_the_page_works_under_a_strict_content_security_policy(page, upstream, live_site):
+    """No inline script, style attribute or foreign resource: a strict CSP can be switched on."""
+
+    def with_policy(route):
+        response = route.fetch(max_redirects=0)
+        route.fulfill(response=response, headers={**response.headers, "content-security-policy": STRICT_POLICY})
+
+    log_in(page)
+    # Playwright does not route the request a redirect leads to: load the page anew, routed.
+    page.route(lambda url: url.startswith(live_site) and "/static/" not in url, with_policy)
+    page.add_init_script(
+        "window.violations = [];"
+        "document.addEventListener('securitypolicyviolation', (event) =>"
+        " window.violations.push(`${event.violatedDirective} ${event.blockedURI}`));"
+    )
+    page.goto("/")
+    expect(page.get_by_role("status")).to_have_text("Connected")
+    upstream.queue(answer(chunks(MARKDOWN_ANSWER), pause=0.01))
+    send(page, "Show me some Markdown")
+    wait_until_idle(page)
+    expect(answers(page).first.get_by_role("heading", name="Reversing a list in Python")).to_be_visible()
+    assert page.evaluate("window.violations") == []
+
+
+def test_logging_out_in_another_tab_signs_this_one_out(chat, context):
+    other = context.new_page()
+    other.goto("/")
+    other.get_by_role("button", name="Log out").click()
+    expect(other.get_by_role("button", name="Log in")).to_be_visible()
+
+    expect(chat.get_by_role("status")).to_have_text("Signed out")
+    expect(chat.get_by_role("alert")).to_have_text("You logged out.")
+    composer(chat).fill("Still here?")
+    chat.wait_for_timeout(1500)
+    expect(chat.get_by_role("status")).to_have_text("Signed out")
