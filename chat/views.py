@@ -20,6 +20,7 @@ def page_context(request, conversation=None):
             "models": [provider.model for provider in offered],
             "model_labels": {provider.model: provider.label for provider in offered},
             "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
+            "image_hosts": settings.CHAT_IMAGE_HOSTS,
         },
     }
 

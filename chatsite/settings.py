@@ -82,6 +82,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "chat.security.ContentSecurityPolicyMiddleware",
 ]
 
 ROOT_URLCONF = "chatsite.urls"
@@ -186,12 +187,12 @@ else:
 
 # With DJANGO_DEBUG=0 the site is taken to be reached over HTTPS, and `manage.py check --deploy`
 # reports nothing. DJANGO_HTTPS=0 serves it over plain HTTP (a local cluster, a closed network).
-HTTPS = envbool("DJANGO_HTTPS", not DEBUG)
+SERVED_OVER_HTTPS = envbool("DJANGO_HTTPS", not DEBUG)
 if envbool("DJANGO_BEHIND_TLS_PROXY", False):
     # A proxy terminates TLS and says so in X-Forwarded-Proto. Only safe when the proxy sets that
     # header itself, whatever the client sent (deploy/nginx.conf does).
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-if HTTPS:
+if SERVED_OVER_HTTPS:
     SECURE_SSL_REDIRECT = True
     # Load balancers probe the processes directly, over plain HTTP.
     SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
@@ -273,3 +274,24 @@ LOCAL_MODEL_THREADS = envnumber("LOCAL_MODEL_THREADS", 0)
 # Where the site's worker reaches the local endpoint; empty: this very server, at the address the
 # browser's websocket came in on.
 LOCAL_MODEL_BASE_URL = envstr("LOCAL_MODEL_BASE_URL").rstrip("/")
+
+# --- Content Security Policy (chat/security.py) ------------------------------------------------
+
+# Images in answers load only from these hosts (besides this site): none by default, so a
+# model's Markdown cannot make browsers call out to arbitrary servers.
+CHAT_IMAGE_HOSTS = envlist("CHAT_IMAGE_HOSTS", [])
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'none'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", *CHAT_IMAGE_HOSTS],
+        "font-src": ["'self'"],
+        "connect-src": ["'self'"],
+        "manifest-src": ["'self'"],
+        "form-action": ["'self'"],
+        "base-uri": ["'none'"],
+        "object-src": ["'none'"],
+        "frame-ancestors": ["'none'"],
+    }
+}

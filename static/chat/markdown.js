@@ -85,7 +85,36 @@ function decorateCodeBlock(pre, options) {
   block.append(head, pre);
 }
 
+// Hosts images may load from besides this site (CHAT_IMAGE_HOSTS): none by default, so a model's
+// Markdown cannot make the browser call out to arbitrary servers (privacy).
+const IMAGE_HOSTS = (() => {
+  const data = document.getElementById("page-data");
+  return data ? JSON.parse(data.textContent).image_hosts || [] : [];
+})();
+
+function imageAllowed(src) {
+  try {
+    const url = new URL(src, location.href);
+    const web = url.protocol === "https:" || url.protocol === "http:";
+    return web && (url.origin === location.origin || IMAGE_HOSTS.includes(url.host));
+  } catch {
+    return false;
+  }
+}
+
+function blockForeignImages(fragment) {
+  for (const image of fragment.querySelectorAll("img")) {
+    if (imageAllowed(image.getAttribute("src") || "")) continue;
+    const standIn = document.createElement("span");
+    standIn.className = "blocked-image";
+    standIn.title = "Images from other sites are not loaded";
+    standIn.textContent = `[image: ${image.getAttribute("alt") || "untitled"}]`;
+    image.replaceWith(standIn);
+  }
+}
+
 function decorate(fragment, options) {
+  blockForeignImages(fragment);
   for (const pre of fragment.querySelectorAll("pre")) decorateCodeBlock(pre, options);
   for (const table of fragment.querySelectorAll("table")) {
     const wrap = document.createElement("div");

@@ -106,7 +106,8 @@ def live_site(upstream_server, tmp_path_factory):
         "shell",
         "-c",
         f"from django.contrib.auth import get_user_model; "
-        f"get_user_model().objects.create_user('alice', 'alice@example.com', {PASSWORD!r})",
+        f"get_user_model().objects.create_user('alice', 'alice@example.com', {PASSWORD!r}); "
+        f"get_user_model().objects.create_superuser('root', 'root@example.com', {PASSWORD!r})",
     )
     log_path = folder / "daphne.log"
     with open(log_path, "wb") as log:
@@ -186,6 +187,30 @@ def log_in(page, username="alice", password=PASSWORD):
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url(re.compile(r"^https?://[^/]+/$"))
+
+
+def composer(page):
+    return page.get_by_role("textbox", name="Message")
+
+
+def send(page, text):
+    box = composer(page)
+    box.fill(text)
+    box.press("Enter")
+
+
+def answers(page):
+    return page.get_by_role("article", name="Assistant message")
+
+
+def chunks(text, size=12):
+    return [text[index : index + size] for index in range(0, len(text), size)]
+
+
+def wait_until_idle(page):
+    from playwright.sync_api import expect
+
+    expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=20_000)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import log_in
+from tests.browser.conftest import answers, chunks, composer, log_in, send, wait_until_idle
 from tests.upstream import Status, answer, response_object, sse, transcript, usage_object
 
 pytestmark = pytest.mark.browser
@@ -30,28 +30,6 @@ items.reverse()
 
 See [the tutorial](https://docs.python.org/3/tutorial/datastructures.html) for more.
 """
-
-
-def composer(page):
-    return page.get_by_role("textbox", name="Message")
-
-
-def send(page, text):
-    box = composer(page)
-    box.fill(text)
-    box.press("Enter")
-
-
-def answers(page):
-    return page.get_by_role("article", name="Assistant message")
-
-
-def chunks(text, size=12):
-    return [text[index : index + size] for index in range(0, len(text), size)]
-
-
-def wait_until_idle(page):
-    expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=20_000)
 
 
 def test_an_answer_streams_in_and_is_kept_with_its_usage(page, upstream, screenshots):
