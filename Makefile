@@ -1,5 +1,6 @@
 # `make run`: set everything up and start the site on http://127.0.0.1:8000
-# `make test`: set everything up and run every test
+# `make test`: set everything up and run every test, then the suite again on PostgreSQL and Redis
+# `make run-cluster`: the scaled-out site on one machine (PostgreSQL, Redis, two daphne, nginx)
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
@@ -7,19 +8,28 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test setup system-packages python-packages browser-packages migrate lint format clean
+.PHONY: run run-cluster test setup system-packages python-packages browser-packages migrate lint format clean
 
 run: setup migrate
 	$(BIN)/python manage.py ensure_admin
 	@echo "Starting the site on http://$(HOST):$(PORT)/"
 	$(BIN)/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
 
+# The second run selects PostgreSQL and Redis (DATABASE_URL, REDIS_URL) for the same suite. The
+# browser tests and tests/test_scale_out.py start their own servers whatever those say, so
+# running them again would repeat the first run.
 test: setup
 	$(BIN)/python -m pytest
+	bash scripts/with-services.sh $(BIN)/python -m pytest -q --ignore=tests/browser --ignore=tests/test_scale_out.py
+
+# Open http://127.0.0.1:8000/ (CLUSTER_PORT); docs/deploy.md explains what runs.
+run-cluster: setup
+	bash scripts/cluster.sh
 
 setup: system-packages python-packages browser-packages
 
-# Debian packages the tests need: Chromium for browser tests, Redis and PostgreSQL for scale-out.
+# Debian packages the tests need: Chromium for browser tests, Redis and PostgreSQL for scale-out,
+# nginx for `make run-cluster`.
 system-packages:
 	@bash scripts/system-packages.sh
 

@@ -271,6 +271,8 @@ LOCAL_MODEL_LABEL = "Local model: SmolLM2-135M, offline"
 # Tokens the local model reads at most (prompt and answer together), and the threads it uses.
 LOCAL_MODEL_CONTEXT = envnumber("LOCAL_MODEL_CONTEXT", 2048)
 LOCAL_MODEL_THREADS = envnumber("LOCAL_MODEL_THREADS", 0)
+# Sampling temperature of the local model's answers (0: the same answer every time).
+LOCAL_MODEL_TEMPERATURE = envnumber("LOCAL_MODEL_TEMPERATURE", 0.7, float)
 # Where the site's worker reaches the local endpoint; empty: this very server, at the address the
 # browser's websocket came in on.
 LOCAL_MODEL_BASE_URL = envstr("LOCAL_MODEL_BASE_URL").rstrip("/")

@@ -1,10 +1,13 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from chat import accounts
+from chat import accounts, health
 from chat.localmodel import views as local_model
 
 urlpatterns = [
+    # Probes for load balancers and service managers (docs/deploy.md).
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
     path("accounts/login/", accounts.ThrottledLoginView.as_view(), name="login"),
     path("accounts/signup/", accounts.signup, name="signup"),
     # Logout, password change and password reset are Django's own views.

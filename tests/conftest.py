@@ -12,6 +12,20 @@ def fast_password_hashing(settings):
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's test databases, and at the end no connection left open in a helper thread.
+
+    Async tests run their ORM calls in asgiref's one sync thread, which keeps its connection
+    (CONN_MAX_AGE). PostgreSQL will not drop a test database while a connection to it is open.
+    """
+    yield
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)
+
+
 @pytest.fixture(autouse=True)
 def empty_cache():
     """Rate-limit counters and resume snapshots must not leak from one test into the next."""

@@ -1,9 +1,8 @@
 import pytest
-from channels.layers import get_channel_layer
 
 from chat.models import Conversation, Message
 from tests.upstream import answer, usage_object
-from tests.websocket import connect, receive, receive_until
+from tests.websocket import assert_no_groups_left, connect, receive, receive_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -60,7 +59,7 @@ async def test_another_users_conversation_is_answered_like_an_unknown_one(alice,
     unknown = await receive(communicator)
     assert foreign == unknown == {"type": "error", "code": "not_found", "message": "No such conversation."}
     await communicator.disconnect()
-    assert get_channel_layer().groups == {}
+    assert_no_groups_left()
 
 
 async def frames_after(communicator, frame):
@@ -197,4 +196,4 @@ async def test_a_second_socket_of_the_owner_follows_the_answer_live(alice, upstr
     await receive_until(sender, "message.done")
     await sender.disconnect()
     await follower.disconnect()
-    assert get_channel_layer().groups == {}
+    assert_no_groups_left()

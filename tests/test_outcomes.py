@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from channels.layers import get_channel_layer
 
 from chat.models import Message
 from tests.upstream import (
@@ -31,7 +30,7 @@ from tests.upstream import (
     text_events,
     usage_object,
 )
-from tests.websocket import connect, receive, receive_until
+from tests.websocket import assert_no_groups_left, connect, receive, receive_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -135,7 +134,7 @@ def usage(input_tokens, output_tokens, cached=0, reasoning=0):
 async def close(*communicators):
     for communicator in communicators:
         await communicator.disconnect()
-    assert get_channel_layer().groups == {}
+    assert_no_groups_left()
 
 
 BYSTANDER_WORDS = [f"steady-{number} " for number in range(25)]

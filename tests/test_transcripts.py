@@ -6,12 +6,11 @@ however the bytes are cut into HTTP chunks.
 """
 
 import pytest
-from channels.layers import get_channel_layer
 
 from chat.models import Message
 from chat.upstream import UpstreamClient
 from tests.upstream import TRANSCRIPTS, chunked, transcript, transcript_terminal
-from tests.websocket import connect, receive_until
+from tests.websocket import assert_no_groups_left, connect, receive_until
 
 NAMES = sorted(path.name for path in TRANSCRIPTS.glob("*.sse"))
 
@@ -64,7 +63,7 @@ async def test_a_transcript_is_saved_and_sent_as_its_terminal_event_says(alice, 
     await communicator.send_json_to({"type": "chat.send", "conversation": None, "text": "Replay"})
     frames = await receive_until(communicator, "message.done")
     await communicator.disconnect()
-    assert get_channel_layer().groups == {}
+    assert_no_groups_left()
 
     done = frames[-1]
     row = await Message.objects.aget(pk=done["message"])

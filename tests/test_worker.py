@@ -3,12 +3,11 @@
 import asyncio
 
 import pytest
-from channels.layers import get_channel_layer
 from django.db.backends.signals import connection_created
 
 from chat.models import Message
 from tests.upstream import answer
-from tests.websocket import connect, receive, receive_until
+from tests.websocket import assert_no_groups_left, connect, receive, receive_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
 
@@ -45,7 +44,7 @@ async def test_twenty_answers_at_once_each_arrive_whole_once_and_in_order(alice,
     for communicator in sockets:
         await communicator.disconnect()
     assert await Message.objects.filter(role="assistant", status="completed").acount() == count
-    assert get_channel_layer().groups == {}
+    assert_no_groups_left()
 
 
 async def test_fast_deltas_are_coalesced_into_fewer_frames(alice, upstream, worker, settings):

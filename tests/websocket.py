@@ -4,6 +4,7 @@ import asyncio
 import json
 
 from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
@@ -47,3 +48,26 @@ async def receive_until(communicator, frame_type, timeout=10, message=None):
         frames.append(frame)
         if frame["type"] == frame_type and (message is None or frame.get("message") == message):
             return frames
+
+
+def assert_no_groups_left():
+    """No socket is left in any channel-layer group: every consumer discarded the groups it joined.
+
+    The in-memory layer keeps its groups in `layer.groups`. The Redis layer keeps each group as a
+    sorted set at `<prefix>:group:<name>`, and Redis deletes a sorted set with its last member, so
+    the same check there is that no such key is left on any of the layer's Redis servers.
+    """
+    layer = get_channel_layer()
+    if hasattr(layer, "groups"):
+        assert layer.groups == {}
+        return
+    import redis
+
+    left = []
+    for host in layer.hosts:
+        client = redis.Redis.from_url(host["address"])
+        try:
+            left += [key.decode() for key in client.scan_iter(match=f"{layer.prefix}:group:*")]
+        finally:
+            client.close()
+    assert left == []
