@@ -361,6 +361,8 @@ class UpstreamClient:
     backoff: float = 0.5
     max_retry_wait: float = 20.0
     session: requests.Session = field(default_factory=requests.Session, repr=False)
+    # Sent with every request when set (the local model's; remote models keep their defaults).
+    temperature: float | None = None
 
     @classmethod
     def from_settings(cls, **overrides):
@@ -385,7 +387,7 @@ class UpstreamClient:
             )
         return None
 
-    def stream_response(self, model, input_items, instructions="", stop_event=None, on_retry=None):
+    def stream_response(self, model, input_items, instructions="", stop_event=None, on_retry=None, temperature=None):
         """POST the request and return the open stream once the upstream answered 2xx.
 
         Retries 429, 502, 503, 504 and refused connections a bounded number of times with
@@ -395,6 +397,9 @@ class UpstreamClient:
         body = {"model": model, "input": input_items, "stream": True}
         if instructions:
             body["instructions"] = instructions
+        temperature = self.temperature if temperature is None else temperature
+        if temperature is not None:
+            body["temperature"] = temperature
         tries = 0
         while True:
             tries += 1

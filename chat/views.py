@@ -3,7 +3,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404
 from django.shortcuts import render
 
-from chat import providers
+from chat import limits, providers
 from chat.models import Conversation
 
 
@@ -12,6 +12,7 @@ def page_context(request, conversation=None):
     messages = [message.as_frame() for message in conversation.messages.all()] if conversation else []
     offered = providers.providers()
     return {
+        "budget": limits.budget_status(request.user),
         "conversations": conversations,
         "conversation": conversation,
         "page_data": {

@@ -487,6 +487,7 @@ class StreamWorker:
                 api_key=local_token(),
                 # The local model answers one request at a time: waiting for it is not an error.
                 timeout=max(settings.OPENRESPONSES_TIMEOUT, 300),
+                temperature=settings.LOCAL_MODEL_TEMPERATURE,
             )
         return UpstreamClient.from_settings(session=session)
 

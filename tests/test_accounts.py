@@ -1,14 +1,13 @@
 import pytest
 import time_machine
 from channels.db import database_sync_to_async
-from channels.layers import get_channel_layer
 from django.core import mail
 from django.urls import reverse
 
 from chat.models import AccountLimits, Message
 from tests.factories import conversation_with_answer
 from tests.upstream import Pause, answer
-from tests.websocket import connect, receive, receive_until
+from tests.websocket import assert_no_groups_left, connect, receive, receive_until
 
 PASSWORD = "correct horse battery"
 
@@ -158,7 +157,7 @@ async def test_logging_out_closes_the_sessions_sockets(alice, worker):
     again = WebsocketCommunicator(application, "/ws/chat/", headers=[ORIGIN, (b"cookie", cookie)])
     assert not (await again.connect())[0]
     await communicator.disconnect()
-    assert get_channel_layer().groups == {}
+    assert_no_groups_left()
 
 
 @pytest.mark.django_db(transaction=True)
@@ -176,4 +175,23 @@ async def test_deactivating_a_user_closes_their_sockets_and_stops_their_answers(
     assert answer_row.status == Message.Status.CANCELLED
     assert answer_row.text == "partial "
     await communicator.disconnect()
-    assert get_channel_layer().groups == {}
+    assert_no_groups_left()
+
+
+@pytest.mark.django_db
+def test_the_page_shows_todays_usage_against_the_budget(client, alice, settings):
+    settings.CHAT_DAILY_TOKEN_BUDGET = 1000
+    conversation_with_answer(alice, tokens=(100, 23))
+    client.force_login(alice)
+    page = client.get(reverse("chat:home")).content.decode()
+    assert "Today: 123 of 1000 tokens used." in page
+    settings.CHAT_DAILY_TOKEN_BUDGET = 0
+    assert "Today:" not in client.get(reverse("chat:home")).content.decode()
+
+
+@pytest.mark.django_db
+def test_the_login_page_offers_password_reset_and_sign_up_when_open(client, settings):
+    assert "Forgot your password?" in client.get(reverse("login")).content.decode()
+    assert "Create an account" not in client.get(reverse("login")).content.decode()
+    settings.CHAT_SIGNUP_OPEN = True
+    assert "Create an account" in client.get(reverse("login")).content.decode()

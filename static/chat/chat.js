@@ -342,7 +342,8 @@ function fillModels() {
     dom.model.append(option);
   }
   if (preferred && page.models.includes(preferred)) dom.model.value = preferred;
-  dom.model.hidden = page.models.length < 2;
+  // With one model the picker still names it (e.g. "Local model: SmolLM2-135M, offline").
+  dom.model.disabled = page.models.length < 2;
 }
 
 function resizeInput() {

@@ -76,30 +76,27 @@ def upstream(upstream_server):
     yield upstream_server
 
 
-@pytest.fixture(scope="session")
-def live_site(upstream_server, tmp_path_factory):
-    """The site served by daphne on a free loopback port, with the user alice; yields its URL."""
-    folder = tmp_path_factory.mktemp("site")
+def serve_site(folder, **variables):
+    """Run the site with daphne on a free loopback port, with the users alice and root (staff);
+    yields its URL. `variables` set (or, as None, unset) environment variables."""
     port = free_port()
     env = {
         **os.environ,
         "DJANGO_SETTINGS_MODULE": "chatsite.settings",
         "DJANGO_DEBUG": "1",
         "DATABASE_URL": f"sqlite:///{folder / 'db.sqlite3'}",
-        "OPENRESPONSES_BASE_URL": upstream_server.base_url,
-        "OPENRESPONSES_API_KEY": "sk-test",
-        "OPENRESPONSES_MODELS": "test-model,other-model",
-        "OPENRESPONSES_TIMEOUT": "10",
         "DJANGO_ALLOWED_HOSTS": "127.0.0.1,localhost",
         "PYTHONUNBUFFERED": "1",
-        # One answer at a time, so a test can see an answer wait in the queue.
-        "CHAT_WORKER_THREADS": "1",
         # Every test sends as alice within about a minute; the send rate limit has tests of its own.
         "CHAT_SENDS_PER_MINUTE": "1000",
-        # Only the loopback upstream's models, whether or not the local model is installed here.
-        "LOCAL_MODEL_ENABLED": "0",
     }
-    env.pop("REDIS_URL", None)
+    for name in ("REDIS_URL", "OPENRESPONSES_BASE_URL", "OPENRESPONSES_API_KEY", "OPENRESPONSES_MODELS"):
+        env.pop(name, None)
+    for name, value in variables.items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     manage(env, "migrate", "--noinput")
     manage(
         env,
@@ -137,6 +134,22 @@ def live_site(upstream_server, tmp_path_factory):
             process.wait()
 
 
+@pytest.fixture(scope="session")
+def live_site(upstream_server, tmp_path_factory):
+    """The site talking to the loopback upstream's models."""
+    yield from serve_site(
+        tmp_path_factory.mktemp("site"),
+        OPENRESPONSES_BASE_URL=upstream_server.base_url,
+        OPENRESPONSES_API_KEY="sk-test",
+        OPENRESPONSES_MODELS="test-model,other-model",
+        OPENRESPONSES_TIMEOUT="10",
+        # One answer at a time, so a test can see an answer wait in the queue.
+        CHAT_WORKER_THREADS="1",
+        # Only the loopback upstream's models, whether or not the local model is installed here.
+        LOCAL_MODEL_ENABLED="0",
+    )
+
+
 def chromium_path():
     return os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -164,8 +177,14 @@ def browser():
 
 
 @pytest.fixture
-def context(browser, live_site):
-    context = browser.new_context(base_url=live_site, viewport={"width": 1200, "height": 800})
+def site_url(live_site):
+    """The site the browser opens; a module may override it to use another server."""
+    return live_site
+
+
+@pytest.fixture
+def context(browser, site_url):
+    context = browser.new_context(base_url=site_url, viewport={"width": 1200, "height": 800})
     context.set_default_timeout(10_000)
     yield context
     context.close()
