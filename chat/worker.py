@@ -459,6 +459,8 @@ class StreamWorker:
         self.busy = 0
         self.busy_lock = threading.Lock()
         self.sessions = threading.local()
+        # The server's event loop, once known: the reaper tells browsers through it.
+        self.loop = None
         self._stopping = threading.Event()
         self.register()
         self._threads = [
@@ -492,6 +494,7 @@ class StreamWorker:
         return UpstreamClient.from_settings(session=session)
 
     def submit(self, message_id, group, loop, local_base_url=""):
+        self.loop = loop
         job = AnswerJob(self, str(message_id), group, loop, local_base_url)
         with self.jobs_lock:
             self.jobs[job.message_id] = job
@@ -567,7 +570,7 @@ class StreamWorker:
                     last_heartbeat = time.monotonic()
                     close_old_connections()
                     self.heartbeat()
-                    reap_orphans()
+                    reap_orphans(self.loop)
             except Exception:
                 logger.exception("Answer maintenance failed; trying again")
 
@@ -615,22 +618,26 @@ class StreamWorker:
         close_old_connections()
 
 
-def reap_orphans():
-    """Mark answers whose server process is gone as interrupted, keeping their checkpoint."""
+def reap_orphans(loop=None):
+    """Mark answers whose server process is gone as interrupted, keeping their checkpoint, and
+    tell the browsers following them (through `loop`, the server's event loop, when known)."""
     cutoff = timezone.now() - timezone.timedelta(seconds=settings.CHAT_HEARTBEAT_TIMEOUT)
     alive = ServerProcess.objects.filter(last_seen_at__gte=cutoff).values("id")
-    count = (
-        Message.objects.unfinished()
-        .exclude(worker__in=alive)
-        .update(
-            status=Message.Status.INTERRUPTED,
-            error_code="server_stopped",
-            error_message="The server stopped while this answer was being written; the text so far was kept.",
-            finished_at=timezone.now(),
-        )
+    orphans = list(Message.objects.unfinished().exclude(worker__in=alive).values_list("id", flat=True))
+    count = Message.objects.filter(pk__in=orphans, status__in=Message.UNFINISHED).update(
+        status=Message.Status.INTERRUPTED,
+        error_code="server_stopped",
+        error_message="The server stopped while this answer was being written; the text so far was kept.",
+        finished_at=timezone.now(),
     )
     if count:
         logger.warning("Marked %s answers interrupted: their server process is gone", count)
+        if loop is not None and not loop.is_closed():
+            layer = get_channel_layer()
+            for message in Message.objects.filter(pk__in=orphans).select_related("conversation"):
+                asyncio.run_coroutine_threadsafe(
+                    layer.group_send(message.conversation.group_name, protocol.done_event(message)), loop
+                )
     ServerProcess.objects.filter(last_seen_at__lt=cutoff).delete()
     return count
 
@@ -681,7 +688,8 @@ def start_with_server():
     from twisted.internet import reactor
 
     def start():
-        threading.Thread(target=_start_logging_failure, name="answer-worker-start", daemon=True).start()
+        loop = asyncio.get_event_loop()  # daphne's, running: this is called on its thread
+        threading.Thread(target=_start_logging_failure, args=(loop,), name="answer-worker-start", daemon=True).start()
         for number in (signal.SIGTERM, signal.SIGINT):
             signal.signal(number, lambda *args: reactor.callFromThread(_stop_gracefully, reactor))
 
@@ -712,8 +720,8 @@ def _stop_gracefully(reactor):
     threading.Thread(target=save_then_stop, name="answer-shutdown").start()
 
 
-def _start_logging_failure():
+def _start_logging_failure(loop):
     try:
-        get_worker()
+        get_worker().loop = loop
     except Exception:
         logger.exception("The answer worker could not start; it will be started on the first message")

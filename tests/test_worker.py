@@ -143,3 +143,25 @@ async def test_an_upstream_that_queues_the_request_shows_the_answer_as_queued(al
     assert statuses == ["streaming", "queued", "streaming"]
     assert frames[-1]["text"] == "after the queue"
     await communicator.disconnect()
+
+
+async def test_the_reaper_tells_the_tabs_following_an_orphaned_answer(alice, worker):
+    """An answer whose process died is marked interrupted, and open tabs hear of it."""
+    import uuid
+
+    from channels.db import database_sync_to_async
+
+    from chat.models import Conversation
+    from chat.worker import reap_orphans
+
+    conversation = await Conversation.objects.acreate(owner=alice, title="orphan", model="test-model")
+    orphan = await Message.objects.acreate(
+        conversation=conversation, role="assistant", status="streaming", text="so far", worker=uuid.uuid4()
+    )
+    communicator, _, _ = await connect(alice)
+    await communicator.send_json_to({"type": "chat.subscribe", "conversation": str(conversation.id)})
+    await receive_until(communicator, "message.snapshot")
+    assert await database_sync_to_async(reap_orphans)(asyncio.get_running_loop()) == 1
+    done = (await receive_until(communicator, "message.done"))[-1]
+    assert (done["message"], done["status"], done["text"]) == (str(orphan.id), "interrupted", "so far")
+    await communicator.disconnect()
