@@ -1,5 +1,6 @@
 """The websocket consumer at /ws/chat/: checks, routes and forwards (docs/protocol.md)."""
 
+import collections
 import json
 import logging
 import uuid
@@ -36,12 +37,31 @@ def parse_uuid(value, what="conversation"):
         raise ClientError("not_found", f"No such {what}.") from None
 
 
+# Open sockets per user in this process: a bound per process (docs/security.md).
+OPEN_SOCKETS = collections.Counter()
+
+
 class ChatConsumer(AsyncWebsocketConsumer):
+    counted = False
+
     async def connect(self):
         self.user = self.scope.get("user")
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=4401)
             return
+        if OPEN_SOCKETS[self.user.pk] >= settings.CHAT_MAX_SOCKETS_PER_USER:
+            await self.accept()
+            await self.send_json(
+                {
+                    "type": protocol.ERROR,
+                    "code": "too_many_sockets",
+                    "message": "Too many open tabs for this account: close some and reload.",
+                }
+            )
+            await self.close(code=4429)
+            return
+        OPEN_SOCKETS[self.user.pk] += 1
+        self.counted = True
         self.group = None
         self.conversation_id = None
         # message id -> last seq this socket has, for in-flight answers of the followed conversation
@@ -56,6 +76,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.accept()
 
     async def disconnect(self, code):
+        if self.counted:
+            self.counted = False
+            OPEN_SOCKETS[self.user.pk] -= 1
+            if OPEN_SOCKETS[self.user.pk] <= 0:
+                del OPEN_SOCKETS[self.user.pk]
         for group in [getattr(self, "group", None), *getattr(self, "account_groups", [])]:
             if group:
                 await self.channel_layer.group_discard(group, self.channel_name)

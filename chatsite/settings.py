@@ -228,6 +228,8 @@ OPENRESPONSES_CONNECT_TIMEOUT = envnumber("OPENRESPONSES_CONNECT_TIMEOUT", 10.0,
 CHAT_MAX_MESSAGE_CHARS = envnumber("CHAT_MAX_MESSAGE_CHARS", 32_000)
 # Largest websocket frame accepted from a browser, in bytes (a full message plus JSON escaping).
 CHAT_MAX_FRAME_BYTES = envnumber("CHAT_MAX_FRAME_BYTES", 256 * 1024)
+# Websockets one user may hold open in one server process (tabs, devices).
+CHAT_MAX_SOCKETS_PER_USER = envnumber("CHAT_MAX_SOCKETS_PER_USER", 20)
 # Answers generated at once by this process; later ones wait in a queue and show as queued.
 CHAT_WORKER_THREADS = envnumber("CHAT_WORKER_THREADS", 16)
 # Deltas arriving faster than this window (seconds) are sent to browsers as one frame.

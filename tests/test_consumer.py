@@ -197,3 +197,23 @@ async def test_a_second_socket_of_the_owner_follows_the_answer_live(alice, upstr
     await sender.disconnect()
     await follower.disconnect()
     assert_no_groups_left()
+
+
+async def test_the_number_of_open_sockets_per_user_is_bounded(alice, bob, settings):
+    settings.CHAT_MAX_SOCKETS_PER_USER = 2
+    first, _, _ = await connect(alice)
+    second, _, _ = await connect(alice)
+    third, connected, _ = await connect(alice)
+    assert connected
+    assert (await receive(third))["code"] == "too_many_sockets"
+    assert (await third.receive_output(timeout=2))["type"] == "websocket.close"
+    # Another user is not affected, and closing a tab frees a place.
+    other, _, _ = await connect(bob)
+    await other.send_json_to({"type": "chat.unknown"})
+    assert (await receive(other))["code"] == "unknown_type"
+    await first.disconnect()
+    fourth, _, _ = await connect(alice)
+    await fourth.send_json_to({"type": "chat.unknown"})
+    assert (await receive(fourth))["code"] == "unknown_type"
+    for communicator in (second, third, other, fourth):
+        await communicator.disconnect()
