@@ -2,11 +2,13 @@ import uuid
 
 from django.conf import settings
 from django.db import models, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from chat import providers
 
 TITLE_LENGTH = 120
+INSTRUCTIONS_LENGTH = 8000
 
 
 class ConversationBusy(Exception):
@@ -16,6 +18,19 @@ class ConversationBusy(Exception):
 class ConversationQuerySet(models.QuerySet):
     def owned_by(self, user):
         return self.filter(owner=user)
+
+    def search(self, user, query):
+        """A user's conversations whose title or any message's text contains `query`.
+
+        A blank query finds them all. A plain case-insensitive substring match: a full-text index
+        would pay off only for far longer histories than one person's chats.
+        """
+        found = self.owned_by(user)
+        query = query.strip()
+        if query:
+            matching = Message.objects.filter(text__icontains=query).values("conversation_id")
+            found = found.filter(Q(title__icontains=query) | Q(pk__in=matching))
+        return found
 
     @transaction.atomic
     def start_exchange_for(self, user, conversation_id, text, *, model=None, client_id="", worker_id=None):
@@ -102,6 +117,35 @@ class Conversation(models.Model):
     def touch(self):
         self.updated_at = timezone.now()
         self.save(update_fields=["updated_at"])
+
+    def rename(self, title):
+        """Give the conversation a title of the user's choosing; ValueError if it is blank."""
+        title = " ".join(title.split())
+        if not title:
+            raise ValueError("A title cannot be empty.")
+        if len(title) > TITLE_LENGTH:
+            raise ValueError(f"A title can be at most {TITLE_LENGTH} characters.")
+        self.title = title
+        self.save(update_fields=["title"])
+
+    def set_instructions(self, instructions):
+        """The system prompt sent upstream with every later answer; ValueError if too long."""
+        instructions = instructions.strip()
+        if len(instructions) > INSTRUCTIONS_LENGTH:
+            raise ValueError(f"Instructions can be at most {INSTRUCTIONS_LENGTH} characters.")
+        self.instructions = instructions
+        self.save(update_fields=["instructions"])
+
+    @transaction.atomic
+    def discard(self):
+        """Delete the conversation with its messages; ConversationBusy while an answer is written.
+
+        A worker thread generating an answer would lose its row mid-stream, so Stop comes first.
+        """
+        locked = Conversation.objects.select_for_update().get(pk=self.pk)
+        if locked.messages.unfinished().exists():
+            raise ConversationBusy
+        locked.delete()
 
     def upstream_input(self, before):
         """The conversation so far as Open Responses message items, up to `before` (exclusive).
@@ -221,6 +265,20 @@ class Message(models.Model):
             "cached_tokens": self.cached_tokens,
             "reasoning_tokens": self.reasoning_tokens,
         }
+
+    @property
+    def time_to_first_token(self):
+        """Seconds from the worker taking the answer to its first token, if both happened."""
+        if self.started_at and self.first_token_at:
+            return (self.first_token_at - self.started_at).total_seconds()
+        return None
+
+    @property
+    def duration(self):
+        """Seconds from the worker taking the answer to its end, if it ended."""
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
 
     @property
     def error(self):
