@@ -4,8 +4,10 @@
 // through markup built from strings. Frames update message views and mark them dirty; one
 // requestAnimationFrame callback renders whatever changed, so a burst of deltas costs one render.
 
-import { copyCode } from "./markdown.js";
+import { ApiError, postForm } from "./api.js";
+import { copyCode, copyText } from "./markdown.js";
 import { createView, incompleteReason, UNFINISHED } from "./render.js";
+import { Sidebar } from "./sidebar.js";
 import { ChatSocket, socketUrl } from "./socket.js";
 
 const page = JSON.parse(document.getElementById("page-data").textContent);
@@ -29,6 +31,9 @@ const dom = {
   sidebarToggle: document.getElementById("sidebar-toggle"),
   conversationList: document.getElementById("conversation-list"),
   title: document.getElementById("conversation-title"),
+  instructions: document.getElementById("instructions"),
+  instructionsHint: document.getElementById("instructions-hint"),
+  saveInstructions: document.getElementById("save-instructions"),
 };
 
 const state = {
@@ -162,9 +167,14 @@ function setConversation(conversation) {
   state.conversation = conversation;
   const path = `/c/${conversation.id}/`;
   if (window.location.pathname !== path) window.history.replaceState(null, "", path);
+  showTitle(conversation);
+  markCurrentInSidebar(conversation);
+  showInstructions(conversation);
+}
+
+function showTitle(conversation) {
   document.title = `${conversation.title || "Conversation"} · Chat`;
   dom.title.textContent = conversation.title || "Conversation";
-  markCurrentInSidebar(conversation);
 }
 
 function markCurrentInSidebar(conversation) {
@@ -175,11 +185,8 @@ function markCurrentInSidebar(conversation) {
     candidate.removeAttribute("aria-current");
   }
   if (link === null) {
-    link = document.createElement("a");
-    link.href = path;
-    link.textContent = conversation.title || "New conversation";
-    const item = document.createElement("li");
-    item.append(link);
+    const item = sidebar.item({ id: conversation.id, title: conversation.title, url: path });
+    link = item.querySelector("a");
     dom.conversationList.prepend(item);
   } else {
     // The most recently active conversation leads the list, as it will after a reload.
@@ -207,6 +214,7 @@ const handlers = {
   "conversation.subscribed"(frame) {
     if (!belongsHere(frame.conversation.id)) return;
     state.conversation = frame.conversation;
+    showInstructions(frame.conversation);
     state.stopping = null; // a Stop lost with the old socket can be pressed again
     replaceMessages(frame.messages);
     updateComposer();
@@ -438,6 +446,66 @@ dom.stop.addEventListener("click", stop);
 dom.messages.addEventListener("click", (event) => {
   const button = event.target.closest(".copy-button");
   if (button) copyCode(button);
+  const answerButton = event.target.closest(".copy-answer-button");
+  if (answerButton) copyAnswer(answerButton);
+});
+
+/** Copies a whole answer's Markdown source, as the model wrote it. */
+async function copyAnswer(button) {
+  const view = state.views.get(button.closest("article")?.dataset.id);
+  if (!view) return;
+  const copied = await copyText(view.text);
+  button.textContent = copied ? "Copied" : "Copy failed";
+  setTimeout(() => {
+    button.textContent = "Copy";
+  }, 1500);
+}
+
+// --- conversation settings -------------------------------------------------------------------
+
+let instructionsSaved = dom.instructions.value;
+
+/** Fills the Instructions field from the server, unless the user is editing it. */
+function showInstructions(conversation) {
+  dom.instructions.disabled = false;
+  dom.saveInstructions.disabled = false;
+  dom.instructionsHint.textContent = "Sent to the model with every answer in this conversation.";
+  const server = conversation.instructions ?? instructionsSaved;
+  if (dom.instructions.value === instructionsSaved) dom.instructions.value = server;
+  instructionsSaved = server;
+}
+
+dom.saveInstructions.addEventListener("click", async () => {
+  if (!state.conversation) return;
+  dom.saveInstructions.disabled = true;
+  try {
+    const { conversation } = await postForm(`/c/${state.conversation.id}/instructions/`, {
+      instructions: dom.instructions.value,
+    });
+    state.conversation.instructions = conversation.instructions;
+    instructionsSaved = conversation.instructions;
+    dom.instructions.value = conversation.instructions;
+    dom.instructionsHint.textContent = "Saved. The next answer follows these instructions.";
+    announce("Instructions saved.");
+  } catch (error) {
+    dom.instructionsHint.textContent = error instanceof ApiError ? error.message : "Could not save.";
+  } finally {
+    dom.saveInstructions.disabled = false;
+  }
+});
+
+// --- the sidebar's list ----------------------------------------------------------------------
+
+const sidebar = new Sidebar({
+  currentId: () => state.conversation?.id,
+  onRenamed(conversation) {
+    state.conversation.title = conversation.title;
+    showTitle(conversation);
+  },
+  onDeletedCurrent(next) {
+    // The conversation is gone: start afresh on a new chat, as the New chat link would.
+    window.location.assign(next);
+  },
 });
 
 // --- sidebar on narrow screens ---------------------------------------------------------------

@@ -211,18 +211,21 @@ function copyWithSelection(text) {
   }
 }
 
+/** Puts `text` on the clipboard; true when it got there. */
+export async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+    return true;
+  } catch {
+    return copyWithSelection(text);
+  }
+}
+
 /** Handles a click on a code block's Copy button (delegated from the message list). */
 export async function copyCode(button) {
   const code = button.closest(".code-block")?.querySelector("pre code, pre");
   if (!code) return;
-  const text = code.textContent;
-  let copied = false;
-  try {
-    await navigator.clipboard.writeText(text);
-    copied = true;
-  } catch {
-    copied = copyWithSelection(text);
-  }
+  const copied = await copyText(code.textContent);
   button.textContent = copied ? "Copied" : "Copy failed";
   setTimeout(() => {
     button.textContent = "Copy";

@@ -53,6 +53,19 @@ export function usageSummary(usage) {
   return summary;
 }
 
+function seconds(milliseconds) {
+  return `${(milliseconds / 1000).toFixed(1)} s`;
+}
+
+/** "first token 0.4 s · 2.1 s": how long the answer took to start, and in all. */
+export function timingSummary(startedAt, firstTokenAt, finishedAt) {
+  if (!startedAt || !finishedAt) return "";
+  const start = Date.parse(startedAt);
+  const total = seconds(Math.max(0, Date.parse(finishedAt) - start));
+  if (!firstTokenAt) return total;
+  return `first token ${seconds(Math.max(0, Date.parse(firstTokenAt) - start))} · ${total}`;
+}
+
 function formatTime(iso) {
   if (!iso) return "";
   return new Date(iso).toLocaleString();
@@ -108,8 +121,14 @@ export class AssistantMessageView {
       this.render();
       onRetry(this);
     });
+    this.timing = element("span", "message-timing");
+    this.timing.title = "Time to the first token · time to the whole answer";
+    // The visible word stays short; the accessible name says what is copied.
+    this.copyButton = element("button", "copy-answer-button", "Copy");
+    this.copyButton.type = "button";
+    this.copyButton.setAttribute("aria-label", "Copy answer");
     const foot = element("div", "message-foot");
-    foot.append(this.badge, this.meta, this.retryButton);
+    foot.append(this.badge, this.meta, this.timing, this.copyButton, this.retryButton);
 
     this.element.append(this.thinking, this.placeholder, this.body, this.refusal, this.error, foot);
     this.textStream = new MarkdownStream(this.body);
@@ -136,6 +155,9 @@ export class AssistantMessageView {
     this.errorInfo = frame.error || null;
     this.incompleteReason = frame.incomplete_reason || "";
     this.createdAt = frame.created_at || this.createdAt;
+    this.startedAt = frame.started_at || null;
+    this.firstTokenAt = frame.first_token_at || null;
+    this.finishedAt = frame.finished_at || null;
     this.lastSeq = this.unfinished ? seq : 0;
     this.settled = false;
     this.dirty = true;
@@ -212,6 +234,11 @@ export class AssistantMessageView {
     this.error.hidden = !(failed && this.errorInfo);
     this.error.textContent = this.errorInfo ? this.errorInfo.message || this.errorInfo.code : "";
     this.retryButton.hidden = !failed || this.retried;
+
+    this.copyButton.hidden = streaming || !this.text;
+    const timing = streaming ? "" : timingSummary(this.startedAt, this.firstTokenAt, this.finishedAt);
+    this.timing.textContent = timing;
+    this.timing.hidden = !timing;
 
     if (streaming) {
       this.meta.textContent = "";

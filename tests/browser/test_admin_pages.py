@@ -1,6 +1,5 @@
 """The admin as staff see it: conversation list, transcript, usage report and audit trail."""
 
-import re
 
 from playwright.sync_api import expect
 

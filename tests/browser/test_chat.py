@@ -71,7 +71,7 @@ def test_markdown_is_rendered_with_highlighted_code_and_looks_tidy(chat, context
     expect(reply.get_by_role("table")).to_be_visible()
     expect(reply.locator("pre code .hljs-built_in, pre code .hljs-comment").first).to_be_visible()
     chat.bring_to_front()  # the clipboard answers only the focused page
-    reply.get_by_role("button", name="Copy").click()
+    reply.get_by_role("button", name="Copy", exact=True).click()
     # What matters is the clipboard; the button's "Copied" lasts 1.5 s, too short to poll for on
     # a loaded machine.
     expected = "items = [1, 2, 3]\nprint(items[::-1])"
@@ -80,7 +80,7 @@ def test_markdown_is_rendered_with_highlighted_code_and_looks_tidy(chat, context
             break
         chat.wait_for_timeout(100)
     assert chat.evaluate("navigator.clipboard.readText()").startswith(expected)
-    expect(reply.get_by_role("button", name="Copy")).to_be_visible()
+    expect(reply.get_by_role("button", name="Copy", exact=True)).to_be_visible()
     link = reply.get_by_role("link", name="the tutorial")
     expect(link).to_have_attribute("target", "_blank")
     expect(link).to_have_attribute("rel", "noopener noreferrer")
@@ -431,3 +431,84 @@ def test_logging_out_in_another_tab_signs_this_one_out(chat, context):
     composer(chat).fill("Still here?")
     chat.wait_for_timeout(1500)
     expect(chat.get_by_role("status")).to_have_text("Signed out")
+
+
+def read_clipboard_until(page, expected):
+    """The clipboard's text once it is `expected`, or what it holds after ten seconds."""
+    for _ in range(100):
+        if page.evaluate("navigator.clipboard.readText()") == expected:
+            break
+        page.wait_for_timeout(100)
+    return page.evaluate("navigator.clipboard.readText()")
+
+
+def test_copy_answer_puts_the_whole_markdown_source_on_the_clipboard(chat, context, upstream):
+    context.grant_permissions(["clipboard-read", "clipboard-write"])
+    upstream.queue(answer(chunks(MARKDOWN_ANSWER), pause=0.01))
+    send(chat, "Markdown, please")
+    reply = answers(chat).first
+    wait_until_idle(chat)
+    chat.bring_to_front()  # the clipboard answers only the focused page
+    reply.get_by_role("button", name="Copy answer").click()
+    assert read_clipboard_until(chat, MARKDOWN_ANSWER.strip()) == MARKDOWN_ANSWER.strip()
+    expect(reply.get_by_role("button", name="Copy answer")).to_be_visible()
+
+
+def test_an_answer_shows_its_time_to_first_token_and_duration(chat, upstream):
+    upstream.queue(answer(["Slow ", "and ", "steady."], pause=0.3))
+    send(chat, "Take your time")
+    reply = answers(chat).first
+    expect(reply).to_contain_text("Slow and steady.")
+    wait_until_idle(chat)
+    timing = reply.get_by_text(re.compile(r"^first token \d+\.\d s · \d+\.\d s$"))
+    expect(timing).to_be_visible()
+    first, total = (float(number) for number in re.findall(r"\d+\.\d", timing.inner_text()))
+    assert first <= total and total >= 0.5, "three deltas 0.3 s apart take over half a second"
+    chat.reload()
+    expect(answers(chat).first.get_by_text(re.compile(r"^first token \d+\.\d s · \d+\.\d s$"))).to_be_visible()
+
+
+def test_conversation_instructions_are_saved_and_sent_upstream(chat, upstream):
+    settings = chat.get_by_text("Conversation settings")
+    settings.click()
+    instructions = chat.get_by_role("textbox", name="Instructions")
+    expect(instructions).to_be_disabled()  # a new chat has nowhere to keep them yet
+
+    send(chat, "Hello there")
+    wait_until_idle(chat)
+    assert "instructions" not in upstream.requests[-1]["body"]
+    expect(instructions).to_be_enabled()
+    instructions.fill("Answer like a pirate.")
+    chat.get_by_role("button", name="Save instructions").click()
+    expect(chat.get_by_text("Saved. The next answer follows these instructions.")).to_be_visible()
+
+    send(chat, "And now?")
+    expect(answers(chat)).to_have_count(2)
+    wait_until_idle(chat)
+    assert upstream.requests[-1]["body"]["instructions"] == "Answer like a pirate."
+
+    chat.reload()
+    chat.get_by_text("Conversation settings").click()
+    expect(chat.get_by_role("textbox", name="Instructions")).to_have_value("Answer like a pirate.")
+
+
+def test_the_theme_button_switches_and_remembers_the_colour_scheme(chat):
+    chat.emulate_media(color_scheme="light")
+    background = "getComputedStyle(document.body).backgroundColor"
+    assert chat.evaluate("document.documentElement.dataset.theme") is None, "it follows the system at first"
+    assert chat.evaluate(background) == "rgb(255, 255, 255)"
+
+    chat.get_by_role("button", name="Theme").click()
+    expect(chat.locator("html")).to_have_attribute("data-theme", "dark")
+    assert chat.evaluate(background) == "rgb(33, 33, 33)"
+    assert chat.evaluate("getComputedStyle(document.documentElement).colorScheme") == "dark"
+
+    chat.reload()
+    expect(chat.locator("html")).to_have_attribute("data-theme", "dark")
+    assert chat.evaluate(background) == "rgb(33, 33, 33)"
+
+    chat.get_by_role("button", name="Theme").click()
+    expect(chat.locator("html")).to_have_attribute("data-theme", "light")
+    assert chat.evaluate(background) == "rgb(255, 255, 255)"
+    chat.emulate_media(color_scheme="dark")
+    assert chat.evaluate(background) == "rgb(255, 255, 255)", "a chosen theme outlasts the system's"
