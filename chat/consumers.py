@@ -42,7 +42,9 @@ OPEN_SOCKETS = collections.Counter()
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
-    counted = False
+    counted = False  # accepted and counted in OPEN_SOCKETS; frames of a refused socket are ignored
+    group = None
+    account_groups = ()
 
     async def connect(self):
         self.user = self.scope.get("user")
@@ -81,7 +83,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             OPEN_SOCKETS[self.user.pk] -= 1
             if OPEN_SOCKETS[self.user.pk] <= 0:
                 del OPEN_SOCKETS[self.user.pk]
-        for group in [getattr(self, "group", None), *getattr(self, "account_groups", [])]:
+        for group in [self.group, *self.account_groups]:
             if group:
                 await self.channel_layer.group_discard(group, self.channel_name)
 
@@ -99,6 +101,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(content))
 
     async def receive(self, text_data=None, bytes_data=None):
+        if not self.counted:
+            return  # refused at connect and closing
         client_id = None
         try:
             content = self.decode(text_data, bytes_data)

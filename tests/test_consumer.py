@@ -217,3 +217,13 @@ async def test_the_number_of_open_sockets_per_user_is_bounded(alice, bob, settin
     assert (await receive(fourth))["code"] == "unknown_type"
     for communicator in (second, third, other, fourth):
         await communicator.disconnect()
+
+
+async def test_frames_on_a_refused_socket_are_ignored(alice, settings):
+    settings.CHAT_MAX_SOCKETS_PER_USER = 0
+    communicator, _, _ = await connect(alice)
+    assert (await receive(communicator))["code"] == "too_many_sockets"
+    await communicator.send_json_to({"type": "chat.subscribe", "conversation": "00000000-0000-0000-0000-000000000000"})
+    assert (await communicator.receive_output(timeout=2))["type"] == "websocket.close"
+    assert await communicator.receive_nothing(timeout=0.3)
+    await communicator.disconnect()

@@ -36,6 +36,7 @@ async def rebuild(communicator, conversation_id, message_id):
 @pytest.mark.timeout(180)
 async def test_subscribers_joining_at_random_moments_rebuild_exactly_the_final_text(alice, upstream, worker, settings):
     settings.CHAT_FLUSH_INTERVAL = 0.005  # many flushes, so joins race with them
+    settings.CHAT_MAX_SOCKETS_PER_USER = 40
     deltas = [f"d{index}·" for index in range(2000)]
     upstream.queue(answer(deltas, pause=0.001))
     sender, _, _ = await connect(alice)

@@ -42,7 +42,7 @@ def free_port():
         return probe.getsockname()[1]
 
 
-def wait_for_port(port, process, log_path, timeout=30):
+def wait_for_port(port, process, log_path, timeout=90):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:

@@ -450,7 +450,7 @@ def test_copy_answer_puts_the_whole_markdown_source_on_the_clipboard(chat, conte
     wait_until_idle(chat)
     chat.bring_to_front()  # the clipboard answers only the focused page
     reply.get_by_role("button", name="Copy answer").click()
-    assert read_clipboard_until(chat, MARKDOWN_ANSWER.strip()) == MARKDOWN_ANSWER.strip()
+    assert read_clipboard_until(chat, MARKDOWN_ANSWER) == MARKDOWN_ANSWER
     expect(reply.get_by_role("button", name="Copy answer")).to_be_visible()
 
 

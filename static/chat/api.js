@@ -1,0 +1,40 @@
+// The chat page's JSON endpoints (chat/urls.py). State-changing ones are POSTs carrying Django's
+// CSRF token, read from its cookie, in the X-CSRFToken header.
+
+function csrfToken() {
+  for (const part of document.cookie.split(";")) {
+    const [name, ...value] = part.trim().split("=");
+    if (name === "csrftoken") return decodeURIComponent(value.join("="));
+  }
+  return "";
+}
+
+export class ApiError extends Error {}
+
+async function answer(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // Not JSON (a 404 page, a login redirect): described by the status below.
+  }
+  if (response.ok && body !== null) return body;
+  if (response.status === 404) throw new ApiError("That conversation no longer exists.");
+  throw new ApiError(body?.error?.message || `The server answered ${response.status}.`);
+}
+
+export async function postForm(url, fields = {}) {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { "X-CSRFToken": csrfToken() },
+    body: new URLSearchParams(fields),
+    credentials: "same-origin",
+  });
+  return answer(response);
+}
+
+export async function getJson(url, params = {}) {
+  const query = new URLSearchParams(params).toString();
+  const response = await fetch(query ? `${url}?${query}` : url, { credentials: "same-origin" });
+  return answer(response);
+}

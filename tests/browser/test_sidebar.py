@@ -1,0 +1,98 @@
+"""The sidebar's conversation list in real Chromium: search, rename and delete."""
+
+import re
+import uuid
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import send, wait_until_idle
+from tests.upstream import answer
+
+pytestmark = pytest.mark.browser
+
+
+def sidebar(page):
+    return page.get_by_role("navigation", name="Conversations")
+
+
+def start_conversation(page, upstream, question, reply=None):
+    """A new chat with one exchange; returns to nothing, leaves the page on the conversation."""
+    page.get_by_role("link", name="New chat").click()
+    expect(page.get_by_role("status")).to_have_text("Connected")
+    if reply is not None:
+        upstream.queue(answer([reply]))
+    send(page, question)
+    wait_until_idle(page)
+    expect(page).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+
+
+def test_search_finds_conversations_by_title_and_by_message_text(chat, upstream):
+    word = f"otter{uuid.uuid4().hex[:8]}"
+    start_conversation(chat, upstream, f"About {word} habits", "They float.")
+    start_conversation(chat, upstream, "Which animals hold hands?", f"Sea {word.upper()}s do, asleep.")
+    start_conversation(chat, upstream, "Something else entirely")
+
+    search = chat.get_by_role("searchbox", name="Search conversations")
+    search.fill(word)
+    links = sidebar(chat).get_by_role("list").get_by_role("link")
+    expect(links).to_have_count(2)
+    expect(sidebar(chat).get_by_role("link", name=f"About {word} habits")).to_be_visible()
+    expect(sidebar(chat).get_by_role("link", name="Which animals hold hands?")).to_be_visible()
+
+    search.fill(f"{word} nothing matches this")
+    expect(links).to_have_count(0)
+    expect(sidebar(chat).get_by_text("No conversations found.")).to_be_visible()
+
+    search.fill("")
+    expect(sidebar(chat).get_by_role("link", name="Something else entirely")).to_be_visible()
+    sidebar(chat).get_by_role("link", name=f"About {word} habits").click()
+    expect(chat.get_by_role("article", name="User message")).to_have_text(f"About {word} habits")
+
+
+def test_a_conversation_is_renamed_in_place(chat, upstream):
+    start_conversation(chat, upstream, "Name me later")
+    sidebar(chat).get_by_role("button", name="Rename Name me later").click()
+    title = sidebar(chat).get_by_role("textbox", name="Conversation title")
+    expect(title).to_have_value("Name me later")
+    title.fill("Renamed for good")
+    title.press("Enter")
+    expect(sidebar(chat).get_by_role("link", name="Renamed for good")).to_have_attribute("aria-current", "page")
+    expect(chat).to_have_title("Renamed for good · Chat")
+
+    sidebar(chat).get_by_role("button", name="Rename Renamed for good").click()
+    title.fill("Not this one")
+    title.press("Escape")
+    expect(sidebar(chat).get_by_role("link", name="Renamed for good")).to_be_visible()
+
+    chat.reload()
+    expect(sidebar(chat).get_by_role("link", name="Renamed for good")).to_be_visible()
+    expect(chat).to_have_title("Renamed for good · Chat")
+
+
+def test_deleting_asks_first_and_deleting_the_open_one_starts_a_new_chat(chat, upstream):
+    start_conversation(chat, upstream, "Delete me in the background")
+    start_conversation(chat, upstream, "Delete me while open")
+
+    sidebar(chat).get_by_role("button", name="Delete Delete me in the background").click()
+    dialog = chat.get_by_role("dialog", name="Delete “Delete me in the background”?")
+    expect(dialog).to_be_visible()
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+    expect(sidebar(chat).get_by_role("link", name="Delete me in the background")).to_be_visible()
+
+    sidebar(chat).get_by_role("button", name="Delete Delete me in the background").click()
+    dialog.get_by_role("button", name="Delete", exact=True).click()
+    expect(dialog).to_be_hidden()
+    expect(sidebar(chat).get_by_role("link", name="Delete me in the background")).to_have_count(0)
+    expect(chat.get_by_role("article", name="User message")).to_have_text("Delete me while open")
+
+    current = chat.url
+    sidebar(chat).get_by_role("button", name="Delete Delete me while open").click()
+    chat.get_by_role("dialog", name="Delete “Delete me while open”?").get_by_role(
+        "button", name="Delete", exact=True
+    ).click()
+    expect(chat).to_have_url(re.compile(r"/$"))
+    expect(chat.get_by_text("What can I help with?")).to_be_visible()
+    expect(sidebar(chat).get_by_role("link", name="Delete me while open")).to_have_count(0)
+    assert chat.goto(current).status == 404
