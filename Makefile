@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run run-cluster test setup system-packages python-packages browser-packages migrate lint format clean
+.PHONY: run run-cluster test bench setup system-packages python-packages browser-packages migrate lint format clean
 
 run: setup migrate
 	$(BIN)/python manage.py ensure_admin
@@ -21,6 +21,10 @@ run: setup migrate
 test: setup
 	$(BIN)/python -m pytest
 	bash scripts/with-services.sh $(BIN)/python -m pytest -q --ignore=tests/browser --ignore=tests/test_scale_out.py
+
+# Benchmarks: figures printed and written to docs/benchmarks.md (about 10 minutes on 2 cores).
+bench: setup
+	$(BIN)/python -m bench.run
 
 # Open http://127.0.0.1:8000/ (CLUSTER_PORT); docs/deploy.md explains what runs.
 run-cluster: setup
