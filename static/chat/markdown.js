@@ -134,6 +134,9 @@ export function renderMarkdown(source) {
   return renderTokens(marked.lexer(normalize(source)), { streaming: false });
 }
 
+// A reference-style link definition (`[name]: url`) can change blocks rendered before it.
+const REFERENCE_DEFINITION = /^ {0,3}\[[^\]]+\]:/m;
+
 function normalize(source) {
   return source.replace(/\r\n?/g, "\n");
 }
@@ -189,10 +192,20 @@ export class MarkdownStream {
   }
 
   finish(text) {
-    this.source = normalize(text);
-    this.committedLength = this.source.length;
+    const source = normalize(text);
+    if (source === this.source && !this.finished && !REFERENCE_DEFINITION.test(source)) {
+      // The final text is what streamed: the committed blocks cannot change, so only the open
+      // last block is rendered again, as final. Re-rendering a long answer whole here was the
+      // longest task of a stream (docs/benchmarks.md).
+      const rest = source.slice(this.committedLength);
+      this.tail.replaceWith(renderTokens(marked.lexer(rest), { streaming: false }));
+    } else {
+      // Replaced text, or reference links defined below their use: render it all.
+      this.container.replaceChildren(renderMarkdown(source));
+    }
+    this.source = source;
+    this.committedLength = source.length;
     this.finished = true;
-    this.container.replaceChildren(renderMarkdown(this.source));
   }
 }
 

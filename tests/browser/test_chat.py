@@ -512,3 +512,26 @@ def test_the_theme_button_switches_and_remembers_the_colour_scheme(chat):
     assert chat.evaluate(background) == "rgb(255, 255, 255)"
     chat.emulate_media(color_scheme="dark")
     assert chat.evaluate(background) == "rgb(255, 255, 255)", "a chosen theme outlasts the system's"
+
+
+@pytest.mark.parametrize("step", [5, 40])
+def test_finishing_a_streamed_answer_gives_the_same_page_as_a_full_render(chat, step):
+    """finish() keeps the blocks already rendered when the final text is what streamed."""
+    sample = MARKDOWN_ANSWER + "\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\nLast *words*"
+    same = chat.evaluate(
+        """async ([text, step]) => {
+            const { MarkdownStream, renderMarkdown } = await import("/static/chat/markdown.js");
+            const streamed = document.createElement("div");
+            const stream = new MarkdownStream(streamed);
+            for (let end = 0; end < text.length; end += step) stream.update(text.slice(0, end));
+            stream.update(text);
+            const kept = streamed.firstElementChild;
+            stream.finish(text);
+            const full = document.createElement("div");
+            full.append(renderMarkdown(text));
+            return [streamed.innerHTML, full.innerHTML, streamed.firstElementChild === kept];
+        }""",
+        [sample, step],
+    )
+    assert same[0] == same[1]
+    assert same[2], "the first block was kept, not rendered again"
