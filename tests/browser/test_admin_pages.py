@@ -1,6 +1,5 @@
 """The admin as staff see it: conversation list, transcript, usage report and audit trail."""
 
-
 from playwright.sync_api import expect
 
 from tests.browser.conftest import answers, log_in, send, wait_until_idle
