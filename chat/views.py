@@ -1,7 +1,8 @@
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
+from django.templatetags.static import static
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
@@ -102,3 +103,8 @@ def delete(request, conversation_id):
         message = "An answer is still being written; stop it before deleting the conversation."
         return JsonResponse({"error": {"code": "busy", "message": message}}, status=409)
     return JsonResponse({"deleted": str(conversation_id), "next": reverse("chat:home")})
+
+
+def favicon(request):
+    # Resolved per request: with hashed static names the manifest exists only after collectstatic.
+    return redirect(static("chat/favicon.svg"), permanent=True)

@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from chat import accounts, health
+from chat import views as chat_views
 from chat.localmodel import views as local_model
 
 urlpatterns = [
@@ -13,6 +14,8 @@ urlpatterns = [
     # Logout, password change and password reset are Django's own views.
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
+    # Browsers ask for it whatever the page says.
+    path("favicon.ico", chat_views.favicon),
     path("local/v1/responses", local_model.responses, name="local_model_responses"),
     path("", include("chat.urls")),
 ]

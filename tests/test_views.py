@@ -123,3 +123,9 @@ def test_the_endpoints_need_a_login(client, alice):
     assert client.get(reverse("chat:search"), {"q": "river"}).status_code == 302
     assert client.post(reverse("chat:delete", args=[conversation.id])).status_code == 302
     assert Conversation.objects.filter(pk=conversation.pk).exists()
+
+
+def test_the_favicon_address_leads_to_the_icon(client):
+    response = client.get("/favicon.ico")
+    assert response.status_code == 301
+    assert response["Location"].endswith("chat/favicon.svg")
