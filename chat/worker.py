@@ -456,8 +456,6 @@ class StreamWorker:
         self.jobs_lock = threading.Lock()
         self.queue = queue.SimpleQueue()
         self.scheduler = FlushScheduler()
-        self.busy = 0
-        self.busy_lock = threading.Lock()
         self.sessions = threading.local()
         # The server's event loop, once known: the reaper tells browsers through it.
         self.loop = None
@@ -501,10 +499,6 @@ class StreamWorker:
         self.queue.put(job)
         return job
 
-    @property
-    def full(self):
-        return self.busy >= self.threads
-
     def forget(self, job):
         with self.jobs_lock:
             self.jobs.pop(job.message_id, None)
@@ -527,13 +521,7 @@ class StreamWorker:
             job = self.queue.get()
             if job is None:
                 return
-            with self.busy_lock:
-                self.busy += 1
-            try:
-                job.run()
-            finally:
-                with self.busy_lock:
-                    self.busy -= 1
+            job.run()
 
     def close(self, timeout=5):
         """Stop this worker's threads once their current answers end (tests, shutdown)."""
