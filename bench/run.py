@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import report
-from bench.site import ROOT, bench_env, collect_static, log_in, prepare_database, shown_settings
+from bench.site import bench_env, collect_static, log_in, prepare_database, shown_settings
+from tests.services import ROOT
 
 logger = logging.getLogger("bench")
 

