@@ -11,6 +11,7 @@ from django.conf import settings
 
 from chat import limits, protocol, providers
 from chat.models import Conversation, ConversationBusy, Message
+from chat.relay import relay_for
 from chat.worker import current_loop, get_worker, read_snapshot
 
 logger = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
     counted = False  # accepted and counted in OPEN_SOCKETS; frames of a refused socket are ignored
     group = None
     account_groups = ()
+    # Events of the followed conversation that arrived while its state was being read; None when
+    # events go straight out.
+    held = None
 
     async def connect(self):
         self.user = self.scope.get("user")
@@ -83,9 +87,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             OPEN_SOCKETS[self.user.pk] -= 1
             if OPEN_SOCKETS[self.user.pk] <= 0:
                 del OPEN_SOCKETS[self.user.pk]
-        for group in [self.group, *self.account_groups]:
-            if group:
-                await self.channel_layer.group_discard(group, self.channel_name)
+        if self.group:
+            await relay_for(current_loop()).unfollow(self.group, self)
+        for group in self.account_groups:
+            await self.channel_layer.group_discard(group, self.channel_name)
 
     @property
     def server_url(self):
@@ -116,6 +121,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if client_id is not None:
                 frame["client_id"] = client_id
             await self.send_json(frame)
+        finally:
+            if self.held is not None:
+                await self.release_held()  # a handler that failed half way must not keep them
 
     @staticmethod
     def decode(text_data, bytes_data):
@@ -171,8 +179,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
                     await self.send(text_data=protocol.created_event(message)["frame"])
             await self.catch_up(conversation, announce=False)
             return
+        await self.release_held()  # nothing was in flight: the conversation was not busy
+        relay = relay_for(current_loop())
         for message in messages:
-            await self.channel_layer.group_send(self.group, protocol.created_event(message))
+            relay.publish(self.group, protocol.created_event(message))
         worker.submit(messages[1].id, self.group, current_loop(), self.server_url)
 
     async def chat_subscribe(self, content):
@@ -193,14 +203,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- following a conversation -----------------------------------------------------------
 
     async def join(self, conversation):
-        """Follow the conversation: join its group (leaving the one followed before)."""
+        """Follow the conversation (leaving the one followed before).
+
+        Its events are held from here until `catch_up` (or `release_held`) has sent what the
+        socket must see first: the state read after joining, so that no delta falls between.
+        """
+        if self.held is None:
+            self.held = []
         if self.group != conversation.group_name:
+            relay = relay_for(current_loop())
             if self.group:
-                await self.channel_layer.group_discard(self.group, self.channel_name)
+                await relay.unfollow(self.group, self)
             self.group = conversation.group_name
             self.conversation_id = str(conversation.id)
             self.seen = {}
-            await self.channel_layer.group_add(self.group, self.channel_name)
+            self.held = []
+            await relay.follow(self.group, self)
 
     async def catch_up(self, conversation, announce):
         """After joining, read the snapshots of answers in flight: no delta falls between."""
@@ -217,6 +235,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
         for message_id, snapshot in snapshots.items():
             await self.send_json({"type": protocol.MESSAGE_SNAPSHOT, "message": message_id, **snapshot})
+        await self.release_held()
+
+    async def release_held(self):
+        """Send the events held since `join`, then let the next ones through as they come."""
+        while self.held:
+            event = self.held.pop(0)
+            await self.event_handlers[event["type"]](self, event)
+        self.held = None
 
     @database_sync_to_async
     def check_limits(self):
@@ -284,7 +310,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ClientError("not_running", "That answer has already finished.")
         get_worker().request_stop(message.id)
 
-    # --- channel-layer events: forward only -------------------------------------------------
+    # --- the followed conversation's events (from chat.relay): forward only -----------------
+
+    async def relay_event(self, event):
+        if self.held is not None:
+            self.held.append(event)
+            return
+        await self.event_handlers[event["type"]](self, event)
 
     async def message_created(self, event):
         self.seen.setdefault(event["message"], 0)
@@ -303,6 +335,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def message_done(self, event):
         self.seen.pop(event["message"], None)
         await self.send(text_data=event["frame"])
+
+    event_handlers = {
+        protocol.EVENT_CREATED: message_created,
+        protocol.EVENT_STATUS: message_status,
+        protocol.EVENT_DELTA: message_delta,
+        protocol.EVENT_DONE: message_done,
+    }
+
+    # --- account events, through the channel layer ------------------------------------------
 
     async def account_closed(self, event):
         """Logged out, or the account was deactivated: this socket may no longer act."""

@@ -6,16 +6,16 @@ stream and feeds its events to the job, which
 - coalesces deltas: a delta after a quiet period is flushed at once; deltas arriving faster than
   the flush window are joined and flushed at the end of that window by the `FlushScheduler`
   thread, so none waits longer than one window even when the upstream then goes quiet;
-- on every flush writes the snapshot `{text, seq}` to the cache *before* group-sending the delta,
-  which is what makes resume gap-free (docs/protocol.md);
+- keeps the text flushed so far with its `seq` (the snapshot a subscriber starts from) and, when
+  the cache is shared between processes, writes it there *before* publishing the delta, which is
+  what makes resume gap-free (docs/protocol.md);
 - checkpoints the text so far to the database about once a second, and saves once at the end.
 
-Threads never run coroutines themselves: every channel-layer call is handed to the server's event
-loop captured when the job was created, in order, through a per-job outbox.
+Threads never run coroutines themselves: events go to the sockets through the relay of the
+server's event loop captured when the job was created (chat/relay.py), in order.
 """
 
 import asyncio
-import collections
 import heapq
 import json
 import logging
@@ -28,15 +28,16 @@ import time
 import uuid
 
 import requests
-from channels.layers import get_channel_layer
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
+from django.core.cache.backends.locmem import LocMemCache
 from django.db import close_old_connections
 from django.utils import timezone
 
 from chat import protocol, providers
 from chat.localmodel.views import local_token
 from chat.models import Message, ServerProcess
+from chat.relay import relay_for
 from chat.upstream import (
     ReasoningDelta,
     ReasoningDone,
@@ -75,7 +76,15 @@ def stop_key(message_id):
 
 
 def read_snapshot(message_id):
-    return cache.get(snapshot_key(message_id))
+    """`{seq, status, text, reasoning, refusal}` of an answer in flight, or None before its first flush.
+
+    An answer generated in this process is read from its job; one generated elsewhere, or just
+    finished, from the cache (written only when the cache is shared between processes).
+    """
+    worker = _worker
+    job = worker.job(message_id) if worker is not None else None
+    snapshot = job.snapshot() if job is not None else None
+    return snapshot if snapshot is not None else cache.get(snapshot_key(message_id))
 
 
 class FlushScheduler:
@@ -120,8 +129,7 @@ class AnswerJob:
         self.message_id = message_id
         self.local_base_url = local_base_url
         self.group = group
-        self.loop = loop
-        self.layer = get_channel_layer()
+        self.relay = relay_for(loop)
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.finalized = False
@@ -142,34 +150,9 @@ class AnswerJob:
         self.response_id = ""
         self.model = ""
 
-        self._outbox = collections.deque()
-        self._draining = False
-
-    # --- publishing, loop side --------------------------------------------------------------
-
     def publish(self, event):
-        """Queue a channel-layer group_send on the server loop; never blocks the calling thread."""
-        try:
-            self.loop.call_soon_threadsafe(self._enqueue, event)
-        except RuntimeError:
-            logger.debug("Event loop closed; dropped %s for %s", event["type"], self.message_id)
-
-    def _enqueue(self, event):
-        self._outbox.append(event)
-        if not self._draining:
-            self._draining = True
-            self.loop.create_task(self._drain())
-
-    async def _drain(self):
-        try:
-            while self._outbox:
-                event = self._outbox.popleft()
-                try:
-                    await self.layer.group_send(self.group, event)
-                except Exception:
-                    logger.exception("group_send of %s failed", event["type"])
-        finally:
-            self._draining = False
+        """Hand an event to the sockets following the conversation; never blocks this thread."""
+        self.relay.publish(self.group, event)
 
     # --- streaming, thread side -------------------------------------------------------------
 
@@ -217,16 +200,27 @@ class AnswerJob:
             frames.append((self.seq, frame_type, delta))
         self.has_pending = False
         self.last_flush = now
-        self._write_snapshot(Message.Status.STREAMING)
+        if self.worker.shared_snapshots:
+            self._write_snapshot(Message.Status.STREAMING)
         for seq, frame_type, delta in frames:
             frame = json.dumps({"type": frame_type, "message": self.message_id, "seq": seq, "delta": delta})
             self.publish({"type": protocol.EVENT_DELTA, "message": self.message_id, "seq": seq, "frame": frame})
 
-    def _write_snapshot(self, status, timeout=3600):
+    def _snapshot_locked(self, status):
         snapshot = {"seq": self.seq, "status": status}
         for name, _ in STREAMS:
             snapshot[name] = self.text(name)
-        cache.set(snapshot_key(self.message_id), snapshot, timeout)
+        return snapshot
+
+    def _write_snapshot(self, status, timeout=3600):
+        cache.set(snapshot_key(self.message_id), self._snapshot_locked(status), timeout)
+
+    def snapshot(self):
+        """The text flushed so far, consistent with `seq` (None before the first flush)."""
+        with self.lock:
+            if not self.seq:
+                return None
+            return self._snapshot_locked(Message.Status.STREAMING)
 
     def checkpoint_if_due(self):
         """Save the text so far about once per checkpoint interval (bounded writes, crash safety)."""
@@ -457,6 +451,9 @@ class StreamWorker:
         self.queue = queue.SimpleQueue()
         self.scheduler = FlushScheduler()
         self.sessions = threading.local()
+        # With a shared cache (Redis), other processes resume answers from snapshots written on
+        # every flush; a process-local cache is read through the jobs themselves (read_snapshot).
+        self.shared_snapshots = not isinstance(caches["default"], LocMemCache)
         # The server's event loop, once known: the reaper tells browsers through it.
         self.loop = None
         self._stopping = threading.Event()
@@ -621,11 +618,9 @@ def reap_orphans(loop=None):
     if count:
         logger.warning("Marked %s answers interrupted: their server process is gone", count)
         if loop is not None and not loop.is_closed():
-            layer = get_channel_layer()
+            relay = relay_for(loop)
             for message in Message.objects.filter(pk__in=orphans).select_related("conversation"):
-                asyncio.run_coroutine_threadsafe(
-                    layer.group_send(message.conversation.group_name, protocol.done_event(message)), loop
-                )
+                relay.publish(message.conversation.group_name, protocol.done_event(message))
     ServerProcess.objects.filter(last_seen_at__lt=cutoff).delete()
     return count
 

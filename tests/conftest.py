@@ -79,3 +79,19 @@ def bob(db):
 @pytest.fixture
 def charlie(db):
     return make_user("charlie", is_staff=True)
+
+
+
+@pytest.fixture(autouse=True)
+def fresh_redis_receive_locks():
+    """Each async test runs on an event loop of its own, closed at its end; a server has one loop
+    for its whole life. channels_redis keeps one asyncio lock per receiving channel, released by a
+    task it starts after each receive: a loop closed before that task ran leaves the lock taken,
+    bound to the dead loop, and the next test's receive fails on it. Each test starts with new ones.
+    """
+    yield
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    if hasattr(layer, "receive_clean_locks"):
+        layer.receive_clean_locks = type(layer.receive_clean_locks)()

@@ -18,6 +18,11 @@ async def rebuild(communicator, conversation_id, message_id):
     text, last_seq, seen_seqs = None, None, []
     while True:
         frame = await receive(communicator, timeout=30)
+        if frame["type"] == "conversation.subscribed":
+            finished = [m for m in frame["messages"] if m["id"] == message_id and m["status"] == "completed"]
+            if finished:  # joined after the end: the stored text is all there is
+                return finished[0]["text"], finished[0]["text"], 0
+            continue
         if frame.get("message") != message_id:
             continue
         if frame["type"] == "message.snapshot":
@@ -50,7 +55,7 @@ async def test_subscribers_joining_at_random_moments_rebuild_exactly_the_final_t
     rng = random.Random(2000)
 
     async def late_subscriber():
-        await asyncio.sleep(rng.uniform(0, 2.5))
+        await asyncio.sleep(rng.uniform(0, 1.8))
         communicator, _, _ = await connect(alice)
         try:
             return await rebuild(communicator, conversation_id, message_id)
