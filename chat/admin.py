@@ -110,6 +110,8 @@ class ConversationAdmin(TranscriptAccessMixin, admin.ModelAdmin):
             extra_context = {
                 **(extra_context or {}),
                 "transcript": conversation.messages.order_by("created_at"),
+                # Regenerated and edited messages keep their earlier versions: marked, not hidden.
+                "on_current_path": {message.id for message in conversation.path()},
                 "readers": conversation.audit_events.order_by("-at")[:20] if request.user.is_superuser else None,
             }
         return super().change_view(request, object_id, form_url, extra_context)

@@ -27,6 +27,8 @@ class ClientError(Exception):
 
 
 NOT_FOUND = "No such conversation."
+NO_SUCH_MESSAGE = "No such message."
+BUSY = "An answer is still being written in this conversation: wait for it or press Stop."
 
 
 def parse_uuid(value, what="conversation"):
@@ -36,6 +38,34 @@ def parse_uuid(value, what="conversation"):
         return uuid.UUID(value)
     except ValueError:
         raise ClientError("not_found", f"No such {what}.") from None
+
+
+def clean_text(content):
+    """The `text` of a frame that stores a user message, as chat.send and chat.edit take it."""
+    text = content.get("text")
+    if not isinstance(text, str):
+        raise ClientError("invalid_field", "`text` must be a string.")
+    if not text.strip():
+        raise ClientError("empty_text", "The message is empty.")
+    limit = settings.CHAT_MAX_MESSAGE_CHARS
+    if len(text) > limit:
+        raise ClientError("text_too_long", f"The message is {len(text)} characters long; the limit is {limit}.")
+    return text
+
+
+def clean_model(content):
+    model = content.get("model")
+    offered = providers.model_names()
+    if model is not None and model not in offered:
+        raise ClientError("unknown_model", f"Unknown model; choose one of: {', '.join(offered)}.")
+    return model
+
+
+def clean_client_id(content):
+    client_id = content.get("client_id", "")
+    if not isinstance(client_id, str) or len(client_id) > 64:
+        raise ClientError("invalid_field", "`client_id` must be a string of at most 64 characters.")
+    return client_id
 
 
 # Open sockets per user in this process: a bound per process (docs/security.md).
@@ -142,31 +172,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- client frames ----------------------------------------------------------------------
 
     async def chat_send(self, content):
-        text = content.get("text")
-        if not isinstance(text, str):
-            raise ClientError("invalid_field", "`text` must be a string.")
-        if not text.strip():
-            raise ClientError("empty_text", "The message is empty.")
-        limit = settings.CHAT_MAX_MESSAGE_CHARS
-        if len(text) > limit:
-            raise ClientError("text_too_long", f"The message is {len(text)} characters long; the limit is {limit}.")
-        model = content.get("model")
-        offered = providers.model_names()
-        if model is not None and model not in offered:
-            raise ClientError("unknown_model", f"Unknown model; choose one of: {', '.join(offered)}.")
-        client_id = content.get("client_id", "")
-        if not isinstance(client_id, str) or len(client_id) > 64:
-            raise ClientError("invalid_field", "`client_id` must be a string of at most 64 characters.")
+        text = clean_text(content)
+        model = clean_model(content)
+        client_id = clean_client_id(content)
         raw_conversation = content.get("conversation")
         conversation_id = None if raw_conversation is None else parse_uuid(raw_conversation)
-        worker = await database_sync_to_async(get_worker)()  # the first call registers the process
-        problem = worker.client_for(model or offered[0], self.server_url).configuration_problem()
-        if problem:
-            raise ClientError("not_configured", problem)
-        await self.check_limits()
+        raw_parent = content.get("parent")
+        parent_id = None if raw_parent is None else parse_uuid(raw_parent, "message")
+        if parent_id is not None and conversation_id is None:
+            raise ClientError("invalid_field", "`parent` needs a `conversation`.")
+        worker = await self.ready_worker(model or providers.default_model())
 
         conversation, created, messages, is_new = await self.start_exchange(
-            conversation_id, text, model, client_id, worker.id
+            conversation_id, text, model, client_id, worker.id, parent_id
         )
         if created:
             await self.send_json({"type": protocol.CONVERSATION_CREATED, "conversation": conversation.as_frame()})
@@ -194,11 +212,76 @@ class ChatConsumer(AsyncWebsocketConsumer):
         message_id = parse_uuid(content.get("message"), "message")
         await self.stop_answer(message_id)
 
+    async def chat_regenerate(self, content):
+        message_id = parse_uuid(content.get("message"), "message")
+        model, client_id = clean_model(content), clean_client_id(content)
+        answer = await self.owned_message(message_id, Message.Role.ASSISTANT, "Only answers can be regenerated.")
+        conversation = answer.conversation
+        worker = await self.ready_worker(model or conversation.model)
+        stored = await self.add_version(
+            conversation, conversation.regenerate, answer, model=model, client_id=client_id, worker_id=worker.id
+        )
+        await self.deliver(stored, worker)
+
+    async def chat_edit(self, content):
+        message_id = parse_uuid(content.get("message"), "message")
+        text = clean_text(content)
+        model, client_id = clean_model(content), clean_client_id(content)
+        message = await self.owned_message(message_id, Message.Role.USER, "Only your own messages can be edited.")
+        conversation = message.conversation
+        worker = await self.ready_worker(model or conversation.model)
+        stored = await self.add_version(
+            conversation, conversation.edit, message, text, model=model, client_id=client_id, worker_id=worker.id
+        )
+        await self.deliver(stored, worker)
+
+    async def chat_select(self, content):
+        message = await self.owned_message(parse_uuid(content.get("message"), "message"))
+        await self.join(message.conversation)
+        await self.send_json(
+            {
+                "type": protocol.CONVERSATION_PATH,
+                "conversation": str(message.conversation_id),
+                "messages": await self.select_version(message),
+            }
+        )
+
     handlers = {
         protocol.CHAT_SEND: chat_send,
         protocol.CHAT_SUBSCRIBE: chat_subscribe,
         protocol.CHAT_STOP: chat_stop,
+        protocol.CHAT_REGENERATE: chat_regenerate,
+        protocol.CHAT_EDIT: chat_edit,
+        protocol.CHAT_SELECT: chat_select,
     }
+
+    # --- answering ------------------------------------------------------------------------
+
+    async def ready_worker(self, model):
+        """This process's worker, once the upstream for `model` is configured and limits allow a send."""
+        worker = await database_sync_to_async(get_worker)()  # the first call registers the process
+        problem = worker.client_for(model, self.server_url).configuration_problem()
+        if problem:
+            raise ClientError("not_configured", problem)
+        await self.check_limits()
+        return worker
+
+    async def deliver(self, stored, worker):
+        """Follow the conversation, announce a new version's messages and start its answer.
+
+        `stored` is what add_version returns; a retried frame is answered with the messages the
+        first one stored, and nothing goes upstream again.
+        """
+        conversation, messages, is_new = stored
+        await self.join(conversation)
+        if not is_new:
+            for message in messages:
+                await self.send(text_data=protocol.created_event(message)["frame"])
+            await self.catch_up(conversation, announce=False)
+            return
+        for message in messages:
+            await self.channel_layer.group_send(self.group, protocol.created_event(message))
+        worker.submit(messages[-1].id, self.group, current_loop(), self.server_url)
 
     # --- following a conversation -----------------------------------------------------------
 
@@ -269,7 +352,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     @database_sync_to_async
     def conversation_state(self, conversation):
-        messages = list(conversation.messages.all())
+        conversation.refresh_from_db(fields=["current"])  # another socket may have moved it
+        messages = conversation.path()
         snapshots = {}
         for message in messages:
             if message.is_finished:
@@ -288,17 +372,56 @@ class ChatConsumer(AsyncWebsocketConsumer):
         return [message.as_frame() for message in messages], snapshots
 
     @database_sync_to_async
-    def start_exchange(self, conversation_id, text, model, client_id, worker_id):
+    def start_exchange(self, conversation_id, text, model, client_id, worker_id, parent_id=None):
         try:
             return Conversation.objects.start_exchange_for(
-                self.user, conversation_id, text, model=model, client_id=client_id, worker_id=worker_id
+                self.user,
+                conversation_id,
+                text,
+                model=model,
+                client_id=client_id,
+                worker_id=worker_id,
+                parent_id=parent_id,
             )
         except Conversation.DoesNotExist:
             raise ClientError("not_found", NOT_FOUND) from None
+        except Message.DoesNotExist:
+            raise ClientError("not_found", NO_SUCH_MESSAGE) from None
         except ConversationBusy:
-            raise ClientError(
-                "busy", "An answer is still being written in this conversation: wait for it or press Stop."
-            ) from None
+            raise ClientError("busy", BUSY) from None
+
+    @database_sync_to_async
+    def owned_message(self, message_id, role=None, wrong_role=""):
+        """The user's message with its conversation; another user's is answered like an unknown one."""
+        try:
+            message = Message.objects.owned_by(self.user).select_related("conversation").get(pk=message_id)
+        except Message.DoesNotExist:
+            raise ClientError("not_found", NO_SUCH_MESSAGE) from None
+        if role is not None and message.role != role:
+            raise ClientError("invalid_field", wrong_role)
+        return message
+
+    @database_sync_to_async
+    def add_version(self, conversation, store, *args, client_id, **kwargs):
+        """Store a new version with `store` (the conversation's regenerate or edit) unless
+        `client_id` names one already stored; returns (conversation, messages, is_new)."""
+        earlier = Message.objects.sent_with(self.user, client_id)
+        if earlier is not None:
+            return earlier[0].conversation, earlier, False
+        try:
+            messages = store(*args, client_id=client_id, **kwargs)
+        except ConversationBusy:
+            raise ClientError("busy", BUSY) from None
+        except ValueError as error:
+            raise ClientError("invalid_field", str(error)) from None
+        return conversation, messages, True
+
+    @database_sync_to_async
+    def select_version(self, message):
+        try:
+            return [version.as_frame() for version in message.conversation.select(message)]
+        except ConversationBusy:
+            raise ClientError("busy", BUSY) from None
 
     @database_sync_to_async
     def stop_answer(self, message_id):

@@ -1,4 +1,6 @@
 import uuid
+from collections import defaultdict
+from functools import cached_property
 
 from django.conf import settings
 from django.db import models, transaction
@@ -32,27 +34,37 @@ class ConversationQuerySet(models.QuerySet):
             found = found.filter(Q(title__icontains=query) | Q(pk__in=matching))
         return found
 
+    def idle_for_update(self, conversation_id, model=None):
+        """A conversation locked until the transaction ends, with no answer being written.
+
+        Raises ConversationBusy while an answer is queued or streaming: the next answer must see
+        the previous one in its input. A `model` becomes the conversation's model.
+        """
+        conversation = self.select_for_update().get(pk=conversation_id)
+        if conversation.messages.unfinished().exists():
+            raise ConversationBusy
+        if model and model != conversation.model:
+            conversation.model = model
+            conversation.save(update_fields=["model"])
+        return conversation
+
     @transaction.atomic
-    def start_exchange_for(self, user, conversation_id, text, *, model=None, client_id="", worker_id=None):
+    def start_exchange_for(
+        self, user, conversation_id, text, *, model=None, client_id="", worker_id=None, parent_id=None
+    ):
         """Store a user's message and its queued answer, in a new or an owned conversation.
 
-        Returns (conversation, created, (user_message, answer), is_new); `is_new` is False when
-        `client_id` names a send already stored, which is then returned instead of a second one.
-        Raises Conversation.DoesNotExist for an unknown or another user's conversation and
-        ConversationBusy while an answer is still being written.
+        The message follows the answer `parent_id` when given (the end of the path the person
+        sees), else the conversation's current path. Returns (conversation, created,
+        (user_message, answer), is_new); `is_new` is False when `client_id` names a frame already
+        stored, whose messages are then returned instead of new ones. Raises
+        Conversation.DoesNotExist for an unknown or another user's conversation,
+        Message.DoesNotExist for a `parent_id` that is not an answer in it, and ConversationBusy
+        while an answer is still being written.
         """
-        if client_id:
-            earlier = (
-                Message.objects.owned_by(user)
-                .filter(client_id=client_id, role=Message.Role.USER)
-                .select_related("conversation")
-                .first()
-            )
-            if earlier is not None:
-                answer = earlier.conversation.messages.filter(
-                    role=Message.Role.ASSISTANT, created_at__gte=earlier.created_at
-                ).first()
-                return earlier.conversation, False, (earlier, answer), False
+        earlier = Message.objects.sent_with(user, client_id)
+        if earlier is not None:
+            return earlier[0].conversation, False, earlier, False
         created = conversation_id is None
         if created:
             conversation = self.create(
@@ -61,14 +73,61 @@ class ConversationQuerySet(models.QuerySet):
                 model=model or providers.default_model(),
             )
         else:
-            conversation = self.owned_by(user).select_for_update().get(pk=conversation_id)
-            if conversation.messages.unfinished().exists():
-                raise ConversationBusy
-            if model and model != conversation.model:
-                conversation.model = model
-                conversation.save(update_fields=["model"])
-        user_message, answer = conversation.start_exchange(text, client_id=client_id, worker_id=worker_id)
+            conversation = self.owned_by(user).idle_for_update(conversation_id, model)
+        parent = None
+        if parent_id is not None:
+            parent = conversation.messages.get(pk=parent_id, role=Message.Role.ASSISTANT)
+        user_message, answer = conversation.start_exchange(text, client_id=client_id, worker_id=worker_id, after=parent)
         return conversation, created, (user_message, answer), True
+
+
+class MessageTree:
+    """A conversation's messages, loaded in one query, as the tree its versions make.
+
+    A user message's parent is the answer it follows (None for a first message); an answer's
+    parent is the user message it answers. Messages with the same parent and role are versions of
+    one another: regenerating adds an answer beside the earlier ones, editing a user message adds
+    a message beside it. A path runs from a first message down to a leaf.
+    """
+
+    def __init__(self, messages):
+        self.messages = list(messages)  # by created_at, as Message.Meta.ordering has them
+        self.by_id = {message.id: message for message in self.messages}
+        self.children = defaultdict(list)
+        for message in self.messages:
+            self.children[message.parent_id].append(message)
+        for message in self.messages:
+            message.version_ids = [
+                sibling.id for sibling in self.children[message.parent_id] if sibling.role == message.role
+            ]
+
+    def ancestors(self, message):
+        """The messages before `message` on its path, first message first."""
+        found = []
+        parent = self.by_id.get(message.parent_id)
+        while parent is not None:
+            found.append(parent)
+            parent = self.by_id.get(parent.parent_id)
+        found.reverse()
+        return found
+
+    def newest_leaf(self, message):
+        """The end of the path through `message` that follows the newest version at each step."""
+        while self.children[message.id]:
+            message = self.children[message.id][-1]
+        return message
+
+    def path(self, leaf):
+        """The messages from the first to `leaf`'s newest leaf; [] without a leaf."""
+        if leaf is None:
+            return []
+        leaf = self.by_id[leaf.id]
+        end = self.newest_leaf(leaf)
+        below = []
+        while end.id != leaf.id:
+            below.append(end)
+            end = self.by_id[end.parent_id]
+        return [*self.ancestors(leaf), leaf, *reversed(below)]
 
 
 class Conversation(models.Model):
@@ -79,6 +138,9 @@ class Conversation(models.Model):
     instructions = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
+    # The last message of the path the owner last saw or added to: the page shows the path to it,
+    # and a new message follows it. Versions off that path stay stored (see MessageTree).
+    current = models.ForeignKey("Message", models.SET_NULL, null=True, blank=True, related_name="+", editable=False)
 
     objects = ConversationQuerySet.as_manager()
 
@@ -147,30 +209,119 @@ class Conversation(models.Model):
             raise ConversationBusy
         locked.delete()
 
-    def upstream_input(self, before):
-        """The conversation so far as Open Responses message items, up to `before` (exclusive).
+    def tree(self):
+        return MessageTree(self.messages.all())
 
-        Assistant turns that produced no text (failed before the first token, queued and
-        cancelled) are left out: the model never said them.
+    def path(self):
+        """The messages of the current path, in order, ready for as_frame()."""
+        tree = self.tree()
+        # Without a current message (rows saved before versions existed), the newest one ends it.
+        leaf = tree.by_id.get(self.current_id) or (tree.messages[-1] if tree.messages else None)
+        return tree.path(leaf)
+
+    def upstream_input(self, before):
+        """The path to `before` (exclusive) as Open Responses message items.
+
+        Only `before`'s ancestors count: other versions are not part of what the model is
+        answering. Assistant turns that produced no text (failed before the first token, queued
+        and cancelled) are left out: the model never said them.
         """
         items = []
-        for message in self.messages.filter(created_at__lte=before.created_at).exclude(pk=before.pk):
+        for message in self.tree().ancestors(before):
             if not message.text:
                 continue
             items.append({"type": "message", "role": message.role, "content": message.text})
         return items
 
+    def move_to(self, leaf, *, touch=True):
+        """Make the path to `leaf` the current one."""
+        self.current = leaf
+        fields = ["current"]
+        if touch:
+            self.updated_at = timezone.now()
+            fields.append("updated_at")
+        self.save(update_fields=fields)
+
     @transaction.atomic
-    def start_exchange(self, text, client_id="", worker_id=None):
-        """Store the user's message and the assistant's answer to come, queued on a worker."""
+    def start_exchange(self, text, client_id="", worker_id=None, after=None):
+        """Store the user's message and the assistant's answer to come, queued on a worker.
+
+        The message follows the answer `after`, else the end of the current path.
+        """
+        if after is not None:
+            after_id = after.id
+        else:
+            after_id = self.current_id or self.messages.values_list("id", flat=True).last()
         user_message = self.messages.create(
-            role=Message.Role.USER, text=text, status=Message.Status.COMPLETED, client_id=client_id
+            role=Message.Role.USER, text=text, status=Message.Status.COMPLETED, client_id=client_id, parent_id=after_id
         )
-        answer = self.messages.create(
-            role=Message.Role.ASSISTANT, model=self.model, status=Message.Status.QUEUED, worker=worker_id
-        )
-        self.touch()
+        answer = self.queue_answer(user_message, worker_id=worker_id)
+        answer.version_ids = [answer.id]  # the first answer to a new message
+        Message.objects.with_versions(user_message)
         return user_message, answer
+
+    def queue_answer(self, question, client_id="", worker_id=None):
+        """A queued answer to the user message `question`; the path now ends with it."""
+        answer = self.messages.create(
+            role=Message.Role.ASSISTANT,
+            model=self.model,
+            status=Message.Status.QUEUED,
+            worker=worker_id,
+            parent=question,
+            client_id=client_id,
+        )
+        self.move_to(answer)
+        return answer
+
+    @transaction.atomic
+    def regenerate(self, answer, *, model=None, client_id="", worker_id=None):
+        """A new queued version of `answer`, beside it; the earlier one stays stored.
+
+        Raises ConversationBusy while an answer is being written and ValueError when `answer`
+        answers nothing (a row older than versions).
+        """
+        conversation = Conversation.objects.idle_for_update(self.pk, model)
+        if answer.role != Message.Role.ASSISTANT:
+            raise ValueError("Only answers can be regenerated.")
+        if answer.parent_id is None:
+            raise ValueError("That answer has no question to answer again.")
+        question = conversation.messages.get(pk=answer.parent_id)
+        new_answer = conversation.queue_answer(question, client_id=client_id, worker_id=worker_id)
+        return Message.objects.with_versions(new_answer)
+
+    @transaction.atomic
+    def edit(self, message, text, *, model=None, client_id="", worker_id=None):
+        """A new version of the user message `message` with `text`, beside it, and its queued answer.
+
+        The earlier message and everything after it stay stored. Raises ConversationBusy while an
+        answer is being written.
+        """
+        conversation = Conversation.objects.idle_for_update(self.pk, model)
+        if message.role != Message.Role.USER:
+            raise ValueError("Only your own messages can be edited.")
+        user_message = conversation.messages.create(
+            role=Message.Role.USER,
+            text=text,
+            status=Message.Status.COMPLETED,
+            client_id=client_id,
+            parent_id=message.parent_id,
+        )
+        answer = conversation.queue_answer(user_message, worker_id=worker_id)
+        return Message.objects.with_versions(user_message, answer)
+
+    @transaction.atomic
+    def select(self, message):
+        """Show the versions through `message`: the path now ends at its newest leaf.
+
+        Returns that path. Raises ConversationBusy while an answer is being written: the answer
+        being written is always on the current path, where the page can show and stop it.
+        """
+        conversation = Conversation.objects.idle_for_update(self.pk)
+        tree = conversation.tree()
+        leaf = tree.newest_leaf(tree.by_id[message.id])
+        conversation.move_to(leaf, touch=False)
+        self.current = leaf
+        return tree.path(leaf)
 
 
 class MessageQuerySet(models.QuerySet):
@@ -179,6 +330,32 @@ class MessageQuerySet(models.QuerySet):
 
     def unfinished(self):
         return self.filter(status__in=Message.UNFINISHED)
+
+    def sent_with(self, user, client_id):
+        """The messages a user's earlier frame with this client id stored, or None.
+
+        A retried chat.send or chat.edit finds its user message and that message's first answer,
+        a retried chat.regenerate its answer: the frame is answered, not repeated.
+        """
+        if not client_id:
+            return None
+        earlier = self.owned_by(user).filter(client_id=client_id).select_related("conversation").first()
+        if earlier is None:
+            return None
+        messages = [earlier]
+        if earlier.role == Message.Role.USER:
+            answer = earlier.children.filter(role=Message.Role.ASSISTANT).order_by("created_at").first()
+            if answer is not None:
+                messages.append(answer)
+        for message in messages:
+            message.conversation = earlier.conversation
+        return self.with_versions(*messages)
+
+    def with_versions(self, *messages):
+        """The messages with their versions loaded for as_frame(), which runs where the ORM may not."""
+        for message in messages:
+            message.version_ids = message.read_version_ids()
+        return messages
 
 
 class Message(models.Model):
@@ -199,6 +376,9 @@ class Message(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="messages")
+    # What this message follows: a user message the answer before it (None for a first message),
+    # an answer its user message. Messages with the same parent and role are versions (MessageTree).
+    parent = models.ForeignKey("self", models.CASCADE, null=True, blank=True, related_name="children", editable=False)
     role = models.CharField(max_length=16, choices=Role.choices)
     text = models.TextField(blank=True)
     reasoning = models.TextField(blank=True, help_text="The reasoning summary the model streamed.")
@@ -286,11 +466,34 @@ class Message(models.Model):
             return None
         return {"code": self.error_code, "message": self.error_message}
 
+    @cached_property
+    def version_ids(self):
+        """Ids of this message's versions, itself included, oldest first.
+
+        Set in bulk by MessageTree and MessageQuerySet.with_versions; reading it otherwise queries.
+        """
+        return self.read_version_ids()
+
+    def read_version_ids(self):
+        return list(
+            Message.objects.filter(
+                conversation_id=self.conversation_id, parent_id=self.parent_id, role=self.role
+            ).values_list("id", flat=True)
+        )
+
+    @property
+    def versions(self):
+        """`{index, count, ids}`: where this message is among its versions (index from 0)."""
+        ids = [str(version) for version in self.version_ids]
+        return {"index": ids.index(str(self.id)), "count": len(ids), "ids": ids}
+
     def as_frame(self):
         """The message as the websocket protocol and the page describe it."""
         return {
             "id": str(self.id),
             "conversation": str(self.conversation_id),
+            "parent": str(self.parent_id) if self.parent_id else None,
+            "versions": self.versions,
             "role": self.role,
             "text": self.text,
             "reasoning": self.reasoning,

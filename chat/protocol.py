@@ -11,10 +11,14 @@ import json
 CHAT_SEND = "chat.send"
 CHAT_STOP = "chat.stop"
 CHAT_SUBSCRIBE = "chat.subscribe"
+CHAT_REGENERATE = "chat.regenerate"
+CHAT_EDIT = "chat.edit"
+CHAT_SELECT = "chat.select"
 
 # Server to client.
 CONVERSATION_CREATED = "conversation.created"
 CONVERSATION_SUBSCRIBED = "conversation.subscribed"
+CONVERSATION_PATH = "conversation.path"
 MESSAGE_CREATED = "message.created"
 MESSAGE_STATUS = "message.status"
 MESSAGE_SNAPSHOT = "message.snapshot"

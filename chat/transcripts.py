@@ -33,7 +33,13 @@ def with_messages(conversations):
     )
 
 
+def on_current_path(conversation):
+    """Ids of the messages the owner's page shows; the rest are earlier versions."""
+    return {message.id for message in conversation.path()}
+
+
 def conversation_record(conversation):
+    shown = on_current_path(conversation)
     return {
         "id": str(conversation.id),
         "title": conversation.title,
@@ -42,8 +48,13 @@ def conversation_record(conversation):
         "instructions": conversation.instructions,
         "created_at": conversation.created_at.isoformat(),
         "updated_at": conversation.updated_at.isoformat(),
+        "current": str(conversation.current_id) if conversation.current_id else None,
         "messages": [
-            {"id": str(message.id)}
+            {
+                "id": str(message.id),
+                "parent": str(message.parent_id) if message.parent_id else None,
+                "on_current_path": message.id in shown,
+            }
             | {name: getattr(message, name) for name in MESSAGE_FIELDS}
             | {name: getattr(message, name).isoformat() if getattr(message, name) else None for name in TIMES}
             for message in conversation.messages.all()
@@ -74,8 +85,11 @@ def as_markdown(conversations):
         )
         if conversation.instructions:
             parts.append(f"**Instructions:**\n\n> {conversation.instructions.replace(chr(10), chr(10) + '> ')}\n")
+        shown = on_current_path(conversation)
         for message in conversation.messages.all():
             heading = "User" if message.role == Message.Role.USER else "Assistant"
+            if message.id not in shown:
+                heading += " (earlier version)"
             facts = [f"{message.created_at:%Y-%m-%d %H:%M:%S}"]
             if message.role == Message.Role.ASSISTANT:
                 facts += [message.status, message.model, _usage_line(message)]

@@ -12,7 +12,8 @@ from chat.models import Conversation, ConversationBusy
 
 def page_context(request, conversation=None):
     conversations = Conversation.objects.owned_by(request.user).only("id", "title", "updated_at")
-    messages = [message.as_frame() for message in conversation.messages.all()] if conversation else []
+    # The path last shown or added to; the other versions are a chat.select away.
+    messages = [message.as_frame() for message in conversation.path()] if conversation else []
     offered = providers.providers()
     return {
         "budget": limits.budget_status(request.user),

@@ -15,10 +15,11 @@ def conversation_with_answer(
     **answer_fields,
 ):
     conversation = Conversation.objects.create(owner=owner, title=title or question[:60], model=model)
-    Message.objects.create(conversation=conversation, role=Message.Role.USER, text=question)
+    question_row = Message.objects.create(conversation=conversation, role=Message.Role.USER, text=question)
     input_tokens, output_tokens = tokens
-    Message.objects.create(
+    answer_row = Message.objects.create(
         conversation=conversation,
+        parent=question_row,
         role=Message.Role.ASSISTANT,
         text=answer,
         status=status,
@@ -30,4 +31,5 @@ def conversation_with_answer(
         reasoning_tokens=0,
         **answer_fields,
     )
+    conversation.move_to(answer_row, touch=False)
     return conversation

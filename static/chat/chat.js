@@ -40,11 +40,17 @@ const state = {
   conversation: page.conversation, // {id, title, model, ...} or null for a new chat
   views: new Map(), // message id -> view
   order: [], // views in conversation order
-  // The chat.send not yet acknowledged by the server: re-sent after a reconnect (its client_id
-  // makes that safe) and put back in the composer if the server refuses it.
+  // The chat.send, chat.regenerate or chat.edit not yet acknowledged by the server: re-sent after
+  // a reconnect (its client_id makes that safe) and given back if the server refuses it (the text
+  // to the composer or the editor, the Regenerate or Retry button to its answer).
   pendingSend: null,
   stopping: null, // the answer a chat.stop was sent for
   lastResync: 0,
+  // A chat.subscribe is on its way because another tab moved to a branch this one does not show;
+  // its conversation.subscribed brings the messages created meanwhile.
+  resubscribing: false,
+  // Where keyboard focus goes once a chat.select's conversation.path has redrawn the messages.
+  focusAfterPath: null,
 };
 
 // --- helpers ---------------------------------------------------------------------------------
@@ -126,8 +132,18 @@ dom.jump.addEventListener("click", () => {
 
 // --- the conversation ------------------------------------------------------------------------
 
+function viewOptions(seq = null) {
+  return {
+    onRegenerate: regenerate,
+    onSelect: selectVersion,
+    onEdit: saveEdit,
+    maxChars: page.max_message_chars,
+    seq,
+  };
+}
+
 function addView(frame, seq = null) {
-  const view = createView(frame, { onRetry: retry, seq });
+  const view = createView(frame, viewOptions(seq));
   state.views.set(view.id, view);
   state.order.push(view);
   dom.messages.append(view.element);
@@ -144,7 +160,7 @@ function replaceMessages(frames) {
     if (view) {
       view.apply(frame);
     } else {
-      view = createView(frame, { onRetry: retry });
+      view = createView(frame, viewOptions());
     }
     views.push(view);
   }
@@ -153,6 +169,27 @@ function replaceMessages(frames) {
   dom.messages.replaceChildren(...views.map((view) => view.element));
   dom.emptyState.hidden = views.length > 0;
   for (const view of views) scheduleRender(view);
+}
+
+/**
+ * Makes room for a new message: what is shown after its parent (an earlier version and what
+ * followed it) leaves the page. False when the parent is not shown: this tab shows another branch.
+ */
+function makeRoomFor(message) {
+  let keep = state.order.length;
+  if (message.parent) {
+    const parent = state.views.get(message.parent);
+    if (!parent) return false;
+    keep = state.order.indexOf(parent) + 1;
+  } else if (message.role === "user") {
+    keep = 0; // a first message, or a new version of it
+  }
+  for (const view of state.order.splice(keep)) {
+    view.element.remove();
+    state.views.delete(view.id);
+    dirty.delete(view);
+  }
+  return true;
 }
 
 function activeAnswer() {
@@ -216,8 +253,18 @@ const handlers = {
     state.conversation = frame.conversation;
     showInstructions(frame.conversation);
     state.stopping = null; // a Stop lost with the old socket can be pressed again
+    state.resubscribing = false;
     replaceMessages(frame.messages);
     updateComposer();
+  },
+
+  "conversation.path"(frame) {
+    if (!belongsHere(frame.conversation)) return;
+    replaceMessages(frame.messages);
+    updateComposer();
+    const focus = state.focusAfterPath;
+    state.focusAfterPath = null;
+    if (focus) state.order[focus.position]?.focusVersion(focus.direction);
   },
 
   "message.created"(frame) {
@@ -233,7 +280,11 @@ const handlers = {
       state.pendingSend = null;
       markCurrentInSidebar(state.conversation);
     }
-    if (state.views.has(message.id)) return;
+    if (state.views.has(message.id) || state.resubscribing) return;
+    if (!makeRoomFor(message)) {
+      resubscribe();
+      return;
+    }
     followBottom = true;
     addView(message, 0);
     updateComposer();
@@ -286,11 +337,16 @@ const handlers = {
     const pending = state.pendingSend;
     if (pending && frame.client_id && frame.client_id === pending.frame.client_id) {
       state.pendingSend = null;
-      if (pending.retryOf) {
-        // The text is still in the conversation; the Retry button comes back instead.
-        pending.retryOf.retried = false;
-        pending.retryOf.dirty = true;
-        scheduleRender(pending.retryOf);
+      if (pending.regenerating) {
+        // The answer is still in the conversation; its Retry or Regenerate button comes back.
+        pending.regenerating.retried = false;
+        pending.regenerating.dirty = true;
+        scheduleRender(pending.regenerating);
+      } else if (pending.editing) {
+        // The edited text goes back into the message's editor, if the message is still shown.
+        if (state.views.get(pending.editing.id) === pending.editing) {
+          pending.editing.startEditing(pending.frame.text);
+        }
       } else {
         // Nothing typed is lost: the refused text goes back into the composer.
         const current = dom.input.value;
@@ -339,6 +395,14 @@ function resync() {
   socket.send({ type: "chat.subscribe", conversation: state.conversation.id });
 }
 
+/** Another tab added to a branch this one does not show: show the conversation's current path. */
+function resubscribe() {
+  if (!state.conversation) return;
+  state.resubscribing = true;
+  // Sent now or, when the socket is down, by onOpen; either way conversation.subscribed follows.
+  socket.send({ type: "chat.subscribe", conversation: state.conversation.id });
+}
+
 // --- the composer ----------------------------------------------------------------------------
 
 function fillModels() {
@@ -371,23 +435,38 @@ function updateComposer() {
   dom.charCount.hidden = length < page.max_message_chars * 0.9;
   dom.charCount.textContent = `${length.toLocaleString()} / ${page.max_message_chars.toLocaleString()}`;
   dom.charCount.classList.toggle("is-over", tooLong);
+  updateMessageControls(busy || state.pendingSend !== null);
 }
 
-function sendText(text, retryOf = null) {
-  const frame = {
-    type: "chat.send",
-    conversation: state.conversation ? state.conversation.id : null,
-    text,
-    model: dom.model.value || undefined,
-    client_id: uuid4(),
-  };
-  state.pendingSend = { frame, retryOf };
+/** Regenerate on the last answer only; no editing or switching versions while busy. */
+function updateMessageControls(locked) {
+  const last = state.order[state.order.length - 1];
+  for (const view of state.order) view.setControls({ locked, last: view === last });
+}
+
+/** Sends a frame that starts an answer; `origin` says what to give back if it is refused. */
+function sendAnswerFrame(frame, origin = {}) {
+  frame.client_id = uuid4();
+  frame.model = dom.model.value || undefined;
+  state.pendingSend = { frame, ...origin };
   showError("");
   followBottom = true;
   if (!socket.send(frame)) {
     showError("Not connected. Your message will be sent as soon as the connection is back.");
   }
   updateComposer();
+}
+
+function sendText(text) {
+  const frame = { type: "chat.send", conversation: state.conversation ? state.conversation.id : null, text };
+  // The new message follows the answer this tab shows last, even if another tab moved elsewhere.
+  const last = state.order[state.order.length - 1];
+  if (state.conversation && last?.role === "assistant") frame.parent = last.id;
+  sendAnswerFrame(frame);
+}
+
+function isLocked() {
+  return activeAnswer() !== null || state.pendingSend !== null;
 }
 
 function submit() {
@@ -406,15 +485,32 @@ function stop() {
   updateComposer();
 }
 
-function retry(failedView) {
-  const index = state.order.indexOf(failedView);
-  for (let position = index - 1; position >= 0; position -= 1) {
-    const view = state.order[position];
-    if (view.role === "user") {
-      sendText(view.text, failedView);
-      return;
-    }
+/** Regenerate, or Retry on a failed answer: a new version of the answer; the old one is kept. */
+function regenerate(answerView) {
+  if (isLocked()) {
+    answerView.retried = false;
+    answerView.updateActions();
+    return;
   }
+  sendAnswerFrame({ type: "chat.regenerate", message: answerView.id }, { regenerating: answerView });
+}
+
+/** "Save and send" in a user message's editor: a new version of it, answered afresh. */
+function saveEdit(userView, text) {
+  if (isLocked() || !text.trim() || text.length > page.max_message_chars) return;
+  userView.stopEditing();
+  sendAnswerFrame({ type: "chat.edit", message: userView.id, text }, { editing: userView });
+}
+
+/** A version arrow: show the path through that version (the server remembers the choice). */
+function selectVersion(view, messageId, direction) {
+  if (!messageId || isLocked()) return;
+  if (!socket.send({ type: "chat.select", message: messageId })) {
+    showError("Not connected. Try again once the connection is back.");
+    return;
+  }
+  showError("");
+  state.focusAfterPath = { position: state.order.indexOf(view), direction };
 }
 
 dom.composer.addEventListener("submit", (event) => {
@@ -446,12 +542,12 @@ dom.stop.addEventListener("click", stop);
 dom.messages.addEventListener("click", (event) => {
   const button = event.target.closest(".copy-button");
   if (button) copyCode(button);
-  const answerButton = event.target.closest(".copy-answer-button");
-  if (answerButton) copyAnswer(answerButton);
+  const messageButton = event.target.closest(".copy-answer-button, .copy-message-button");
+  if (messageButton) copyMessage(messageButton);
 });
 
-/** Copies a whole answer's Markdown source, as the model wrote it. */
-async function copyAnswer(button) {
+/** Copies a whole message: an answer's Markdown source as the model wrote it, or what was sent. */
+async function copyMessage(button) {
   const view = state.views.get(button.closest("article")?.dataset.id);
   if (!view) return;
   const copied = await copyText(view.text);

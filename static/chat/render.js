@@ -71,29 +71,176 @@ function formatTime(iso) {
   return new Date(iso).toLocaleString();
 }
 
+function button(className, text, label) {
+  const node = element("button", className, text);
+  node.type = "button";
+  if (label) node.setAttribute("aria-label", label);
+  return node;
+}
+
+/**
+ * "Previous version", "2/3", "Next version" under a message that has other versions; hidden (and
+ * without text) while it has none. `onSelect(id, direction)` asks for another version.
+ */
+class VersionNav {
+  constructor(onSelect) {
+    this.element = element("div", "versions");
+    // The arrows are drawn by the stylesheet: the buttons' names are their labels.
+    this.previous = button("version-button version-previous", "", "Previous version");
+    this.next = button("version-button version-next", "", "Next version");
+    this.label = element("span", "versions-label");
+    this.label.setAttribute("aria-hidden", "true");
+    this.spoken = element("span", "visually-hidden");
+    this.element.append(this.previous, this.label, this.spoken, this.next);
+    this.ids = [];
+    this.index = 0;
+    this.enabled = true;
+    this.previous.addEventListener("click", () => onSelect(this.ids[this.index - 1], "previous"));
+    this.next.addEventListener("click", () => onSelect(this.ids[this.index + 1], "next"));
+  }
+
+  /** `versions` as frames carry it: `{index, count, ids}`. */
+  update(versions) {
+    this.ids = versions?.ids || [];
+    this.index = versions?.index || 0;
+    const many = this.ids.length > 1;
+    this.element.hidden = !many;
+    this.label.textContent = many ? `${this.index + 1}/${this.ids.length}` : "";
+    this.spoken.textContent = many ? `Version ${this.index + 1} of ${this.ids.length}` : "";
+    this.setEnabled(this.enabled);
+  }
+
+  setEnabled(enabled) {
+    this.enabled = enabled;
+    this.previous.disabled = !enabled || this.index <= 0;
+    this.next.disabled = !enabled || this.index >= this.ids.length - 1;
+  }
+
+  focus(direction) {
+    const wanted = direction === "previous" ? this.previous : this.next;
+    const other = wanted === this.previous ? this.next : this.previous;
+    (wanted.disabled ? other : wanted).focus();
+  }
+}
+
 export class UserMessageView {
-  constructor(frame) {
+  constructor(frame, { onSelect, onEdit, maxChars }) {
     this.id = frame.id;
     this.role = "user";
     this.text = frame.text;
+    this.onEdit = onEdit;
+    this.maxChars = maxChars;
+    this.editor = null;
+    this.locked = false;
     this.element = element("article", "message message-user");
     this.element.setAttribute("aria-label", "User message");
     this.element.dataset.id = frame.id;
-    const bubble = element("div", "message-bubble", frame.text);
-    bubble.title = formatTime(frame.created_at);
-    this.element.append(bubble);
+    this.bubble = element("div", "message-bubble", frame.text);
+    this.bubble.title = formatTime(frame.created_at);
+    this.nav = new VersionNav((id, direction) => onSelect(this, id, direction));
+    this.copyButton = button("copy-message-button", "Copy", "Copy message");
+    this.editButton = button("edit-button", "Edit");
+    this.editButton.addEventListener("click", () => this.startEditing());
+    this.foot = element("div", "message-foot user-foot");
+    this.foot.append(this.nav.element, this.copyButton, this.editButton);
+    this.element.append(this.bubble, this.foot);
+    this.apply(frame);
   }
 
-  apply() {} // a user message never changes
+  /** A user message's text never changes; its versions can. */
+  apply(frame) {
+    this.parent = frame.parent ?? null;
+    this.nav.update(frame.versions);
+  }
 
   render() {}
+
+  /** No editing or switching while an answer is written or a frame awaits its answer. */
+  setControls({ locked }) {
+    this.locked = locked;
+    this.editButton.disabled = locked;
+    this.nav.setEnabled(!locked);
+    if (this.editor) this.updateEditor();
+  }
+
+  focusVersion(direction) {
+    this.nav.focus(direction);
+  }
+
+  /** Turns the message into a form that sends its text, changed, as a new version. */
+  startEditing(text = this.text) {
+    if (this.editor) return;
+    const form = element("form", "message-editor");
+    const box = element("textarea", "message-editor-input");
+    box.setAttribute("aria-label", "Edit message");
+    box.rows = 2;
+    box.value = text;
+    const cancel = button("button-quiet", "Cancel");
+    const save = element("button", "button-primary editor-save", "Save and send");
+    save.type = "submit";
+    const bar = element("div", "message-editor-bar");
+    bar.append(cancel, save);
+    form.append(box, bar);
+    this.editor = { form, box, save };
+
+    const resize = () => {
+      box.style.height = "auto";
+      box.style.height = `${Math.min(box.scrollHeight, 320)}px`;
+    };
+    box.addEventListener("input", () => {
+      resize();
+      this.updateEditor();
+    });
+    box.addEventListener("keydown", (event) => {
+      if (event.key === "Escape") {
+        event.preventDefault();
+        event.stopPropagation();
+        this.stopEditing(true);
+      } else if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+        event.preventDefault();
+        form.requestSubmit();
+      }
+    });
+    cancel.addEventListener("click", () => this.stopEditing(true));
+    form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      if (save.disabled) return;
+      this.onEdit(this, box.value);
+    });
+
+    this.element.classList.add("is-editing");
+    this.bubble.hidden = true;
+    this.foot.hidden = true;
+    this.element.append(form);
+    this.updateEditor();
+    resize();
+    box.focus();
+    box.setSelectionRange(box.value.length, box.value.length);
+  }
+
+  updateEditor() {
+    const text = this.editor.box.value;
+    this.editor.save.disabled = this.locked || !text.trim() || text.length > this.maxChars;
+  }
+
+  stopEditing(restoreFocus = false) {
+    if (!this.editor) return;
+    this.editor.form.remove();
+    this.editor = null;
+    this.element.classList.remove("is-editing");
+    this.bubble.hidden = false;
+    this.foot.hidden = false;
+    if (restoreFocus) this.editButton.focus();
+  }
 }
 
 export class AssistantMessageView {
-  constructor(frame, { onRetry, seq = null }) {
+  constructor(frame, { onRegenerate, onSelect, seq = null }) {
     this.id = frame.id;
     this.role = "assistant";
     this.retried = false;
+    this.last = false;
+    this.locked = false;
 
     this.element = element("article", "message message-assistant");
     this.element.setAttribute("aria-label", "Assistant message");
@@ -113,14 +260,18 @@ export class AssistantMessageView {
 
     this.badge = element("span", "badge");
     this.meta = element("span", "message-meta");
-    this.retryButton = element("button", "retry-button", "Retry");
-    this.retryButton.type = "button";
-    this.retryButton.addEventListener("click", () => {
-      this.retried = true;
-      this.dirty = true;
-      this.render();
-      onRetry(this);
-    });
+    // Retry (a failed answer) and Regenerate (any other finished one) both ask for a new version
+    // of this answer; the one replaced stays a click away in the version arrows.
+    this.retryButton = button("retry-button", "Retry");
+    this.regenerateButton = button("regenerate-button", "Regenerate");
+    for (const action of [this.retryButton, this.regenerateButton]) {
+      action.addEventListener("click", () => {
+        this.retried = true;
+        this.updateActions();
+        onRegenerate(this);
+      });
+    }
+    this.nav = new VersionNav((id, direction) => onSelect(this, id, direction));
     this.timing = element("span", "message-timing");
     this.timing.title = "Time to the first token · time to the whole answer";
     // The visible word stays short; the accessible name says what is copied.
@@ -128,7 +279,15 @@ export class AssistantMessageView {
     this.copyButton.type = "button";
     this.copyButton.setAttribute("aria-label", "Copy answer");
     const foot = element("div", "message-foot");
-    foot.append(this.badge, this.meta, this.timing, this.copyButton, this.retryButton);
+    foot.append(
+      this.nav.element,
+      this.badge,
+      this.meta,
+      this.timing,
+      this.copyButton,
+      this.regenerateButton,
+      this.retryButton,
+    );
 
     this.element.append(this.thinking, this.placeholder, this.body, this.refusal, this.error, foot);
     this.textStream = new MarkdownStream(this.body);
@@ -146,6 +305,8 @@ export class AssistantMessageView {
    * for one already under way.
    */
   apply(frame, seq = null) {
+    if (frame.versions) this.nav.update(frame.versions);
+    if (frame.parent !== undefined) this.parent = frame.parent;
     this.status = frame.status;
     this.text = frame.text || "";
     this.reasoning = frame.reasoning || "";
@@ -233,7 +394,7 @@ export class AssistantMessageView {
     const failed = this.status === "failed";
     this.error.hidden = !(failed && this.errorInfo);
     this.error.textContent = this.errorInfo ? this.errorInfo.message || this.errorInfo.code : "";
-    this.retryButton.hidden = !failed || this.retried;
+    this.updateActions();
 
     this.copyButton.hidden = streaming || !this.text;
     const timing = streaming ? "" : timingSummary(this.startedAt, this.firstTokenAt, this.finishedAt);
@@ -248,8 +409,28 @@ export class AssistantMessageView {
       this.meta.title = formatTime(this.createdAt);
     }
   }
+
+  /** `last`: the conversation's last message; `locked`: an answer is written or a frame awaits its answer. */
+  setControls({ locked, last }) {
+    this.locked = locked;
+    this.last = last;
+    this.nav.setEnabled(!locked);
+    this.updateActions();
+  }
+
+  focusVersion(direction) {
+    this.nav.focus(direction);
+  }
+
+  updateActions() {
+    const failed = this.status === "failed";
+    const offered = this.last && !this.unfinished && !this.retried;
+    this.retryButton.hidden = !(offered && failed);
+    this.regenerateButton.hidden = !(offered && !failed);
+    this.retryButton.disabled = this.regenerateButton.disabled = this.locked;
+  }
 }
 
 export function createView(frame, options) {
-  return frame.role === "user" ? new UserMessageView(frame) : new AssistantMessageView(frame, options);
+  return frame.role === "user" ? new UserMessageView(frame, options) : new AssistantMessageView(frame, options);
 }

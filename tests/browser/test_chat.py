@@ -56,7 +56,7 @@ def test_an_answer_streams_in_and_is_kept_with_its_usage(page, upstream, screens
     expect(reply).to_contain_text("word1 word2")
     expect(reply).to_contain_text("word20")
     expect(reply).to_contain_text("12 in / 20 out · 32 tokens")
-    expect(page.get_by_role("article", name="User message")).to_have_text("Tell me twenty words")
+    expect(page.get_by_role("article", name="User message")).to_contain_text("Tell me twenty words")
     sidebar = page.get_by_role("navigation", name="Conversations")
     expect(sidebar.get_by_role("link", name="Tell me twenty words")).to_have_attribute("aria-current", "page")
 
@@ -137,12 +137,13 @@ def test_a_failed_answer_shows_the_error_and_can_be_retried(chat, upstream, scre
     expect(reply.get_by_text(re.compile("internal error|boom", re.IGNORECASE))).to_be_visible()
     chat.screenshot(path=screenshots / "failed.png", animations="disabled")
 
+    # Retry asks for a new version of the answer (tests/browser/test_versions.py has the arrows).
     upstream.queue(answer(["Second ", "time ", "lucky."]))
     reply.get_by_role("button", name="Retry").click()
-    expect(answers(chat)).to_have_count(2)
-    expect(answers(chat).nth(1)).to_contain_text("Second time lucky.")
+    expect(reply).to_contain_text("Second time lucky.")
+    expect(answers(chat)).to_have_count(1)
     expect(reply.get_by_role("button", name="Retry")).to_be_hidden()
-    expect(chat.get_by_role("article", name="User message").nth(1)).to_have_text("Will this work?")
+    expect(chat.get_by_role("article", name="User message")).to_have_count(1)
     assert upstream.requests[-1]["body"]["input"][-1]["content"] == "Will this work?"
 
 
@@ -341,7 +342,7 @@ def test_the_composer_keys(chat):
     assert box.bounding_box()["height"] > height, "the composer grows with its text"
     expect(answers(chat)).to_have_count(0)
     box.press("Enter")
-    expect(chat.get_by_role("article", name="User message")).to_have_text("first line\nsecond line")
+    expect(chat.get_by_role("article", name="User message")).to_contain_text("first line\nsecond line")
     wait_until_idle(chat)
 
 

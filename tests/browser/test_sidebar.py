@@ -47,7 +47,7 @@ def test_search_finds_conversations_by_title_and_by_message_text(chat, upstream)
     search.fill("")
     expect(sidebar(chat).get_by_role("link", name="Something else entirely")).to_be_visible()
     sidebar(chat).get_by_role("link", name=f"About {word} habits").click()
-    expect(chat.get_by_role("article", name="User message")).to_have_text(f"About {word} habits")
+    expect(chat.get_by_role("article", name="User message")).to_contain_text(f"About {word} habits")
 
 
 def test_a_conversation_is_renamed_in_place(chat, upstream):
@@ -85,7 +85,7 @@ def test_deleting_asks_first_and_deleting_the_open_one_starts_a_new_chat(chat, u
     dialog.get_by_role("button", name="Delete", exact=True).click()
     expect(dialog).to_be_hidden()
     expect(sidebar(chat).get_by_role("link", name="Delete me in the background")).to_have_count(0)
-    expect(chat.get_by_role("article", name="User message")).to_have_text("Delete me while open")
+    expect(chat.get_by_role("article", name="User message")).to_contain_text("Delete me while open")
 
     current = chat.url
     sidebar(chat).get_by_role("button", name="Delete Delete me while open").click()
