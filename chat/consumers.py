@@ -188,20 +188,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         )
         if created:
             await self.send_json({"type": protocol.CONVERSATION_CREATED, "conversation": conversation.as_frame()})
-        await self.join(conversation)
-        if not is_new:
-            # A retried send: answer with what the first one stored, then where its answer is;
-            # nothing goes upstream again.
-            for message in messages:
-                if message is not None:
-                    await self.send(text_data=protocol.created_event(message)["frame"])
-            await self.catch_up(conversation, announce=False)
-            return
-        await self.release_held()  # nothing was in flight: the conversation was not busy
-        relay = relay_for(current_loop())
-        for message in messages:
-            relay.publish(self.group, protocol.created_event(message))
-        worker.submit(messages[1].id, self.group, current_loop(), self.server_url)
+        await self.deliver((conversation, messages, is_new), worker)
 
     async def chat_subscribe(self, content):
         conversation = await self.owned_conversation(parse_uuid(content.get("conversation")))
@@ -245,6 +232,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
                 "messages": await self.select_version(message),
             }
         )
+        await self.release_held()
 
     handlers = {
         protocol.CHAT_SEND: chat_send,
@@ -276,11 +264,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.join(conversation)
         if not is_new:
             for message in messages:
-                await self.send(text_data=protocol.created_event(message)["frame"])
+                if message is not None:
+                    await self.send(text_data=protocol.created_event(message)["frame"])
             await self.catch_up(conversation, announce=False)
             return
+        await self.release_held()  # nothing was in flight: the conversation was not busy
+        relay = relay_for(current_loop())
         for message in messages:
-            await self.channel_layer.group_send(self.group, protocol.created_event(message))
+            relay.publish(self.group, protocol.created_event(message))
         worker.submit(messages[-1].id, self.group, current_loop(), self.server_url)
 
     # --- following a conversation -----------------------------------------------------------

@@ -81,7 +81,6 @@ def charlie(db):
     return make_user("charlie", is_staff=True)
 
 
-
 @pytest.fixture(autouse=True)
 def fresh_redis_receive_locks():
     """Each async test runs on an event loop of its own, closed at its end; a server has one loop
