@@ -311,6 +311,19 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.send_json({"type": protocol.MESSAGE_SNAPSHOT, "message": message_id, **snapshot})
         await self.release_held()
 
+    async def resync(self):
+        """Bring the socket up to date after events may have been lost on their way to this
+        process (chat.relay): the followed conversation's state again, as on chat.subscribe."""
+        if self.conversation_id is None:
+            return
+        try:
+            conversation = await self.owned_conversation(uuid.UUID(self.conversation_id))
+        except ClientError:
+            return  # deleted meanwhile
+        if self.held is None:
+            self.held = []
+        await self.catch_up(conversation, announce=True)
+
     async def release_held(self):
         """Send the events held since `join`, then let the next ones through as they come."""
         while self.held:

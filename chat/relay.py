@@ -9,66 +9,63 @@ handler) cost about a millisecond of CPU per delta and serialised all sockets be
 - takes events from any thread (`publish`), wakes the loop once for however many are waiting,
   and calls the handlers of the sockets of this process that follow the conversation directly,
   in order;
-- when the channel layer spans processes (Redis), also sends them, batched per conversation, to
-  the conversation's group, whose members are the relays of the other processes (one per process,
-  not one per socket): each of those receives the batch once and hands it to its own sockets.
+- with REDIS_URL set, also publishes them, batched per conversation, on a Redis pub/sub channel
+  of the conversation, to which every process with a socket following it is subscribed (one
+  subscription per process, not per socket). One PUBLISH per batch: channels_redis' group_send
+  and receive cost a dozen round trips per message, which at ten answers already saturated the
+  processes (docs/benchmarks.md).
 
-A socket follows one conversation at a time (`follow` / `unfollow`); the group is joined while at
-least one socket of this process follows it.
+Pub/sub delivers to whoever is connected at the moment: when the subscription connection breaks,
+the sockets of this process are brought up to date again from the snapshots (`resync`), as a
+reconnecting browser is.
+
+A socket follows one conversation at a time (`follow` / `unfollow`).
 """
 
 import asyncio
 import collections
+import json
 import logging
 import threading
-import time
 import uuid
 import weakref
 
-from channels.layers import InMemoryChannelLayer, get_channel_layer
+from django.conf import settings
 
 logger = logging.getLogger(__name__)
-
-BATCH_EVENT = "relay.events"
-# Group membership in the channel layer expires (a day in channels_redis): renewed well before.
-GROUP_RENEWAL = 3600.0
 
 
 class Relay:
     def __init__(self, loop):
         self.loop = loop
-        self.layer = get_channel_layer()
-        self.cross_process = self.layer is not None and not isinstance(self.layer, InMemoryChannelLayer)
+        self.cross_process = bool(settings.REDIS_URL)
         self.origin = uuid.uuid4().hex
         self.followers = collections.defaultdict(dict)  # group -> {consumer: None}, in joining order
-        self.joined = {}  # group -> when this process's channel last joined it
-        self.channel_name = None
-        self._receiver = None
-        self._renewal = None  # the timer renewing this process's group memberships
-        self._membership = asyncio.Lock() if self.cross_process else None
 
         self._lock = threading.Lock()
         self._inbox = collections.deque()  # (group, event), from any thread
         self._wake_pending = False
-        self._outgoing = []  # (group, event) still to send to the other processes
+        self._outgoing = []  # (group, event) still to publish to the other processes
         self._sender = None
+
+        self._redis = None
+        self._pubsub = None
+        self._listener = None
+        self._subscribed = set()
+        self._membership = asyncio.Lock()
 
     # --- following, on the loop -------------------------------------------------------------
 
     async def follow(self, group, consumer):
         self.followers[group][consumer] = None
-        if self.cross_process:
+        if self.cross_process and group not in self._subscribed:
             async with self._membership:
-                if self.channel_name is None:
-                    # channels_redis pops all of a process's channels from one Redis list per
-                    # prefix, one list at a time: a prefix of our own would wait behind the others.
-                    self.channel_name = await self.layer.new_channel()
-                if time.monotonic() - self.joined.get(group, -GROUP_RENEWAL) >= GROUP_RENEWAL:
-                    await self.layer.group_add(group, self.channel_name)
-                    self.joined[group] = time.monotonic()
-                    self._schedule_renewal()
-                if self._receiver is None or self._receiver.done():
-                    self._receiver = self.loop.create_task(self._receive())
+                if group in self.followers and group not in self._subscribed:
+                    await self._connect()
+                    await self._pubsub.subscribe(self._channel(group))
+                    self._subscribed.add(group)
+                    if self._listener is None or self._listener.done():
+                        self._listener = self.loop.create_task(self._listen())
 
     async def unfollow(self, group, consumer):
         following = self.followers.get(group)
@@ -78,15 +75,15 @@ class Relay:
         if following:
             return
         del self.followers[group]
-        if self.cross_process:
+        if self.cross_process and group in self._subscribed:
             async with self._membership:
-                if group in self.followers or group not in self.joined:
+                if group in self.followers or group not in self._subscribed:
                     return
-                del self.joined[group]
-                await self.layer.group_discard(group, self.channel_name)
-                if not self.followers and self._receiver is not None:
-                    self._receiver.cancel()
-                    self._receiver = None
+                self._subscribed.discard(group)
+                try:
+                    await self._pubsub.unsubscribe(self._channel(group))
+                except Exception:
+                    logger.warning("Could not unsubscribe from %s; its messages will be dropped", group)
 
     # --- publishing, from any thread ----------------------------------------------------------
 
@@ -118,7 +115,7 @@ class Relay:
             if self.cross_process:
                 self._outgoing.extend(batch)
                 if self._sender is None or self._sender.done():
-                    self._sender = self.loop.create_task(self._send_to_other_processes())
+                    self._sender = self.loop.create_task(self._publish_to_other_processes())
 
     async def deliver(self, group, event):
         """Hand one event to this process's sockets following `group`."""
@@ -130,57 +127,77 @@ class Relay:
 
     # --- other processes ----------------------------------------------------------------------
 
-    async def _send_to_other_processes(self):
-        """One group_send per conversation per round: the busier the server, the bigger the batches."""
+    @staticmethod
+    def _channel(group):
+        return f"chatsite:relay:{group}"
+
+    async def _connect(self):
+        if self._redis is None:
+            import redis.asyncio
+
+            # The subscription waits for messages as long as a conversation is quiet: no read
+            # timeout, but TCP keepalive, so that a dead connection is still noticed.
+            self._redis = redis.asyncio.Redis.from_url(
+                settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=5, socket_keepalive=True
+            )
+            self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+
+    async def _publish_to_other_processes(self):
+        """One PUBLISH per conversation per round: the busier the server, the bigger the batches."""
+        await self._connect()
         while self._outgoing:
             batch, self._outgoing = self._outgoing, []
             by_group = {}
             for group, event in batch:
                 by_group.setdefault(group, []).append(event)
             for group, events in by_group.items():
+                payload = json.dumps({"origin": self.origin, "group": group, "events": events})
                 try:
-                    await self.layer.group_send(
-                        group, {"type": BATCH_EVENT, "origin": self.origin, "group": group, "events": events}
-                    )
+                    await self._redis.publish(self._channel(group), payload)
                 except Exception:
                     logger.exception("Could not pass %s events of %s to the other processes", len(events), group)
 
-    async def _receive(self):
+    async def _listen(self):
         """Batches from the other processes, handed to this process's sockets."""
         failures = 0
-        while True:
+        while self._subscribed:
             try:
-                message = await self.layer.receive(self.channel_name)
-                failures = 0
+                message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 failures += 1
-                logger.exception("The relay could not read from the channel layer; trying again")
+                logger.exception("The relay lost its Redis subscription; subscribing again")
                 await asyncio.sleep(min(2.0, 0.05 * 2**failures))
+                await self._resubscribe()
                 continue
-            if message.get("type") == BATCH_EVENT and message.get("origin") != self.origin:
-                # A group this process has just left may still have had a batch on the way:
-                # deliver() finds no follower for it then.
-                for event in message["events"]:
-                    await self.deliver(message["group"], event)
+            failures = 0
+            if message is None or message.get("type") != "message":
+                continue
+            batch = json.loads(message["data"])
+            if batch["origin"] == self.origin:
+                continue  # this process delivered them already
+            for event in batch["events"]:
+                await self.deliver(batch["group"], event)
 
-    def _schedule_renewal(self):
-        if self._renewal is None and self.joined:
-            self._renewal = self.loop.call_later(GROUP_RENEWAL / 6, self._renew_soon)
-
-    def _renew_soon(self):
-        self._renewal = None
-        self.loop.create_task(self._renew_groups())
-
-    async def _renew_groups(self):
-        now = time.monotonic()
+    async def _resubscribe(self):
+        """After a broken subscription: subscribe again, then bring every socket up to date, since
+        whatever was published meanwhile did not reach this process."""
         async with self._membership:
-            for group, joined in list(self.joined.items()):
-                if now - joined >= GROUP_RENEWAL and group in self.followers:
-                    self.joined[group] = now
-                    await self.layer.group_add(group, self.channel_name)
-        self._schedule_renewal()
+            try:
+                await self._pubsub.reset()
+                groups = [group for group in self._subscribed if group in self.followers]
+                if groups:
+                    await self._pubsub.subscribe(*(self._channel(group) for group in groups))
+            except Exception:
+                logger.exception("Could not subscribe again; retrying")
+                return
+        for following in list(self.followers.values()):
+            for consumer in tuple(following):
+                try:
+                    await consumer.resync()
+                except Exception:
+                    logger.exception("A socket could not be brought up to date")
 
 
 _relays = weakref.WeakKeyDictionary()

@@ -288,6 +288,44 @@ async def test_an_answer_sent_through_a_streams_live_to_a_tab_on_b(site, upstrea
     await tab_b.close()
 
 
+async def test_a_broken_redis_subscription_mid_answer_loses_nothing_on_b(site, upstream, redis_server):  # noqa: F811
+    """Pub/sub delivers only to whoever is connected: when B's subscription connection is cut
+    mid-answer, B subscribes again and brings its tab up to date from the snapshot."""
+    import redis
+
+    session = site.log_in(site.create_user(), site.a)
+    tab_a = await Tab.open(site.a, session)
+    tab_b = await Tab.open(site.b, session)
+    words = [f"w{number} " for number in range(40)]
+    upstream.queue(answer(words, pause=0.05))
+    conversation_id, answer_id = await start_answer(tab_a)
+    await tab_b.send("chat.subscribe", conversation=conversation_id)
+    await tab_b.receive_until("conversation.subscribed")
+    await asyncio.sleep(0.4)
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        killed = client.client_kill_filter(_type="pubsub")
+    finally:
+        client.close()
+    assert killed >= 1
+    frames_b = await tab_b.receive_until("message.done", message=answer_id, timeout=15)
+    await tab_a.receive_until("message.done", message=answer_id, timeout=15)
+
+    # B rebuilds the text the way the page does: the latest snapshot, then the deltas after it.
+    text, last_seq = None, 0
+    for frame in frames_b:
+        if frame["type"] == "message.snapshot" and frame["message"] == answer_id:
+            text, last_seq = frame["text"], frame["seq"]
+        elif frame["type"] == "message.delta" and frame["message"] == answer_id:
+            assert frame["seq"] == last_seq + 1, "a delta went missing or came twice"
+            text, last_seq = text + frame["delta"], frame["seq"]
+    assert text == "".join(words) == frames_b[-1]["text"]
+    resubscribed = [frame for frame in frames_b if frame["type"] == "conversation.subscribed"]
+    assert resubscribed, "B was not brought up to date after its subscription broke"
+    await tab_a.close()
+    await tab_b.close()
+
+
 async def test_stop_sent_through_b_stops_the_worker_in_a_within_a_second(site, upstream):
     session = site.log_in(site.create_user(), site.b)
     upstream.queue(answer([f"slow{number} " for number in range(100)], pause=0.1))
