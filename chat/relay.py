@@ -15,6 +15,10 @@ handler) cost about a millisecond of CPU per delta and serialised all sockets be
   and receive cost a dozen round trips per message, which at ten answers already saturated the
   processes (docs/benchmarks.md).
 
+In the same Redis transaction as each published batch, the relay appends its deltas to the
+answer's snapshot (`read_shared_snapshot`): a socket of another process that subscribes and then
+reads the snapshot gets every delta after it, and none twice (seq filters the overlap).
+
 Pub/sub delivers to whoever is connected at the moment: when the subscription connection breaks,
 the sockets of this process are brought up to date again from the snapshots (`resync`), as a
 reconnecting browser is.
@@ -33,6 +37,35 @@ import weakref
 from django.conf import settings
 
 logger = logging.getLogger(__name__)
+
+STREAMS = ("text", "reasoning", "refusal")
+SNAPSHOT_TTL = 3600  # an answer streaming longer than an hour without a delta is long dead
+FINISHED_SNAPSHOT_TTL = 60
+
+
+def snapshot_keys(message_id):
+    """Redis keys of an answer's snapshot: its seq, then one string per stream (appended to)."""
+    base = f"chatsite:snapshot:{message_id}"
+    return [f"{base}:seq", *(f"{base}:{name}" for name in STREAMS)]
+
+
+_sync_redis = None
+
+
+def read_shared_snapshot(message_id):
+    """The snapshot of an answer streaming in any process (from Redis), or None. Synchronous."""
+    global _sync_redis
+    if _sync_redis is None:
+        import redis
+
+        _sync_redis = redis.Redis.from_url(settings.REDIS_URL)
+    seq, *texts = _sync_redis.mget(snapshot_keys(message_id))  # one command: a consistent read
+    if seq is None:
+        return None
+    snapshot = {"seq": int(seq), "status": "streaming"}
+    for name, text in zip(STREAMS, texts, strict=True):
+        snapshot[name] = (text or b"").decode()
+    return snapshot
 
 
 class Relay:
@@ -143,19 +176,40 @@ class Relay:
             self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
 
     async def _publish_to_other_processes(self):
-        """One PUBLISH per conversation per round: the busier the server, the bigger the batches."""
+        """One transaction per round: the snapshots brought up to date, then one PUBLISH per
+        conversation. The busier the server, the bigger the batches."""
         await self._connect()
         while self._outgoing:
             batch, self._outgoing = self._outgoing, []
+            transaction = self._redis.pipeline(transaction=True)
             by_group = {}
             for group, event in batch:
-                by_group.setdefault(group, []).append(event)
+                self._keep_snapshot(transaction, event)
+                by_group.setdefault(group, []).append(
+                    {key: value for key, value in event.items() if key not in ("stream", "delta")}
+                )
             for group, events in by_group.items():
                 payload = json.dumps({"origin": self.origin, "group": group, "events": events})
-                try:
-                    await self._redis.publish(self._channel(group), payload)
-                except Exception:
-                    logger.exception("Could not pass %s events of %s to the other processes", len(events), group)
+                transaction.publish(self._channel(group), payload)
+            try:
+                await transaction.execute()
+            except Exception:
+                logger.exception("Could not pass %s events to the other processes", len(batch))
+
+    @staticmethod
+    def _keep_snapshot(transaction, event):
+        stream = event.get("stream")
+        if stream is None and event["type"] != "message.done":
+            return
+        seq_key, *stream_keys = snapshot_keys(event["message"])
+        if stream is not None:
+            key = stream_keys[STREAMS.index(stream)]
+            transaction.append(key, event["delta"])
+            transaction.set(seq_key, event["seq"], ex=SNAPSHOT_TTL)
+            transaction.expire(key, SNAPSHOT_TTL)
+        else:  # the database has the final state now; readers look there first
+            for key in (seq_key, *stream_keys):
+                transaction.expire(key, FINISHED_SNAPSHOT_TTL)
 
     async def _listen(self):
         """Batches from the other processes, handed to this process's sockets."""
