@@ -80,23 +80,45 @@ function showError(message) {
 
 // --- rendering -------------------------------------------------------------------------------
 
+// While an answer streams, its deltas are rendered at most this often. Each render costs the
+// browser a frame of style, layout and paint (and a scroll) however little changed: rendering
+// every delta frame (~30 a second from a fast model) cost about three times as much main thread
+// as rendering at this pace (docs/benchmarks.md). Anything else renders on the next frame.
+const STREAMING_RENDER_INTERVAL = 100;
+
 const dirty = new Set();
 let frameRequested = false;
+let renderTimer = null;
+let lastRender = -Infinity;
 let followBottom = true;
 
-function scheduleRender(view) {
+/** Renders `view` on the next frame or, for a delta (`streaming`), once the interval is over. */
+function scheduleRender(view, { streaming = false } = {}) {
   dirty.add(view);
   if (frameRequested) return;
-  frameRequested = true;
-  requestAnimationFrame(renderDirty);
+  if (!streaming || document.hidden) {
+    // A hidden tab gets no animation frames: it renders once, when it is shown again.
+    frameRequested = true;
+    requestAnimationFrame(renderDirty);
+  } else if (renderTimer === null) {
+    // A task rather than a frame callback: the scroll below then has its scroll event dispatched
+    // in the frame that paints the render, where from a frame callback it would need one more.
+    const wait = Math.max(0, lastRender + STREAMING_RENDER_INTERVAL - performance.now());
+    renderTimer = setTimeout(renderDirty, wait);
+  }
 }
 
 function renderDirty() {
   frameRequested = false;
+  clearTimeout(renderTimer);
+  renderTimer = null;
+  if (dirty.size === 0) return;
+  lastRender = performance.now();
   for (const view of dirty) view.render();
   dirty.clear();
+  // Sizes are read once, after all the writes: one layout, which the frame then reuses. The
+  // ResizeObserver below follows growth that comes from anywhere else (a window resize, images).
   if (followBottom) scrollToBottom();
-  updateJumpButton();
 }
 
 function isAtBottom() {
@@ -109,7 +131,8 @@ function scrollToBottom() {
 }
 
 function updateJumpButton() {
-  dom.jump.hidden = followBottom || isAtBottom();
+  const hidden = followBottom || isAtBottom();
+  if (dom.jump.hidden !== hidden) dom.jump.hidden = hidden;
 }
 
 dom.scroller.addEventListener("scroll", () => {
@@ -117,10 +140,15 @@ dom.scroller.addEventListener("scroll", () => {
   updateJumpButton();
 });
 
-// The composer growing or the window resizing must not leave the latest words out of sight.
-new ResizeObserver(() => {
+// Follows the bottom when the messages grow or the room for them changes (the composer growing,
+// the window resizing). Resize observations are delivered after layout, so reading sizes here
+// costs no extra layout; while following, renderDirty() has usually scrolled already.
+const followLatest = new ResizeObserver(() => {
   if (followBottom) scrollToBottom();
-}).observe(dom.scroller);
+  updateJumpButton();
+});
+followLatest.observe(dom.scroller);
+followLatest.observe(dom.messages);
 
 dom.jump.addEventListener("click", () => {
   // Not a smooth scroll: its scroll events would read as the reader scrolling, and the answer
@@ -365,7 +393,7 @@ function delta(kind, frame) {
   const wasQueued = view.status === "queued";
   const result = view.applyDelta(kind, frame);
   if (result === "applied") {
-    scheduleRender(view);
+    scheduleRender(view, { streaming: true });
     if (wasQueued) updateComposer();
   } else if (result === "gap") {
     resync();

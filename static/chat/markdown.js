@@ -129,25 +129,54 @@ function renderTokens(tokens, options) {
   return decorate(sanitize(marked.parser(tokens)), options);
 }
 
-/** Markdown source to a sanitized, decorated DocumentFragment. */
+/** Markdown source to a sanitized, decorated DocumentFragment, in MarkdownStream's chunks. */
 export function renderMarkdown(source) {
-  return renderTokens(marked.lexer(normalize(source)), { streaming: false });
+  const container = document.createElement("div");
+  new MarkdownStream(container).finish(source);
+  const fragment = document.createDocumentFragment();
+  fragment.append(...container.childNodes);
+  return fragment;
 }
 
 // A reference-style link definition (`[name]: url`) can change blocks rendered before it.
 const REFERENCE_DEFINITION = /^ {0,3}\[[^\]]+\]:/m;
 
+// Committed blocks are kept in chunks of this many blocks. chat.css gives chunks
+// `content-visibility: auto`: the browser skips style, layout and paint of the chunks off screen,
+// so what a frame costs does not grow with the length of the answer (docs/benchmarks.md).
+const CHUNK_BLOCKS = 16;
+
+// Rendering again more source than this at finish() is done in slices of about SLICE_MS each,
+// in tasks of their own, so that no task runs long (~1 ms per 1,000 characters on a slow machine).
+const SLICE_CHARS = 10_000;
+const SLICE_MS = 10;
+
 function normalize(source) {
   return source.replace(/\r\n?/g, "\n");
+}
+
+function firstDifference(one, other) {
+  const length = Math.min(one.length, other.length);
+  let index = 0;
+  while (index < length && one.charCodeAt(index) === other.charCodeAt(index)) index += 1;
+  return index;
 }
 
 /**
  * Renders a growing Markdown text into a container at a cost bounded by its last block.
  *
  * Top-level blocks followed by another block cannot change when text is appended, so they are
- * rendered once and kept ("committed"); only the open last block is parsed and rendered again
- * on each update. `finish()` renders the whole text from scratch once, which also settles what
- * block-by-block parsing cannot know (reference links defined further down).
+ * rendered once and kept ("committed"), in chunks of CHUNK_BLOCKS blocks; only the open last
+ * block (the "tail") is parsed and rendered again on each update. Text arrives through
+ * `append()` (a delta: no work on what came before) or `set()` (the whole text, e.g. a snapshot
+ * after a reconnect) and reaches the page on `render()` (chat.js calls it at most ten times a
+ * second while an answer streams).
+ *
+ * `finish()` renders the final text. When it starts with what was committed (the usual case),
+ * only the rest is rendered. When it differs, the chunks from the first one that differs are
+ * rendered again; when it defines reference links, which can change any block above them, all
+ * of them are. Rendering a lot again happens in slices, the old rendering staying on the page
+ * until the new one replaces it at once.
  */
 export class MarkdownStream {
   constructor(container) {
@@ -157,22 +186,65 @@ export class MarkdownStream {
 
   clear() {
     this.container.replaceChildren();
-    this.source = "";
-    this.committedLength = 0;
+    this.committed = ""; // the source of the committed blocks
+    this.rest = ""; // the source after them: the open block, rendered again on each update
+    this.carriage = false; // the text ends with "\r", which a "\n" in the next delta completes
+    this.replacement = null; // a whole text from set(), for the next render()
+    this.dirty = false;
     this.finished = false;
+    this.slicing = null; // a finish() being rendered in slices
+    this.chunks = []; // {element, start (offset in the source), blocks}
     this.tail = document.createElement("div");
     this.tail.className = "markdown-tail";
     this.container.append(this.tail);
   }
 
-  update(text) {
-    const source = normalize(text);
-    if (source === this.source && !this.finished) return;
-    if (this.finished || !source.startsWith(this.source.slice(0, this.committedLength))) {
-      this.clear(); // the text was replaced, not extended (a snapshot after a reconnect)
+  /** The whole text so far; on the page after the next render(). */
+  set(text) {
+    this.slicing = null;
+    this.replacement = text;
+    this.dirty = true;
+  }
+
+  /** Text added at the end; on the page after the next render(). */
+  append(delta) {
+    if (this.slicing) {
+      this.set(this.slicing.source + delta);
+    } else if (this.replacement !== null || this.finished) {
+      this.set((this.replacement ?? this.committed) + delta);
+    } else {
+      let text = this.carriage ? `\r${delta}` : delta;
+      this.carriage = text.endsWith("\r");
+      if (this.carriage) text = text.slice(0, -1);
+      this.rest += normalize(text);
+      this.dirty = true;
     }
-    this.source = source;
-    const rest = source.slice(this.committedLength);
+  }
+
+  /** A whole text at once: `set(text)` and `render()`. */
+  update(text) {
+    this.set(text);
+    this.render();
+  }
+
+  /** Brings the page up to date with the text: renders what was committed since, and the tail. */
+  render() {
+    if (!this.dirty) return;
+    this.dirty = false;
+    if (this.replacement !== null) {
+      let text = this.replacement;
+      this.replacement = null;
+      this.carriage = text.endsWith("\r");
+      if (this.carriage) text = text.slice(0, -1);
+      const source = normalize(text);
+      this.dropChunks(this.keptChunks(source));
+      if (this.finished) {
+        this.finished = false;
+        this.container.append(this.tail);
+      }
+      this.rest = source.slice(this.committed.length);
+    }
+    const rest = this.rest;
     const tokens = marked.lexer(rest);
     let last = tokens.length - 1;
     while (last >= 0 && tokens[last].type === "space") last -= 1;
@@ -185,27 +257,112 @@ export class MarkdownStream {
       settled = index + 1;
     }
     if (settled > 0) {
-      this.tail.before(renderTokens(tokens.slice(0, settled), { streaming: false }));
-      this.committedLength += consumed;
+      this.fillChunks(tokens.slice(0, settled), this.chunks, this.committed.length, (element) =>
+        this.tail.before(element),
+      );
+      this.committed += rest.slice(0, consumed);
+      this.rest = rest.slice(consumed);
     }
     this.tail.replaceChildren(renderTokens(tokens.slice(settled), { streaming: true }));
   }
 
+  /** Renders the final text; see the class comment for what is kept. */
   finish(text) {
     const source = normalize(text);
-    if (source === this.source && !this.finished && !REFERENCE_DEFINITION.test(source)) {
-      // The final text is what streamed: the committed blocks cannot change, so only the open
-      // last block is rendered again, as final. Re-rendering a long answer whole here was the
-      // longest task of a stream (docs/benchmarks.md).
-      const rest = source.slice(this.committedLength);
-      this.tail.replaceWith(renderTokens(marked.lexer(rest), { streaming: false }));
-    } else {
-      // Replaced text, or reference links defined below their use: render it all.
-      this.container.replaceChildren(renderMarkdown(source));
+    this.replacement = null;
+    this.carriage = false;
+    this.dirty = false;
+    if (this.slicing?.source === source) return; // already on its way
+    this.slicing = null;
+    if (this.finished && source === this.committed) return; // e.g. the same answer after a reconnect
+    const keep = this.committed && REFERENCE_DEFINITION.test(source) ? 0 : this.keptChunks(source);
+    const start = keep < this.chunks.length ? this.chunks[keep].start : this.committed.length;
+    if (keep < this.chunks.length && source.length - start > SLICE_CHARS) {
+      this.slicing = { source, keep, tokens: marked.lexer(source.slice(start)), offset: start, chunks: [] };
+      this.slice(this.slicing);
+      return;
     }
-    this.source = source;
-    this.committedLength = source.length;
+    this.dropChunks(keep);
+    this.tail.remove();
+    const place = (element) => this.container.append(element);
+    this.fillChunks(marked.lexer(source.slice(start)), this.chunks, start, place);
+    this.committed = source;
+    this.rest = "";
     this.finished = true;
+  }
+
+  /** Renders the next slice of a finish() into new chunks off the page; the last puts them in. */
+  slice(slicing) {
+    if (this.slicing !== slicing) return; // replaced by newer text
+    const fragment = (slicing.fragment ??= document.createDocumentFragment());
+    const started = performance.now();
+    while (slicing.tokens.length > 0 && performance.now() - started < SLICE_MS) {
+      const tokens = slicing.tokens.splice(0, CHUNK_BLOCKS);
+      slicing.offset = this.fillChunks(tokens, slicing.chunks, slicing.offset, (element) => fragment.append(element));
+    }
+    if (slicing.tokens.length > 0) {
+      setTimeout(() => this.slice(slicing), 0);
+      return;
+    }
+    this.dropChunks(slicing.keep);
+    this.tail.remove();
+    this.container.append(fragment);
+    this.chunks.push(...slicing.chunks);
+    this.committed = slicing.source;
+    this.rest = "";
+    this.finished = true;
+    this.slicing = null;
+  }
+
+  /**
+   * How many chunks `source` still starts with. A change can alter the block just before it (a
+   * lazy continuation line, a setext underline), so a chunk ending where the texts part is not
+   * kept either.
+   */
+  keptChunks(source) {
+    if (source.startsWith(this.committed)) return this.chunks.length;
+    const differs = firstDifference(this.committed, source);
+    let keep = this.chunks.length;
+    let end = this.committed.length;
+    while (keep > 0 && end + 1 >= differs) {
+      keep -= 1;
+      end = this.chunks[keep].start;
+    }
+    return keep;
+  }
+
+  /** Removes the chunks after the first `keep`, and their blocks from what is committed. */
+  dropChunks(keep) {
+    if (keep >= this.chunks.length) return;
+    this.committed = this.committed.slice(0, this.chunks[keep].start);
+    for (const chunk of this.chunks.splice(keep)) chunk.element.remove();
+  }
+
+  /**
+   * Renders finished blocks into `chunks`, opening a new chunk (put on the page by `place`) every
+   * CHUNK_BLOCKS blocks; `start` is where the blocks start in the source. Returns where they end.
+   */
+  fillChunks(tokens, chunks, start, place) {
+    let index = 0;
+    while (index < tokens.length) {
+      let chunk = chunks.at(-1);
+      if (!chunk || (chunk.blocks >= CHUNK_BLOCKS && tokens[index].type !== "space")) {
+        chunk = { element: document.createElement("div"), start, blocks: 0 };
+        chunk.element.className = "markdown-chunk";
+        place(chunk.element);
+        chunks.push(chunk);
+      }
+      const group = [];
+      while (index < tokens.length && (chunk.blocks < CHUNK_BLOCKS || tokens[index].type === "space")) {
+        const token = tokens[index];
+        if (token.type !== "space") chunk.blocks += 1;
+        start += token.raw.length;
+        group.push(token);
+        index += 1;
+      }
+      chunk.element.append(renderTokens(group, { streaming: false }));
+    }
+    return start;
   }
 }
 

@@ -24,6 +24,25 @@ const INCOMPLETE_REASONS = {
 
 const numbers = new Intl.NumberFormat();
 
+// After this long without a render, a streaming answer counts as waiting for text: its cursor
+// pulses (chat.css).
+const IDLE_AFTER_MS = 600;
+
+// Setters that leave the DOM alone when nothing changes: render() runs up to ten times a second
+// while an answer streams, and a write of the same value can still make the browser recompute
+// the style and layout around it.
+function setText(node, text) {
+  if (node.textContent !== text) node.textContent = text;
+}
+
+function setHidden(node, hidden) {
+  if (node.hidden !== hidden) node.hidden = hidden;
+}
+
+function setDisabled(node, disabled) {
+  if (node.disabled !== disabled) node.disabled = disabled;
+}
+
 function element(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -290,6 +309,7 @@ export class AssistantMessageView {
     );
 
     this.element.append(this.thinking, this.placeholder, this.body, this.refusal, this.error, foot);
+    // Deltas go straight to the streams too; they reach the page on render().
     this.textStream = new MarkdownStream(this.body);
     this.reasoningStream = new MarkdownStream(thinkingBody);
     this.apply(frame, seq);
@@ -321,6 +341,8 @@ export class AssistantMessageView {
     this.finishedAt = frame.finished_at || null;
     this.lastSeq = this.unfinished ? seq : 0;
     this.settled = false;
+    this.textStream.set(this.text);
+    this.reasoningStream.set(this.reasoning);
     this.dirty = true;
   }
 
@@ -330,6 +352,8 @@ export class AssistantMessageView {
     this.reasoning = frame.reasoning || "";
     this.refusalValue = frame.refusal || "";
     this.lastSeq = frame.seq;
+    this.textStream.set(this.text);
+    this.reasoningStream.set(this.reasoning);
     this.dirty = true;
   }
 
@@ -340,9 +364,15 @@ export class AssistantMessageView {
     if (frame.seq <= this.lastSeq) return "duplicate";
     if (frame.seq !== this.lastSeq + 1) return "gap";
     this.lastSeq = frame.seq;
-    if (kind === "reasoning") this.reasoning += frame.delta;
-    else if (kind === "refusal") this.refusalValue += frame.delta;
-    else this.text += frame.delta;
+    if (kind === "reasoning") {
+      this.reasoning += frame.delta;
+      this.reasoningStream.append(frame.delta);
+    } else if (kind === "refusal") {
+      this.refusalValue += frame.delta;
+    } else {
+      this.text += frame.delta;
+      this.textStream.append(frame.delta);
+    }
     if (this.status === "queued") this.status = "streaming";
     this.dirty = true;
     return "applied";
@@ -359,16 +389,21 @@ export class AssistantMessageView {
     if (!this.dirty) return;
     this.dirty = false;
     const streaming = this.unfinished;
-    this.element.dataset.status = this.status;
-    this.element.setAttribute("aria-busy", String(streaming));
+    if (this.element.dataset.status !== this.status) this.element.dataset.status = this.status;
+    if (this.element.getAttribute("aria-busy") !== String(streaming)) {
+      this.element.setAttribute("aria-busy", String(streaming));
+    }
 
-    this.thinking.hidden = !this.reasoning;
-    this.refusal.hidden = !this.refusalValue;
-    this.refusalText.textContent = this.refusalValue;
+    setHidden(this.thinking, !this.reasoning);
+    setHidden(this.refusal, !this.refusalValue);
+    setText(this.refusalText, this.refusalValue);
 
+    clearTimeout(this.idleTimer);
+    this.element.classList.toggle("is-idle", false);
     if (streaming) {
-      this.textStream.update(this.text);
-      if (this.reasoning) this.reasoningStream.update(this.reasoning);
+      this.textStream.render();
+      this.reasoningStream.render();
+      this.idleTimer = setTimeout(() => this.element.classList.toggle("is-idle", true), IDLE_AFTER_MS);
     } else if (!this.settled) {
       this.textStream.finish(this.text);
       this.reasoningStream.finish(this.reasoning);
@@ -379,33 +414,33 @@ export class AssistantMessageView {
     if (this.status === "queued") placeholder = "Waiting for a free slot…";
     else if (streaming && !this.text && !this.refusalValue) placeholder = this.reasoning ? "Thinking…" : "";
     else if (this.status === "completed" && !this.text && !this.refusalValue) placeholder = "(No text in this answer.)";
-    this.placeholder.textContent = placeholder;
-    this.placeholder.hidden = !placeholder;
+    setText(this.placeholder, placeholder);
+    setHidden(this.placeholder, !placeholder);
     this.element.classList.toggle("is-waiting", streaming && !this.text && !this.refusalValue);
 
     let badge = BADGES[this.status] || "";
     if (this.status === "incomplete" && this.incompleteReason) {
       badge += `: ${incompleteReason(this.incompleteReason)}`;
     }
-    this.badge.textContent = badge;
-    this.badge.dataset.status = this.status;
-    this.badge.hidden = !badge;
+    setText(this.badge, badge);
+    if (this.badge.dataset.status !== this.status) this.badge.dataset.status = this.status;
+    setHidden(this.badge, !badge);
 
     const failed = this.status === "failed";
-    this.error.hidden = !(failed && this.errorInfo);
-    this.error.textContent = this.errorInfo ? this.errorInfo.message || this.errorInfo.code : "";
+    setHidden(this.error, !(failed && this.errorInfo));
+    setText(this.error, this.errorInfo ? this.errorInfo.message || this.errorInfo.code : "");
     this.updateActions();
 
-    this.copyButton.hidden = streaming || !this.text;
+    setHidden(this.copyButton, streaming || !this.text);
     const timing = streaming ? "" : timingSummary(this.startedAt, this.firstTokenAt, this.finishedAt);
-    this.timing.textContent = timing;
-    this.timing.hidden = !timing;
+    setText(this.timing, timing);
+    setHidden(this.timing, !timing);
 
     if (streaming) {
-      this.meta.textContent = "";
+      setText(this.meta, "");
     } else {
       const usage = usageSummary(this.usage);
-      this.meta.textContent = [this.model, usage].filter(Boolean).join(" · ");
+      setText(this.meta, [this.model, usage].filter(Boolean).join(" · "));
       this.meta.title = formatTime(this.createdAt);
     }
   }
@@ -425,9 +460,10 @@ export class AssistantMessageView {
   updateActions() {
     const failed = this.status === "failed";
     const offered = this.last && !this.unfinished && !this.retried;
-    this.retryButton.hidden = !(offered && failed);
-    this.regenerateButton.hidden = !(offered && !failed);
-    this.retryButton.disabled = this.regenerateButton.disabled = this.locked;
+    setHidden(this.retryButton, !(offered && failed));
+    setHidden(this.regenerateButton, !(offered && !failed));
+    setDisabled(this.retryButton, this.locked);
+    setDisabled(this.regenerateButton, this.locked);
   }
 }
 

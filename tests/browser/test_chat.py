@@ -382,8 +382,7 @@ def test_markdown_rendered_block_by_block_while_streaming_matches_a_full_render(
             stream.update(text);
             const full = document.createElement("div");
             full.append(renderMarkdown(text));
-            const flat = (node) =>
-                node.innerHTML.replaceAll('<div class="markdown-tail">', "").replaceAll("</div>", "");
+            const flat = (node) => node.innerHTML.replace(/<div class="markdown-(tail|chunk)">|<\\/div>/g, "");
             return [flat(streamed), flat(full)];
         }""",
         [sample, step],
@@ -526,13 +525,128 @@ def test_finishing_a_streamed_answer_gives_the_same_page_as_a_full_render(chat, 
             const stream = new MarkdownStream(streamed);
             for (let end = 0; end < text.length; end += step) stream.update(text.slice(0, end));
             stream.update(text);
-            const kept = streamed.firstElementChild;
+            const kept = streamed.querySelector(".markdown-chunk > *");
             stream.finish(text);
             const full = document.createElement("div");
             full.append(renderMarkdown(text));
-            return [streamed.innerHTML, full.innerHTML, streamed.firstElementChild === kept];
+            return [streamed.innerHTML, full.innerHTML, streamed.querySelector(".markdown-chunk > *") === kept];
         }""",
         [sample, step],
     )
     assert same[0] == same[1]
     assert same[2], "the first block was kept, not rendered again"
+
+
+def long_markdown(sections):
+    """Enough blocks for several of MarkdownStream's chunks, some lines ending in CR LF."""
+    parts = []
+    for number in range(sections):
+        ending = "\r\n" if number % 3 == 0 else "\n"
+        parts.append(
+            f"## Part {number}{ending}{ending}Some *text* for part {number}, with `code`.{ending}{ending}"
+            f"- one{ending}- two{ending}{ending}```python{ending}x = {number}{ending}```{ending}{ending}"
+        )
+    return "".join(parts) + "The end."
+
+
+@pytest.mark.parametrize("step", [7, 60])
+def test_a_long_answer_streamed_in_deltas_keeps_its_blocks_and_ends_as_a_full_render(chat, step):
+    """Blocks already rendered are neither rendered again nor moved while later deltas arrive."""
+    result = chat.evaluate(
+        """async ([text, step]) => {
+            const { MarkdownStream, renderMarkdown } = await import("/static/chat/markdown.js");
+            const streamed = document.createElement("div");
+            const stream = new MarkdownStream(streamed);
+            let first = null;
+            let kept = true;
+            for (let start = 0; start < text.length; start += step) {
+                stream.append(text.slice(start, start + step));
+                stream.render();
+                const block = streamed.querySelector(".markdown-chunk > *");
+                if (first === null) first = block;
+                else if (block !== first) kept = false;
+            }
+            stream.finish(text);
+            const full = document.createElement("div");
+            full.append(renderMarkdown(text));
+            return {
+                same: streamed.innerHTML === full.innerHTML,
+                kept: kept && first !== null && streamed.querySelector(".markdown-chunk > *") === first,
+                chunks: streamed.querySelectorAll(".markdown-chunk").length,
+            };
+        }""",
+        [long_markdown(20), step],
+    )
+    assert result["same"], "the streamed answer differs from a full render"
+    assert result["kept"], "the first block was rendered again"
+    assert result["chunks"] > 2
+
+
+@pytest.mark.parametrize("where", ["start", "end"])
+def test_a_final_text_that_differs_from_the_streamed_one_is_rendered_from_where_it_differs(chat, where):
+    result = chat.evaluate(
+        """async ([text, where]) => {
+            const { MarkdownStream, renderMarkdown } = await import("/static/chat/markdown.js");
+            const streamed = document.createElement("div");
+            const stream = new MarkdownStream(streamed);
+            stream.update(text);
+            const first = streamed.querySelector(".markdown-chunk > *");
+            const final = where === "start" ? text.replace("Part 0", "Part zero") : text.replace("Part 19", "Part 99");
+            stream.finish(final);
+            const full = document.createElement("div");
+            full.append(renderMarkdown(final));
+            return {
+                same: streamed.innerHTML === full.innerHTML,
+                kept: streamed.querySelector(".markdown-chunk > *") === first,
+            };
+        }""",
+        [long_markdown(20), where],
+    )
+    assert result["same"], "the final text differs from a full render"
+    assert result["kept"] == (where == "end"), "only the chunks before the change are kept"
+
+
+def test_finished_blocks_stay_the_same_elements_while_the_answer_streams_on(chat, upstream):
+    paragraphs = [f"Paragraph {number} of a long answer.\n\n" for number in range(60)]
+    upstream.queue(answer(paragraphs, pause=0.03))
+    send(chat, "Write paragraphs")
+    reply = answers(chat).first
+    expect(reply).to_contain_text("Paragraph 3 ")
+    first = reply.locator(".markdown-chunk p").first.element_handle()
+    wait_until_idle(chat)
+    expect(reply).to_contain_text("Paragraph 59 ")
+    assert first.evaluate("node => node.isConnected && node.textContent"), "the first paragraph was replaced"
+    assert first.text_content() == "Paragraph 0 of a long answer."
+
+
+def test_a_long_answer_defining_reference_links_at_its_end_is_rendered_again_in_slices(chat):
+    """The definition changes a block far above it; the new rendering replaces the old at once."""
+    streamed_text = "Read [the docs][docs] first.\n\n" + long_markdown(150)
+    final_text = streamed_text + "\n\n[docs]: https://example.com/docs\n"
+    result = chat.evaluate(
+        """async ([streamedText, finalText]) => {
+            const { MarkdownStream, renderMarkdown } = await import("/static/chat/markdown.js");
+            const streamed = document.createElement("div");
+            const stream = new MarkdownStream(streamed);
+            stream.update(streamedText);
+            stream.finish(finalText);
+            const shownMeanwhile = streamed.querySelectorAll(".markdown-chunk").length > 1;
+            const linkedAtOnce = streamed.querySelector('a[href="https://example.com/docs"]') !== null;
+            for (let wait = 0; wait < 100 && !stream.finished; wait += 1) {
+                await new Promise((resolve) => setTimeout(resolve, 50));
+            }
+            const full = document.createElement("div");
+            full.append(renderMarkdown(finalText));
+            return {
+                shownMeanwhile,
+                linkedAtOnce,
+                same: streamed.innerHTML === full.innerHTML,
+                linked: streamed.querySelector('a[href="https://example.com/docs"]') !== null,
+            };
+        }""",
+        [streamed_text, final_text],
+    )
+    assert result["shownMeanwhile"], "the answer disappeared while rendered again"
+    assert not result["linkedAtOnce"], "expected the render in slices, not in one task"
+    assert result["same"], "the answer differs from a full render"
+    assert result["linked"]
