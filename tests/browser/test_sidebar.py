@@ -74,14 +74,23 @@ def test_deleting_asks_first_and_deleting_the_open_one_starts_a_new_chat(chat, u
     start_conversation(chat, upstream, "Delete me in the background")
     start_conversation(chat, upstream, "Delete me while open")
 
-    sidebar(chat).get_by_role("button", name="Delete Delete me in the background").click()
+    # Another conversation's actions show when its row is pointed at (or its link focused).
+    background = sidebar(chat).get_by_role("link", name="Delete me in the background")
+    delete = sidebar(chat).get_by_role("button", name="Delete Delete me in the background")
+    expect(delete).to_be_hidden()
+    background.hover()
+    delete.click()
     dialog = chat.get_by_role("dialog", name="Delete “Delete me in the background”?")
     expect(dialog).to_be_visible()
     dialog.get_by_role("button", name="Cancel").click()
     expect(dialog).to_be_hidden()
     expect(sidebar(chat).get_by_role("link", name="Delete me in the background")).to_be_visible()
 
-    sidebar(chat).get_by_role("button", name="Delete Delete me in the background").click()
+    background.focus()  # from the keyboard: Tab from the link reaches its buttons
+    chat.keyboard.press("Tab")
+    chat.keyboard.press("Tab")
+    expect(delete).to_be_focused()
+    chat.keyboard.press("Enter")
     dialog.get_by_role("button", name="Delete", exact=True).click()
     expect(dialog).to_be_hidden()
     expect(sidebar(chat).get_by_role("link", name="Delete me in the background")).to_have_count(0)
