@@ -98,6 +98,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             return
         OPEN_SOCKETS[self.user.pk] += 1
         self.counted = True
+        self.relay = relay_for(current_loop())
         self.group = None
         self.conversation_id = None
         # message id -> last seq this socket has, for in-flight answers of the followed conversation
@@ -118,7 +119,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             if OPEN_SOCKETS[self.user.pk] <= 0:
                 del OPEN_SOCKETS[self.user.pk]
         if self.group:
-            await relay_for(current_loop()).unfollow(self.group, self)
+            await self.relay.unfollow(self.group, self)
         for group in self.account_groups:
             await self.channel_layer.group_discard(group, self.channel_name)
 
@@ -269,9 +270,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             await self.catch_up(conversation, announce=False)
             return
         await self.release_held()  # nothing was in flight: the conversation was not busy
-        relay = relay_for(current_loop())
         for message in messages:
-            relay.publish(self.group, protocol.created_event(message))
+            self.relay.publish(self.group, protocol.created_event(message))
         worker.submit(messages[-1].id, self.group, current_loop(), self.server_url)
 
     # --- following a conversation -----------------------------------------------------------
@@ -283,16 +283,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
         socket must see first: the state read after joining, so that no delta falls between.
         """
         if self.held is None:
-            self.held = []
+            self.held = collections.deque()
         if self.group != conversation.group_name:
-            relay = relay_for(current_loop())
             if self.group:
-                await relay.unfollow(self.group, self)
+                await self.relay.unfollow(self.group, self)
             self.group = conversation.group_name
             self.conversation_id = str(conversation.id)
             self.seen = {}
-            self.held = []
-            await relay.follow(self.group, self)
+            self.held = collections.deque()
+            await self.relay.follow(self.group, self)
 
     async def catch_up(self, conversation, announce):
         """After joining, read the snapshots of answers in flight: no delta falls between."""
@@ -321,13 +320,13 @@ class ChatConsumer(AsyncWebsocketConsumer):
         except ClientError:
             return  # deleted meanwhile
         if self.held is None:
-            self.held = []
+            self.held = collections.deque()
         await self.catch_up(conversation, announce=True)
 
     async def release_held(self):
         """Send the events held since `join`, then let the next ones through as they come."""
         while self.held:
-            event = self.held.pop(0)
+            event = self.held.popleft()
             await self.event_handlers[event["type"]](self, event)
         self.held = None
 

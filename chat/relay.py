@@ -36,6 +36,8 @@ import weakref
 
 from django.conf import settings
 
+from chat import protocol
+
 logger = logging.getLogger(__name__)
 
 STREAMS = ("text", "reasoning", "refusal")
@@ -199,7 +201,7 @@ class Relay:
     @staticmethod
     def _keep_snapshot(transaction, event):
         stream = event.get("stream")
-        if stream is None and event["type"] != "message.done":
+        if stream is None and event["type"] != protocol.EVENT_DONE:
             return
         seq_key, *stream_keys = snapshot_keys(event["message"])
         if stream is not None:
