@@ -21,7 +21,7 @@ from referencing.jsonschema import DRAFT202012
 from chat.localmodel.runtime import installed
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((ROOT.parent / "shared" / "openresponses-openapi.json").read_text())
+SCHEMA = json.loads((ROOT / "tests" / "data" / "openresponses-openapi.json").read_text())
 SECRET = "local-model-test-secret"
 MODEL = "smollm2-135m"
 

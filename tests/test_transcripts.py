@@ -1,4 +1,4 @@
-"""Recorded and constructed Open Responses streams (../shared/transcripts) replayed end to end.
+"""Recorded and constructed Open Responses streams (tests/data/transcripts) replayed end to end.
 
 What is saved and sent must match the transcript's own terminal event, read here straight from the
 file's JSON rather than through the client's parser. The client alone must read the same events
@@ -16,7 +16,7 @@ NAMES = sorted(path.name for path in TRANSCRIPTS.glob("*.sse"))
 
 
 def test_every_shared_transcript_is_replayed():
-    assert len(NAMES) >= 5, f"expected the shared transcripts in {TRANSCRIPTS}"
+    assert len(NAMES) >= 5, f"expected the transcripts in {TRANSCRIPTS}"
 
 
 def expected_outcome(name):
