@@ -266,6 +266,10 @@ def parse_event(data):
 
 # --- HTTP errors ----------------------------------------------------------------------------
 
+JSON_TYPES = frozenset({"application/json", "application/problem+json"})
+# What urllib3 decodes as the stream is read ("br" only with the brotli package, not installed).
+DECODABLE_ENCODINGS = frozenset({"identity", "", "gzip", "x-gzip", "deflate"})
+
 HTTP_SENTENCES = {
     400: "The API rejected the request as invalid",
     401: "The API key was rejected: check OPENRESPONSES_API_KEY",
@@ -303,10 +307,17 @@ def _error_from_http(response, scrub):
     detail = " ".join(_string(error.get("message")).split())
     code, kind = _code(error.get("code")), _string(error.get("type"))
     logger.warning("The API answered HTTP %s (%s): %.300s", status, code or kind or "no code", detail or body)
-    if status == 429 and QUOTA_CODES & {code, kind}:
+    if QUOTA_CODES & {code, kind}:
         return UpstreamError(code or kind, "The API account has run out of credit or quota.", status=status)
-    sentence = HTTP_SENTENCES.get(status) or f"The API answered with HTTP status {status}"
-    if status in STATUSES_WITH_DETAIL and detail:
+    # The body's code says what the status would have when the status says nothing we know (a
+    # 200 with an error body, a 520 from a CDN): "500", "internal_server_error", "overloaded_error".
+    meant = _status_meant(code, kind)
+    effective = meant if meant and status not in HTTP_SENTENCES else status
+    if effective < 400:
+        sentence = "The API answered with an error instead of the answer"
+    else:
+        sentence = HTTP_SENTENCES.get(effective) or f"The API answered with HTTP status {status}"
+    if (effective in STATUSES_WITH_DETAIL or effective < 400) and detail:
         if len(detail) > DETAIL_LENGTH:
             detail = detail[:DETAIL_LENGTH].rstrip() + "…"
         sentence = f"{sentence}. It said: {detail}"
@@ -317,8 +328,51 @@ def _error_from_http(response, scrub):
         sentence,
         status=status,
         retry_after=_retry_after(response),
-        retryable=status in RETRYABLE_STATUSES,
+        retryable=effective in RETRYABLE_STATUSES,
     )
+
+
+# Error codes and types servers put in bodies, mapped to the HTTP status they stand for: numeric
+# codes ("500"), OpenAI's and Anthropic's types, and the names proxies such as LiteLLM pass on.
+CODE_STATUSES = {
+    "invalid_request_error": 400,
+    "bad_request": 400,
+    "authentication_error": 401,
+    "invalid_api_key": 401,
+    "permission_error": 403,
+    "permission_denied": 403,
+    "not_found_error": 404,
+    "model_not_found": 404,
+    "request_too_large": 413,
+    "context_length_exceeded": 413,
+    "rate_limit_error": 429,
+    "rate_limit_exceeded": 429,
+    "server_error": 500,
+    "internal_server_error": 500,
+    "internal_error": 500,
+    "api_error": 500,
+    "bad_gateway": 502,
+    "service_unavailable": 503,
+    "overloaded_error": 503,
+    "overloaded": 503,
+    "gateway_timeout": 504,
+    "timeout": 504,
+}
+
+
+def _status_meant(code, kind):
+    """The HTTP status an error body's code or type stands for, or None."""
+    for value in (code, kind):
+        value = value.strip().lower()
+        if value.isdigit() and int(value) in HTTP_SENTENCES:
+            return int(value)
+        if value in CODE_STATUSES:
+            return CODE_STATUSES[value]
+    return None
+
+
+def _is_json(response):
+    return response.headers.get("Content-Type", "").split(";")[0].strip().lower() in JSON_TYPES
 
 
 def _retry_after(response):
@@ -437,7 +491,9 @@ class UpstreamClient:
             # RFC 6761 §6.4: resolvers should fail such names at once; some only do after a DNS
             # round trip, or a timeout when offline.
             raise UpstreamError("unknown_host", f"The API's host name {self._hostname} could not be found.")
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
+        # Identity asked for: a compressing proxy may hold text back to fill its buffers. Whatever
+        # the server chooses anyway is decoded (ResponseStream), as nginx's `gzip on` does.
+        headers = {"Content-Type": "application/json", "Accept": "text/event-stream", "Accept-Encoding": "identity"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         try:
@@ -465,11 +521,20 @@ class UpstreamClient:
             raise self._connection_error(error) from None
         except requests.RequestException as error:
             raise UpstreamError("request_error", f"The request to the API failed ({type(error).__name__}).") from None
-        if response.status_code >= 400:
+        if response.status_code >= 400 or _is_json(response):
+            # A JSON body where a stream was asked for is an error too, whatever the status says:
+            # some proxies answer 200 with `{"error": …}`.
             try:
                 raise _error_from_http(response, self.scrub)
             finally:
                 response.close()
+        encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in DECODABLE_ENCODINGS:
+            response.close()
+            # Not retried: the server will choose the same encoding again.
+            raise UpstreamError(
+                "unsupported_encoding", f"The API compressed its answer with {encoding!r}, which this site cannot read."
+            )
         return ResponseStream(response, self.timeout, self.scrub)
 
     def scrub(self, text):
@@ -554,7 +619,8 @@ class ResponseStream:
     def _chunks(self):
         raw = self.response.raw
         while not self.aborted:
-            chunk = raw.read1(READ_SIZE)
+            # Decoded as it arrives: a compressed stream flushed per event yields each event at once.
+            chunk = raw.read1(READ_SIZE, decode_content=True)
             if not chunk:
                 return
             yield chunk

@@ -22,6 +22,7 @@ import select
 import socket
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -37,6 +38,27 @@ class Pause:
 @dataclass
 class Hangup:
     pass
+
+
+@dataclass
+class Gate:
+    """Wait until the test opens `event` (at most `timeout` seconds); `passed` is set once through.
+
+    A test that opens the gate when it has received what came before proves that those bytes were
+    not held back (by compression, buffering) until later ones were sent.
+    """
+
+    event: threading.Event = field(default_factory=threading.Event)
+    timeout: float = 60.0
+    passed: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class Body:
+    """A 200 answer's whole body with its own content type (a JSON error where a stream was due)."""
+
+    data: bytes
+    content_type: str = "application/json"
 
 
 @dataclass
@@ -261,6 +283,27 @@ def answer(
     return steps
 
 
+# A response id as LiteLLM's proxy makes them: the provider's id and routing data, base64 encoded.
+LONG_RESPONSE_ID = "resp_" + "bGl0ZWxsbTpjdXN0b21fbGxtX3Byb3ZpZGVyOm9wZW5haTttb2RlbF9pZDo" * 8
+
+
+def real_world_answer(deltas, *, response_id=LONG_RESPONSE_ID, model="test-model", usage=None):
+    """An answer shaped as real servers and proxies send them, unlike our own server's: a very
+    long response id, keep-alive comments between events, `event:` lines that differ from the
+    data's type (some proxies send a generic name, some none), and `[DONE]` after the terminal
+    event."""
+    steps = []
+    for number, step in enumerate(answer(deltas, response_id=response_id, model=model, usage=usage, done_marker=False)):
+        if isinstance(step, bytes) and step.startswith(b"event: "):
+            data = step.split(b"\n", 1)[1]
+            step = data if number % 2 else b"event: message\n" + data
+        steps.append(step)
+        if number % 3 == 0:
+            steps.append(b": keep-alive\n\n")
+    steps.append(b"data: [DONE]\n\n")
+    return steps
+
+
 def echo_answer(request_body):
     """The default answer: repeats the last user message, a few characters per delta."""
     items = request_body.get("input") or []
@@ -339,6 +382,9 @@ class UpstreamServer(ThreadingHTTPServer):
         self.connections_closed = threading.Event()
         self.stopping = threading.Event()
         self.api_key = None
+        # "gzip" or "deflate": every stream is compressed as a proxy in front of a real API
+        # (nginx `gzip on`) does, flushed after each chunk so that deltas still arrive one by one.
+        self.content_encoding = None
         # A short poll interval: shutdown() waits for one poll, at the end of every test.
         self.thread = threading.Thread(target=self.serve_forever, args=(0.02,), daemon=True)
 
@@ -418,27 +464,50 @@ class UpstreamHandler(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(status.body)
             return
+        content_type = next((step.content_type for step in steps if isinstance(step, Body)), None)
         self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Content-Type", content_type or "text/event-stream; charset=utf-8")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Cache-Control", "no-cache")
+        compressor = self.compressor(server.content_encoding)
+        if compressor is not None:
+            self.send_header("Content-Encoding", server.content_encoding)
         self.end_headers()
         try:
             for step in steps:
                 if isinstance(step, Pause):
                     self.pause(step.seconds)
+                elif isinstance(step, Gate):
+                    step.event.wait(step.timeout)
+                    step.passed.set()
                 elif isinstance(step, Hangup):
                     self.close_connection = True
                     return
                 else:
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(step), step))
-                    self.wfile.flush()
+                    payload = step.data if isinstance(step, Body) else step
+                    if compressor is not None:
+                        payload = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+                    self.write_chunk(payload)
+            if compressor is not None:
+                self.write_chunk(compressor.flush())
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
             record["finished"] = True
         except ConnectionError:
             record["disconnected"] = True
             self.close_connection = True
+
+    def write_chunk(self, payload):
+        if payload:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(payload), payload))
+            self.wfile.flush()
+
+    @staticmethod
+    def compressor(encoding):
+        if encoding is None:
+            return None
+        # wbits: 16 + 15 writes a gzip stream, 15 a zlib stream (HTTP's "deflate").
+        return zlib.compressobj(wbits={"gzip": 31, "deflate": 15}[encoding])
 
     def pause(self, seconds):
         """Stay silent for `seconds`, raising ConnectionError as soon as the client hangs up."""
