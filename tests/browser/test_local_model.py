@@ -5,7 +5,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import answers, log_in, send, serve_site, wait_until_idle
+from tests.browser.conftest import answers, log_in, send, serve_site
 
 
 @pytest.fixture(scope="module")
@@ -20,7 +20,11 @@ def site_url(local_site):
     return local_site
 
 
-@pytest.mark.timeout(300)
+# A generation on the CPU, on a machine that may be running other tests: minutes, not seconds.
+LOCAL_MODEL_WAIT_MS = 240_000
+
+
+@pytest.mark.timeout(900)
 def test_a_newcomer_chats_with_the_local_model_offline(page, screenshots):
     log_in(page)
     page.get_by_role("status").filter(has_text="Connected").wait_for()
@@ -29,9 +33,9 @@ def test_a_newcomer_chats_with_the_local_model_offline(page, screenshots):
     send(page, "What is the capital of France?")
     reply = answers(page).first
     # Tokens appear while the answer is still streaming.
-    expect(reply.locator(".message-body")).not_to_be_empty(timeout=60_000)
-    wait_until_idle(page)
-    expect(reply).to_have_attribute("data-status", "completed")
+    expect(reply.locator(".message-body")).not_to_be_empty(timeout=LOCAL_MODEL_WAIT_MS)
+    # The model's pace depends on the machine's load: wait for the answer's end, however long.
+    expect(reply).to_have_attribute("data-status", "completed", timeout=LOCAL_MODEL_WAIT_MS)
     expect(reply).to_contain_text(re.compile(r"smollm2-135m · \d+ in / \d+ out · \d+ tokens"))
     first_answer = reply.inner_text()
     page.screenshot(path=screenshots / "local-model.png", animations="disabled")
@@ -40,7 +44,6 @@ def test_a_newcomer_chats_with_the_local_model_offline(page, screenshots):
     page.goto("/")
     page.get_by_role("status").filter(has_text="Connected").wait_for()
     send(page, "What is the capital of France?")
-    wait_until_idle(page)
     again = answers(page).first
-    expect(again).to_have_attribute("data-status", "completed")
+    expect(again).to_have_attribute("data-status", "completed", timeout=LOCAL_MODEL_WAIT_MS)
     assert again.inner_text().split("smollm2")[0] == first_answer.split("smollm2")[0]

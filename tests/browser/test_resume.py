@@ -38,7 +38,13 @@ def test_closing_the_tab_does_not_stop_the_answer(chat, context, upstream):
     url = chat.url
     chat.close()  # every tab of this user is gone now
     chat_again = context.new_page()
-    chat_again.wait_for_timeout(2500)  # the answer completes on the server meanwhile
+    # The answer completes on the server meanwhile: the upstream sends its last byte to the site.
+    request = upstream.requests[-1]
+    for _ in range(600):
+        if request["finished"]:
+            break
+        chat_again.wait_for_timeout(100)
+    assert request["finished"], "the upstream never finished sending the answer"
     chat_again.goto(url)
     reply = answers(chat_again).first
     expect(reply).to_have_attribute("data-status", "completed")
