@@ -523,3 +523,35 @@ async def test_the_daily_token_budget_counts_answers_from_every_process(site, up
     assert refused["code"] == "quota_exceeded"
     await tab_a.close()
     await tab_b.close()
+
+
+async def test_racing_sends_through_both_processes_overspend_the_budget_by_at_most_one_answer(site, upstream):
+    """Ten tabs on A and B send at once: the lock on the user's row decides them one at a time,
+    across processes, so only what the budget and its reservations admit goes upstream."""
+    username = site.create_user(daily_token_budget=1500)
+    session = site.log_in(username, site.a)
+    upstream.queue(*[answer(["A thousand tokens"], usage=usage_object(500, 500), pause=0.2)] * 10)
+    tabs = [await Tab.open((site.a, site.b)[number % 2], session) for number in range(10)]
+    await asyncio.gather(
+        *(
+            tab.send("chat.send", conversation=None, text=f"Race {number}", client_id=uuid.uuid4().hex)
+            for number, tab in enumerate(tabs)
+        )
+    )
+
+    async def outcome(tab):
+        while True:
+            frame = await tab.receive(timeout=20)
+            if frame["type"] in ("error", "message.done"):
+                return frame
+
+    outcomes = await asyncio.gather(*(outcome(tab) for tab in tabs))
+    answered = [frame for frame in outcomes if frame["type"] == "message.done"]
+    assert {frame["code"] for frame in outcomes if frame["type"] == "error"} == {"quota_exceeded"}
+    assert len(answered) == 2, [frame.get("code") or frame["status"] for frame in outcomes]
+    [spent] = site.sql("SELECT sum(total_tokens) AS tokens FROM chat_usageentry WHERE username = %s", (username,))
+    assert spent["tokens"] == 2000 <= 1500 + 1000
+    sent = [request for request in upstream.requests if request["body"]["input"][-1]["content"].startswith("Race ")]
+    assert len(sent) == 2
+    for tab in tabs:
+        await tab.close()
