@@ -874,7 +874,10 @@ class UsageEntry(models.Model):
     leaves `username` (SET_NULL rather than PROTECT, so accounts can still be deleted).
     """
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+")
+    # No index of its own: the indexes below start with the user.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
+    )
     username = models.CharField(max_length=150, help_text="Kept if the account is deleted.")
     # Not a foreign key: the entry outlives the message, and deleting that changes nothing here.
     message_id = models.UUIDField(unique=True, help_text="The answer; it may have been deleted since.")

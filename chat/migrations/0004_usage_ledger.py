@@ -91,7 +91,7 @@ class Migration(migrations.Migration):
                 ('reserved_tokens', models.PositiveIntegerField(default=0, help_text='Held against the budget while the answer was being written.')),
                 ('created_at', models.DateTimeField(default=django.utils.timezone.now, editable=False)),
                 ('recorded_at', models.DateTimeField(blank=True, help_text='When the answer ended.', null=True)),
-                ('user', models.ForeignKey(blank=True, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
+                ('user', models.ForeignKey(blank=True, db_index=False, null=True, on_delete=django.db.models.deletion.SET_NULL, related_name='+', to=settings.AUTH_USER_MODEL)),
             ],
             options={
                 'verbose_name_plural': 'usage entries',
