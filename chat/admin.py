@@ -9,13 +9,13 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.admin import UserAdmin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Sum
-from django.db.models.functions import Coalesce, TruncDate
+from django.db.models.functions import Coalesce
 from django.http import HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
-from chat.models import AccountLimits, AuditEvent, Conversation, Message, ServerProcess
+from chat.models import CHARS_PER_TOKEN, AccountLimits, AuditEvent, Conversation, Message, ServerProcess, UsageEntry
 from chat.transcripts import export
 
 
@@ -141,7 +141,17 @@ class ConversationAdmin(TranscriptAccessMixin, admin.ModelAdmin):
 
 @admin.register(Message)
 class MessageAdmin(TranscriptAccessMixin, admin.ModelAdmin):
-    list_display = ["short_id", "conversation", "owner", "role", "status", "model", "total_tokens", "created_at"]
+    list_display = [
+        "short_id",
+        "conversation",
+        "owner",
+        "role",
+        "status",
+        "model",
+        "total_tokens",
+        "estimated_tokens",
+        "created_at",
+    ]
     list_filter = ["status", "role", "model", "created_at", ("conversation__owner", admin.RelatedOnlyFieldListFilter)]
     list_select_related = ["conversation__owner"]
     search_fields = ["text", "error_message", "conversation__title", "response_id"]
@@ -181,6 +191,40 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_view_permission(self, request, obj=None):
         return request.user.is_active and request.user.is_superuser
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(UsageEntry)
+class UsageEntryAdmin(admin.ModelAdmin):
+    """The ledger of spending, one entry per answer: a record, so nobody adds, edits or deletes one.
+
+    No transcript text is in it, so it stays visible when transcripts are hidden.
+    """
+
+    list_display = [
+        "day",
+        "username",
+        "model",
+        "status",
+        "input_tokens",
+        "output_tokens",
+        "total_tokens",
+        "estimated",
+        "reserved_tokens",
+        "recorded_at",
+    ]
+    list_filter = ["estimated", "status", "model", "day"]
+    search_fields = ["username", "=message_id"]
+    date_hierarchy = "day"
+    readonly_fields = [field.name for field in UsageEntry._meta.fields]
 
     def has_add_permission(self, request):
         return False
@@ -236,11 +280,13 @@ class UsageRangeForm(forms.Form):
 
 
 def usage_rows(start, end):
-    """Tokens, answers and failures per day, user and model for the days start..end inclusive."""
-    zone = timezone.get_current_timezone()
-    since = datetime.datetime.combine(start, datetime.time.min, tzinfo=zone)
-    until = datetime.datetime.combine(end + datetime.timedelta(days=1), datetime.time.min, tzinfo=zone)
-    answers = Message.objects.filter(role=Message.Role.ASSISTANT, created_at__gte=since, created_at__lt=until)
+    """Tokens, answers and failures per day, user and model for the days start..end inclusive,
+    with the totals and how many of the tokens are estimates.
+
+    Read from the ledger (UsageEntry), not from the messages: deleting conversations, messages or
+    users changes none of it.
+    """
+    entries = UsageEntry.objects.filter(day__gte=start, day__lte=end)
     measures = dict(
         input_tokens=Coalesce(Sum("input_tokens"), 0),
         output_tokens=Coalesce(Sum("output_tokens"), 0),
@@ -248,13 +294,14 @@ def usage_rows(start, end):
         answers=Count("id"),
         failures=Count("id", filter=Q(status=Message.Status.FAILED)),
     )
+    estimated = Coalesce(Sum("total_tokens", filter=Q(estimated=True)), 0)
     rows = (
-        answers.annotate(day=TruncDate("created_at", tzinfo=zone))
-        .values("day", "conversation__owner__username", "model")
-        .annotate(**measures)
-        .order_by("-day", "conversation__owner__username", "model")
+        entries.values("day", "username", "model")
+        # The estimate first: after `measures`, "total_tokens" would name their sum.
+        .annotate(estimated_tokens=estimated, **measures)
+        .order_by("-day", "username", "model")
     )
-    return list(rows), answers.aggregate(**measures)
+    return list(rows), entries.aggregate(**measures), entries.aggregate(value=estimated)["value"]
 
 
 def usage_report(request):
@@ -262,15 +309,17 @@ def usage_report(request):
         raise PermissionDenied
     today = timezone.localdate()
     form = UsageRangeForm(request.GET or {"start": today - datetime.timedelta(days=6), "end": today})
-    rows, totals = ([], None)
+    rows, totals, estimated_total = ([], None, 0)
     if form.is_valid():
-        rows, totals = usage_rows(form.cleaned_data["start"], form.cleaned_data["end"])
+        rows, totals, estimated_total = usage_rows(form.cleaned_data["start"], form.cleaned_data["end"])
     context = {
         **admin.site.each_context(request),
         "title": "Usage report",
         "form": form,
         "rows": rows,
         "totals": totals,
+        "estimated_total": estimated_total,
+        "chars_per_token": CHARS_PER_TOKEN,
         "opts": Conversation._meta,
         "changelist_url": reverse("admin:chat_conversation_changelist"),
     }

@@ -9,8 +9,8 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
-from chat import limits, protocol, providers
-from chat.models import Conversation, ConversationBusy, Message
+from chat import protocol, providers
+from chat.models import Conversation, ConversationBusy, Message, SendRefused
 from chat.relay import relay_for
 from chat.worker import current_loop, get_worker, read_snapshot
 
@@ -247,7 +247,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- answering ------------------------------------------------------------------------
 
     async def ready_worker(self, model):
-        """This process's worker, once the upstream for `model` is configured and limits allow a send."""
+        """This process's worker, once the upstream for `model` is configured and the session is valid."""
         worker = await database_sync_to_async(get_worker)()  # the first call registers the process
         problem = worker.client_for(model, self.server_url).configuration_problem()
         if problem:
@@ -332,19 +332,11 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     @database_sync_to_async
     def check_limits(self):
-        """The session is still valid, the send rate and today's token budget allow a send."""
+        """The session is still valid. The send rate and the budget are checked where the answer is
+        stored, in one transaction with it (UsageEntry.objects.reserve)."""
         session = self.scope["session"]
         if not session.session_key or not session.exists(session.session_key):
             raise ClientError("session_expired", "Your session has ended: log in again.")
-        wait = limits.send_allowed(self.user)
-        if wait:
-            raise ClientError("rate_limited", f"You are sending messages too fast: wait {wait} seconds.")
-        budget = limits.budget_status(self.user)
-        if budget["exhausted"]:
-            raise ClientError(
-                "quota_exceeded",
-                f"You have used today's budget of {budget['budget']} tokens; it resets at midnight.",
-            )
 
     @database_sync_to_async
     def owned_conversation(self, conversation_id):
@@ -392,6 +384,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ClientError("not_found", NO_SUCH_MESSAGE) from None
         except ConversationBusy:
             raise ClientError("busy", BUSY) from None
+        except SendRefused as refusal:
+            raise ClientError(refusal.code, str(refusal)) from None
 
     @database_sync_to_async
     def owned_message(self, message_id, role=None, wrong_role=""):
@@ -415,6 +409,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
             messages = store(*args, client_id=client_id, **kwargs)
         except ConversationBusy:
             raise ClientError("busy", BUSY) from None
+        except SendRefused as refusal:
+            raise ClientError(refusal.code, str(refusal)) from None
         except ValueError as error:
             raise ClientError("invalid_field", str(error)) from None
         return conversation, messages, True

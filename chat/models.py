@@ -1,10 +1,14 @@
+import datetime
+import math
 import uuid
 from collections import defaultdict
 from functools import cached_property
 
 from django.conf import settings
-from django.db import models, transaction
-from django.db.models import Q
+from django.contrib.auth import get_user_model
+from django.db import connections, models, transaction
+from django.db.models import F, Q, Sum
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from chat import providers
@@ -13,8 +17,50 @@ TITLE_LENGTH = 120
 INSTRUCTIONS_LENGTH = 8000
 
 
+# About four characters make a token of English text for the tokenizers of common models. Used
+# where the upstream reported no usage (an answer stopped, failed, or from a lenient server) and
+# for the input part of a send's reservation; code and other scripts run denser, so wherever such
+# a figure is shown it is marked as an estimate.
+CHARS_PER_TOKEN = 4
+# The send rate limit (CHAT_SENDS_PER_MINUTE) counts the sends of the last this many seconds.
+SEND_RATE_WINDOW = 60
+
+
+def tokens_for(characters):
+    return math.ceil(characters / CHARS_PER_TOKEN)
+
+
 class ConversationBusy(Exception):
     """The conversation already has an answer queued or streaming."""
+
+
+class SendRefused(Exception):
+    """A send its owner's limits do not admit now; `code` names the error frame, the text says why."""
+
+    code = "refused"
+
+
+class SendRateExceeded(SendRefused):
+    code = "rate_limited"
+
+    def __init__(self, wait):
+        super().__init__(f"You are sending messages too fast: wait {wait} second{'' if wait == 1 else 's'}.")
+        self.wait = wait
+
+
+class BudgetSpent(SendRefused):
+    code = "quota_exceeded"
+
+    def __init__(self, budget, spent):
+        if spent >= budget:
+            sentence = f"You have used today's budget of {budget} tokens; it resets at midnight."
+        else:
+            sentence = (
+                f"The answers being written may use the rest of today's budget of {budget} tokens: "
+                "wait for them to finish."
+            )
+        super().__init__(sentence)
+        self.budget = budget
 
 
 class ConversationQuerySet(models.QuerySet):
@@ -260,8 +306,13 @@ class Conversation(models.Model):
         Message.objects.with_versions(user_message)
         return user_message, answer
 
+    @transaction.atomic
     def queue_answer(self, question, client_id="", worker_id=None):
-        """A queued answer to the user message `question`; the path now ends with it."""
+        """A queued answer to the user message `question`; the path now ends with it.
+
+        Raises SendRateExceeded or BudgetSpent when the owner's limits do not admit it; the
+        transaction that stores the send then stores none of it.
+        """
         answer = self.messages.create(
             role=Message.Role.ASSISTANT,
             model=self.model,
@@ -271,7 +322,12 @@ class Conversation(models.Model):
             client_id=client_id,
         )
         self.move_to(answer)
+        UsageEntry.objects.reserve(answer, self)
         return answer
+
+    def input_characters(self, before):
+        """The characters sent upstream to answer `before`: its path so far and the instructions."""
+        return len(self.instructions) + sum(len(item["content"]) for item in self.upstream_input(before))
 
     @transaction.atomic
     def regenerate(self, answer, *, model=None, client_id="", worker_id=None):
@@ -398,6 +454,14 @@ class Message(models.Model):
     total_tokens = models.PositiveIntegerField(null=True, blank=True)
     cached_tokens = models.PositiveIntegerField(null=True, blank=True)
     reasoning_tokens = models.PositiveIntegerField(null=True, blank=True)
+    # The usage fields above are the upstream's own figures, or empty when it reported none.
+    estimated_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Tokens this answer counts for by estimate, when the upstream reported no usage (stopped, "
+        f"failed, a lenient server): the input's and the streamed text's characters / {CHARS_PER_TOKEN}.",
+    )
 
     # The server process generating this answer; used to tell live answers from orphans.
     worker = models.UUIDField(null=True, blank=True, editable=False)
@@ -505,9 +569,19 @@ class Message(models.Model):
             "first_token_at": self.first_token_at.isoformat() if self.first_token_at else None,
             "finished_at": self.finished_at.isoformat() if self.finished_at else None,
             "usage": self.usage,
+            "estimated_tokens": self.estimated_tokens,
             "error": self.error,
             "incomplete_reason": self.incomplete_reason,
         }
+
+    def owner_budget(self):
+        """The owner's daily budget as the page shows it; None once the conversation is gone.
+
+        The message.done frame carries it, so that the composer knows at once when the answer
+        spent the rest of the day's budget (see budget_status).
+        """
+        owner_id = Conversation.objects.filter(pk=self.conversation_id).values_list("owner_id", flat=True).first()
+        return None if owner_id is None else UsageEntry.objects.budget_status(owner_id)
 
     def claim(self, worker_id):
         """Move a queued answer to streaming for one worker; False if it is no longer queued."""
@@ -528,6 +602,7 @@ class Message(models.Model):
         if done:
             self.status, self.finished_at = status, now
             self.error_code, self.error_message = error_code, error_message
+            UsageEntry.objects.record(self)
         return bool(done)
 
 
@@ -611,3 +686,237 @@ class AccountLimits(models.Model):
 
     def __str__(self):
         return f"Limits of {self.user}"
+
+    @classmethod
+    def budget_of(cls, user_id):
+        """Tokens the user may spend per day; 0 means unlimited."""
+        override = cls.objects.filter(user_id=user_id).values_list("daily_token_budget", flat=True).first()
+        return override if override is not None else settings.CHAT_DAILY_TOKEN_BUDGET
+
+
+def next_midnight():
+    """When today ends in the site's time zone: when daily budgets start afresh."""
+    tomorrow = timezone.localdate() + datetime.timedelta(days=1)
+    return timezone.make_aware(datetime.datetime.combine(tomorrow, datetime.time.min))
+
+
+class UsageEntryQuerySet(models.QuerySet):
+    def spending(self):
+        """(tokens spent, tokens reserved by answers still being written) over these entries."""
+        totals = self.aggregate(
+            spent=Coalesce(Sum("total_tokens"), 0),
+            reserved=Coalesce(Sum("reserved_tokens", filter=Q(recorded_at=None)), 0),
+        )
+        return totals["spent"], totals["reserved"]
+
+    def budget_status(self, user_id):
+        """Today's spending against the user's budget, for the page, the done frame and the gate.
+
+        `used` is what answers that ended spent; `reserved` is held for answers still being
+        written. `exhausted` (the composer is disabled) counts what was spent only: a tab cannot
+        hear the end of another conversation's answer, and the gate refuses those sends anyway.
+        """
+        budget = AccountLimits.budget_of(user_id)
+        used, reserved = self.filter(user_id=user_id, day=timezone.localdate()).spending()
+        return {
+            "used": used,
+            "reserved": reserved,
+            "budget": budget,
+            "exhausted": bool(budget) and used >= budget,
+            "resets_at": next_midnight().isoformat(),
+            "zone": timezone.get_current_timezone_name(),
+        }
+
+    def reserve(self, answer, conversation):
+        """Admit the queued `answer` against its owner's send rate and budget, and hold an
+        estimate of its cost until it ends; raises SendRateExceeded or BudgetSpent.
+
+        Runs in the transaction that stores the answer, after locking the owner's user row: the
+        sends of one user are decided one at a time, whichever thread or process they reach, so
+        they cannot all pass one check on the same figures. (On SQLite, where rows are not
+        locked, the site's IMMEDIATE transactions give the same order.) An answer is admitted
+        while today's spending and every reservation stay below the budget, so sends in parallel
+        overspend it by at most about one answer: the reservation is the input's estimate plus
+        CHAT_RESERVED_ANSWER_TOKENS for the answer.
+        """
+        user_id = conversation.owner_id
+        users = get_user_model().objects.select_for_update(
+            # Rows that merely refer to the user (a new conversation) need not wait for the lock.
+            no_key=connections[self.db].features.has_select_for_no_key_update
+        )
+        username = users.filter(pk=user_id).values_list(get_user_model().USERNAME_FIELD, flat=True).get()
+        now = timezone.now()
+        self.check_send_rate(user_id, now)
+        day = timezone.localdate(answer.created_at)
+        budget = AccountLimits.budget_of(user_id)
+        if budget:
+            spent, reserved = self.filter(user_id=user_id, day=day).spending()
+            if spent + reserved >= budget:
+                raise BudgetSpent(budget, spent)
+        input_tokens = tokens_for(conversation.input_characters(before=answer))
+        return self.create(
+            user_id=user_id,
+            username=username,
+            message_id=answer.id,
+            model=answer.model,
+            day=day,
+            estimated_input_tokens=input_tokens,
+            reserved_tokens=input_tokens + settings.CHAT_RESERVED_ANSWER_TOKENS,
+            created_at=now,
+        )
+
+    def check_send_rate(self, user_id, now):
+        """Raise SendRateExceeded when the user sent CHAT_SENDS_PER_MINUTE answers in the last minute.
+
+        A sliding window over the ledger itself, where every admitted send leaves its entry: no
+        minute boundary to send twice the limit across, no counter to keep apart from the sends.
+        """
+        limit = settings.CHAT_SENDS_PER_MINUTE
+        if not limit:
+            return
+        window = datetime.timedelta(seconds=SEND_RATE_WINDOW)
+        recent = self.filter(user_id=user_id, created_at__gt=now - window).order_by("-created_at")
+        # The oldest of the last `limit` sends: the next send may go once it leaves the window.
+        oldest = recent.values_list("created_at", flat=True)[limit - 1 : limit].first()
+        if oldest is not None:
+            raise SendRateExceeded(max(1, math.ceil((oldest + window - now).total_seconds())))
+
+    def record(self, message):
+        """Write what the ended answer `message` spent to its entry, once; returns the entry.
+
+        The upstream's usage when it reported one; otherwise an estimate, marked as one on the
+        entry and on the message: the input the upstream was sent (when it began the answer) and
+        the text it streamed, at CHARS_PER_TOKEN characters a token. An answer the upstream never
+        began (refused before the stream, stopped while queued) costs nothing. Later calls, and
+        calls for an answer still being written, change nothing.
+        """
+        if message.role != Message.Role.ASSISTANT or not message.is_finished:
+            return None
+        with transaction.atomic():
+            entry = self.filter(message_id=message.id).first() or self._open_for(message)
+            if entry.recorded_at is not None:
+                return entry
+            input_tokens, output_tokens, total_tokens, estimated = spending_of(message, entry.estimated_input_tokens)
+            recorded = self.filter(pk=entry.pk, recorded_at=None).update(
+                status=message.status,
+                model=message.model or entry.model,
+                input_tokens=input_tokens,
+                output_tokens=output_tokens,
+                total_tokens=total_tokens,
+                estimated=estimated,
+                recorded_at=timezone.now(),
+            )
+            if recorded and estimated:
+                message.estimated_tokens = total_tokens
+                Message.objects.filter(pk=message.pk).update(estimated_tokens=total_tokens)
+        return entry
+
+    def _open_for(self, message):
+        """An entry for an answer that was never reserved (stored before the ledger existed)."""
+        conversation = Conversation.objects.select_related("owner").get(pk=message.conversation_id)
+        entry, _ = self.get_or_create(
+            message_id=message.id,
+            defaults=dict(
+                user=conversation.owner,
+                username=conversation.owner.get_username(),
+                model=message.model or conversation.model,
+                day=timezone.localdate(message.created_at),
+                estimated_input_tokens=tokens_for(conversation.input_characters(before=message)),
+                created_at=message.created_at,
+            ),
+        )
+        return entry
+
+    def record_ended(self):
+        """Record the entries of answers that ended without record() (a path that forgot it, a
+        database error right after the final save) and of answers deleted before they ended,
+        whose reservation then stands as their estimated cost. Run with the reaper."""
+        pending = list(self.filter(recorded_at=None).values_list("message_id", flat=True)[:1000])
+        if not pending:
+            return 0
+        still_there = dict(Message.objects.filter(pk__in=pending).values_list("id", "status"))
+        ended = [message_id for message_id, status in still_there.items() if status not in Message.UNFINISHED]
+        for message in Message.objects.filter(pk__in=ended):
+            self.record(message)
+        gone = [message_id for message_id in pending if message_id not in still_there]
+        if gone:
+            self.filter(message_id__in=gone, recorded_at=None).update(
+                input_tokens=F("estimated_input_tokens"),
+                output_tokens=F("reserved_tokens") - F("estimated_input_tokens"),
+                total_tokens=F("reserved_tokens"),
+                estimated=True,
+                recorded_at=timezone.now(),
+            )
+        return len(ended) + len(gone)
+
+
+def spending_of(message, estimated_input_tokens):
+    """(input, output, total tokens, estimated) that the ended answer `message` counts for."""
+    if message.total_tokens is not None:
+        return message.input_tokens or 0, message.output_tokens or 0, message.total_tokens, False
+    streamed = len(message.text) + len(message.reasoning) + len(message.refusal)
+    reported = message.input_tokens is not None or message.output_tokens is not None
+    # A response id or a token means the upstream took the request, and read all of its input.
+    began = bool(message.response_id or message.first_token_at or streamed or reported)
+    if not began:
+        return 0, 0, 0, False
+    input_tokens = message.input_tokens if message.input_tokens is not None else estimated_input_tokens
+    output_tokens = message.output_tokens if message.output_tokens is not None else tokens_for(streamed)
+    return input_tokens, output_tokens, input_tokens + output_tokens, True
+
+
+class UsageEntry(models.Model):
+    """What one answer spent: the ledger that budgets and the usage report read.
+
+    Written when the answer is queued, holding `reserved_tokens` against the owner's budget, and
+    completed when it ends (`recorded_at`). Deleting the conversation, its messages or the user
+    changes no figure here: the message is named by id, not referred to, and a deleted user
+    leaves `username` (SET_NULL rather than PROTECT, so accounts can still be deleted).
+    """
+
+    # No index of its own: the indexes below start with the user.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
+    )
+    username = models.CharField(max_length=150, help_text="Kept if the account is deleted.")
+    # Not a foreign key: the entry outlives the message, and deleting that changes nothing here.
+    message_id = models.UUIDField(unique=True, help_text="The answer; it may have been deleted since.")
+    model = models.CharField(max_length=200, blank=True)
+    day = models.DateField(help_text="The day the answer was sent, in the site's time zone.")
+    status = models.CharField(
+        max_length=16, choices=Message.Status.choices, blank=True, help_text="How the answer ended."
+    )
+    input_tokens = models.PositiveIntegerField(default=0)
+    output_tokens = models.PositiveIntegerField(default=0)
+    total_tokens = models.PositiveIntegerField(default=0)
+    estimated = models.BooleanField(
+        default=False,
+        help_text=f"The upstream reported no usage: the figures are the characters / {CHARS_PER_TOKEN}.",
+    )
+    estimated_input_tokens = models.PositiveIntegerField(
+        default=0, help_text=f"The characters sent upstream / {CHARS_PER_TOKEN}, counted when the answer was sent."
+    )
+    reserved_tokens = models.PositiveIntegerField(
+        default=0, help_text="Held against the budget while the answer was being written."
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    recorded_at = models.DateTimeField(null=True, blank=True, help_text="When the answer ended.")
+
+    objects = UsageEntryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name_plural = "usage entries"
+        indexes = [
+            # The budget: one user's entries of one day.
+            models.Index(fields=["user", "day"], name="usage_user_day"),
+            # The send rate: one user's entries of the last minute.
+            models.Index(fields=["user", "created_at"], name="usage_user_recent"),
+            # The usage report: every entry of a range of days.
+            models.Index(fields=["day"], name="usage_day"),
+            # record_ended: the answers not yet recorded.
+            models.Index(fields=["recorded_at"], condition=Q(recorded_at=None), name="usage_unrecorded"),
+        ]
+
+    def __str__(self):
+        return f"{self.username} {self.day} {self.model}: {self.total_tokens} tokens"

@@ -65,12 +65,15 @@ def done_event(message):
         "reasoning": message.reasoning,
         "refusal": message.refusal,
         "usage": message.usage,
+        "estimated_tokens": message.estimated_tokens,
         "error": message.error,
         "incomplete_reason": message.incomplete_reason,
         "model": message.model,
         "started_at": message.started_at.isoformat() if message.started_at else None,
         "first_token_at": message.first_token_at.isoformat() if message.first_token_at else None,
         "finished_at": message.finished_at.isoformat() if message.finished_at else None,
+        # The owner's budget with this answer spent: every socket of the group is the owner's.
+        "budget": message.owner_budget(),
     }
     return frame_event(EVENT_DONE, message.id, frame)
 

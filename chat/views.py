@@ -15,8 +15,9 @@ def page_context(request, conversation=None):
     # The path last shown or added to; the other versions are a chat.select away.
     messages = [message.as_frame() for message in conversation.path()] if conversation else []
     offered = providers.providers()
+    budget = limits.budget_status(request.user)
     return {
-        "budget": limits.budget_status(request.user),
+        "budget": budget,
         "conversations": conversations,
         "conversation": conversation,
         "page_data": {
@@ -26,6 +27,7 @@ def page_context(request, conversation=None):
             "model_labels": {provider.model: provider.label for provider in offered},
             "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
             "image_hosts": settings.CHAT_IMAGE_HOSTS,
+            "budget": budget,
         },
     }
 

@@ -36,7 +36,7 @@ from django.utils import timezone
 
 from chat import protocol, providers
 from chat.localmodel.views import local_token
-from chat.models import Message, ServerProcess
+from chat.models import Message, ServerProcess, UsageEntry
 from chat.relay import read_shared_snapshot, relay_for
 from chat.upstream import (
     ReasoningDelta,
@@ -438,6 +438,7 @@ class AnswerJob:
             logger.warning("Answer %s was already finished elsewhere; kept that state", self.message_id)
             return
         message = Message.objects.get(pk=self.message_id)
+        UsageEntry.objects.record(message)
         with self.lock:
             self.parts.update({name: [value] for name, value in texts.items()})
         self.publish(protocol.done_event(message))
@@ -615,6 +616,8 @@ def reap_orphans(loop=None):
         error_message="The server stopped while this answer was being written; the text so far was kept.",
         finished_at=timezone.now(),
     )
+    # Before the browsers are told: their done frames carry the budget with these answers spent.
+    UsageEntry.objects.record_ended()
     if count:
         logger.warning("Marked %s answers interrupted: their server process is gone", count)
         if loop is not None and not loop.is_closed():

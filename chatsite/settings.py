@@ -251,7 +251,11 @@ CHAT_HEARTBEAT_TIMEOUT = envnumber("CHAT_HEARTBEAT_TIMEOUT", 30.0, float)
 
 # Tokens a user may spend per day (0: unlimited); staff can override it per user in the admin.
 CHAT_DAILY_TOKEN_BUDGET = envnumber("CHAT_DAILY_TOKEN_BUDGET", 0)
-# Messages a user may send per minute (0: unlimited).
+# Tokens held against the budget for an answer being written, besides its input (estimated from
+# its characters), until its real figure replaces them: sends are admitted while today's spending
+# and these reservations stay below the budget, so parallel sends overspend by about one answer.
+CHAT_RESERVED_ANSWER_TOKENS = envnumber("CHAT_RESERVED_ANSWER_TOKENS", 1000)
+# Messages (sends, edits, regenerations) a user may send in any 60 seconds (0: unlimited).
 CHAT_SENDS_PER_MINUTE = envnumber("CHAT_SENDS_PER_MINUTE", 20)
 # After this many failed logins for one account within the window (seconds), further attempts wait.
 LOGIN_FAILURE_LIMIT = envnumber("LOGIN_FAILURE_LIMIT", 5)

@@ -1,6 +1,6 @@
 """Conversations and messages built straight in the database, for tests that need history."""
 
-from chat.models import Conversation, Message
+from chat.models import Conversation, Message, UsageEntry
 
 
 def conversation_with_answer(
@@ -32,4 +32,6 @@ def conversation_with_answer(
         **answer_fields,
     )
     conversation.move_to(answer_row, touch=False)
+    # An answer that ended is in the ledger, as the worker leaves it (one still running is not yet).
+    UsageEntry.objects.record(answer_row)
     return conversation

@@ -34,6 +34,8 @@ const dom = {
   instructions: document.getElementById("instructions"),
   instructionsHint: document.getElementById("instructions-hint"),
   saveInstructions: document.getElementById("save-instructions"),
+  budgetNotice: document.getElementById("budget-notice"),
+  budgetLine: document.getElementById("budget"), // only when the account has a budget
 };
 
 const state = {
@@ -51,6 +53,8 @@ const state = {
   resubscribing: false,
   // Where keyboard focus goes once a chat.select's conversation.path has redrawn the messages.
   focusAfterPath: null,
+  // Today's tokens against the account's daily budget: from the page, then from each message.done.
+  budget: page.budget,
 };
 
 // --- helpers ---------------------------------------------------------------------------------
@@ -347,6 +351,7 @@ const handlers = {
   },
 
   "message.done"(frame) {
+    if (frame.budget) setBudget(frame.budget);
     const view = state.views.get(frame.message);
     if (!view || view.role !== "assistant") return;
     view.apply(frame);
@@ -431,6 +436,43 @@ function resubscribe() {
   socket.send({ type: "chat.subscribe", conversation: state.conversation.id });
 }
 
+// --- the daily budget ------------------------------------------------------------------------
+
+let budgetReset = null;
+
+/** True when today's budget is spent: nothing more can be sent until it resets. */
+function budgetSpent() {
+  return Boolean(state.budget?.exhausted);
+}
+
+function budgetSentence(budget) {
+  return `You have used today's budget of ${budget.budget} tokens; it resets at midnight (${budget.zone}).`;
+}
+
+/** Shows `budget` (the server's figures) and, once it is spent, disables the composer until it resets. */
+function setBudget(budget) {
+  state.budget = budget;
+  clearTimeout(budgetReset);
+  if (budget.exhausted) {
+    // setTimeout's longest wait is about 24.8 days; a day is far below it.
+    const wait = Math.min(Math.max(0, new Date(budget.resets_at) - Date.now()) + 1000, 2 ** 31 - 1);
+    budgetReset = setTimeout(() => setBudget({ ...budget, used: 0, reserved: 0, exhausted: false }), wait);
+  }
+  showBudget();
+  updateComposer();
+}
+
+function showBudget() {
+  const budget = state.budget;
+  if (dom.budgetLine && budget?.budget) {
+    dom.budgetLine.textContent = `Today: ${budget.used} of ${budget.budget} tokens used.`;
+  }
+  const spent = budgetSpent();
+  const sentence = spent ? budgetSentence(budget) : "";
+  if (dom.budgetNotice.textContent !== sentence) dom.budgetNotice.textContent = sentence;
+  dom.budgetNotice.hidden = !spent;
+}
+
 // --- the composer ----------------------------------------------------------------------------
 
 function fillModels() {
@@ -456,10 +498,13 @@ function updateComposer() {
   const busy = answer !== null;
   const length = dom.input.value.length;
   const tooLong = length > page.max_message_chars;
+  const spent = budgetSpent();
   dom.send.hidden = busy;
   dom.stop.hidden = !busy;
   dom.stop.disabled = busy && state.stopping === answer.id;
-  dom.send.disabled = !dom.input.value.trim() || tooLong || state.pendingSend !== null;
+  // What is typed stays in the disabled box: it can be sent once the budget resets.
+  dom.input.disabled = spent;
+  dom.send.disabled = spent || !dom.input.value.trim() || tooLong || state.pendingSend !== null;
   dom.charCount.hidden = length < page.max_message_chars * 0.9;
   dom.charCount.textContent = `${length.toLocaleString()} / ${page.max_message_chars.toLocaleString()}`;
   dom.charCount.classList.toggle("is-over", tooLong);
@@ -499,7 +544,7 @@ function isLocked() {
 
 function submit() {
   const text = dom.input.value;
-  if (!text.trim() || activeAnswer() !== null || state.pendingSend !== null) return;
+  if (!text.trim() || activeAnswer() !== null || state.pendingSend !== null || budgetSpent()) return;
   if (text.length > page.max_message_chars) return;
   dom.input.value = "";
   resizeInput();
@@ -515,9 +560,10 @@ function stop() {
 
 /** Regenerate, or Retry on a failed answer: a new version of the answer; the old one is kept. */
 function regenerate(answerView) {
-  if (isLocked()) {
+  if (isLocked() || budgetSpent()) {
     answerView.retried = false;
     answerView.updateActions();
+    if (budgetSpent()) showError(budgetSentence(state.budget));
     return;
   }
   sendAnswerFrame({ type: "chat.regenerate", message: answerView.id }, { regenerating: answerView });
@@ -525,6 +571,10 @@ function regenerate(answerView) {
 
 /** "Save and send" in a user message's editor: a new version of it, answered afresh. */
 function saveEdit(userView, text) {
+  if (budgetSpent()) {
+    showError(budgetSentence(state.budget)); // the editor stays open with the text
+    return;
+  }
   if (isLocked() || !text.trim() || text.length > page.max_message_chars) return;
   userView.stopEditing();
   sendAnswerFrame({ type: "chat.edit", message: userView.id, text }, { editing: userView });
@@ -681,7 +731,7 @@ const socket = new ChatSocket(socketUrl("/ws/chat/"), {
 
 fillModels();
 for (const message of page.messages) addView(message);
-updateComposer();
+setBudget(page.budget);
 scrollToBottom();
 socket.start();
 // On touch screens focusing would pop up the keyboard over the conversation.

@@ -55,8 +55,9 @@ export function incompleteReason(reason) {
   return INCOMPLETE_REASONS[reason] || reason.replaceAll("_", " ");
 }
 
-export function usageSummary(usage) {
-  if (!usage) return "";
+/** "11 in / 3 out · 14 tokens", or for an answer the API reported no usage for, its estimate. */
+export function usageSummary(usage, estimatedTokens = null) {
+  if (!usage) return estimatedTokens ? `about ${numbers.format(estimatedTokens)} tokens (estimated)` : "";
   const parts = [];
   if (usage.input_tokens != null) parts.push(`${numbers.format(usage.input_tokens)} in`);
   if (usage.output_tokens != null) {
@@ -333,6 +334,7 @@ export class AssistantMessageView {
     this.refusalValue = frame.refusal || "";
     this.model = frame.model || "";
     this.usage = frame.usage || null;
+    this.estimatedTokens = frame.estimated_tokens ?? null;
     this.errorInfo = frame.error || null;
     this.incompleteReason = frame.incomplete_reason || "";
     this.createdAt = frame.created_at || this.createdAt;
@@ -439,7 +441,7 @@ export class AssistantMessageView {
     if (streaming) {
       setText(this.meta, "");
     } else {
-      const usage = usageSummary(this.usage);
+      const usage = usageSummary(this.usage, this.estimatedTokens);
       setText(this.meta, [this.model, usage].filter(Boolean).join(" · "));
       this.meta.title = formatTime(this.createdAt);
     }

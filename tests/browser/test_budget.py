@@ -1,0 +1,65 @@
+"""The daily token budget in real Chromium: the composer says the budget is spent as soon as an
+answer spends it, on every later load before anything is typed, and after the chat is deleted."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import composer, send, serve_site
+from tests.upstream import answer, usage_object
+
+pytestmark = pytest.mark.browser
+
+SPENT = "You have used today's budget of 20 tokens; it resets at midnight (UTC)."
+
+
+@pytest.fixture(scope="module")
+def budget_site(upstream_server, tmp_path_factory):
+    yield from serve_site(
+        tmp_path_factory.mktemp("budget-site"),
+        OPENRESPONSES_BASE_URL=upstream_server.base_url,
+        OPENRESPONSES_API_KEY="sk-test",
+        OPENRESPONSES_MODELS="test-model",
+        OPENRESPONSES_TIMEOUT="10",
+        LOCAL_MODEL_ENABLED="0",
+        DJANGO_TIME_ZONE="UTC",
+        CHAT_DAILY_TOKEN_BUDGET="20",
+    )
+
+
+@pytest.fixture
+def site_url(budget_site):
+    return budget_site
+
+
+def test_the_composer_shows_the_spent_budget_live_on_load_and_after_deleting_the_chat(chat, upstream):
+    notice = chat.get_by_role("status").filter(has_text="You have used today's budget")
+    expect(chat.get_by_text("Today: 0 of 20 tokens used.")).to_be_visible()
+    expect(composer(chat)).to_be_enabled()
+    expect(notice).to_have_count(0)
+
+    upstream.queue(answer(["Twenty ", "tokens"], usage=usage_object(15, 5)))
+    send(chat, "Spend it all")
+    # Live: the message.done that spends the rest disables the composer, with the reason.
+    expect(notice).to_have_text(SPENT)
+    expect(composer(chat)).to_be_disabled()
+    expect(chat.get_by_role("button", name="Send")).to_be_disabled()
+    expect(chat.get_by_text("Today: 20 of 20 tokens used.")).to_be_visible()
+    expect(chat.get_by_role("article", name="Assistant message")).to_contain_text("Twenty tokens")
+
+    # On load: disabled before anything is typed, and the composer is described by the reason.
+    chat.reload()
+    expect(chat.get_by_role("status").filter(has_text="Connected")).to_be_visible()
+    expect(composer(chat)).to_be_disabled()
+    expect(composer(chat)).to_have_accessible_description(SPENT)
+    expect(notice).to_be_visible()
+
+    # Deleting the conversation gives nothing back.
+    chat.get_by_role("navigation", name="Conversations").get_by_role("button", name="Delete Spend it all").click()
+    chat.get_by_role("dialog", name="Delete “Spend it all”?").get_by_role("button", name="Delete", exact=True).click()
+    expect(chat).to_have_url(re.compile(r"/$"))
+    expect(chat.get_by_text("What can I help with?")).to_be_visible()
+    expect(composer(chat)).to_be_disabled()
+    expect(notice).to_have_text(SPENT)
+    expect(chat.get_by_text("Today: 20 of 20 tokens used.")).to_be_visible()
