@@ -1,4 +1,4 @@
-"""Per-user limits: the daily token budget, the send rate and login throttling.
+"""Per-user limits: the daily token budget and the send rate (login throttling: chat/login_throttle.py).
 
 Counters live in the cache, so they hold across server processes once REDIS_URL is set.
 """
@@ -69,32 +69,3 @@ def send_allowed(user):
     """None when the user may send now, else seconds to wait."""
     return hit(f"send:{user.pk}", settings.CHAT_SENDS_PER_MINUTE, 60)
 
-
-def login_failures_key(username):
-    return f"chat:login-failures:{username.strip().lower()}"
-
-
-def login_blocked_for(username):
-    """Seconds until this account may try to log in again, or None."""
-    blocked_until = cache.get(login_failures_key(username) + ":blocked")
-    if blocked_until and blocked_until > time.time():
-        return math.ceil(blocked_until - time.time())
-    return None
-
-
-def record_login_failure(username):
-    key = login_failures_key(username)
-    window = settings.LOGIN_FAILURE_WINDOW
-    cache.add(key, 0, window)
-    try:
-        failures = cache.incr(key)
-    except ValueError:
-        cache.set(key, 1, window)
-        failures = 1
-    if failures >= settings.LOGIN_FAILURE_LIMIT:
-        cache.set(key + ":blocked", time.time() + window, window)
-        cache.delete(key)
-
-
-def clear_login_failures(username):
-    cache.delete_many([login_failures_key(username), login_failures_key(username) + ":blocked"])
