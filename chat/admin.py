@@ -121,6 +121,19 @@ class TranscriptAdmin(StrictAdminMixin, admin.ModelAdmin):
             )
         return response
 
+    def get_search_results(self, request, queryset, search_term):
+        """Only the change list searches transcripts, and it records each search (changelist_view).
+
+        The site's autocomplete already refuses undeclared fields; this keeps a field declared
+        one day from searching transcript text unaudited.
+        """
+        match = request.resolver_match
+        if search_term and (
+            match is None or match.url_name != f"{self.opts.app_label}_{self.opts.model_name}_changelist"
+        ):
+            raise PermissionDenied("Transcripts are searched in their change list only.")
+        return super().get_search_results(request, queryset, search_term)
+
     def history_view(self, request, object_id, extra_context=None):
         self.refuse_popups(request)
         return super().history_view(request, object_id, extra_context)

@@ -68,4 +68,3 @@ def hit(key, limit, window):
 def send_allowed(user):
     """None when the user may send now, else seconds to wait."""
     return hit(f"send:{user.pk}", settings.CHAT_SENDS_PER_MINUTE, 60)
-

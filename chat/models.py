@@ -625,7 +625,7 @@ class AuditEvent(models.Model):
         """An unsaved row; `staff` may be None (the command line) when `staff_username` is given."""
         return cls(
             staff=staff,
-            staff_username=staff_username or staff.get_username(),
+            staff_username=(staff_username or staff.get_username())[:150],
             action=action,
             conversation=conversation,
             conversation_title=conversation.title if conversation else "",

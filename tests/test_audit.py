@@ -152,6 +152,17 @@ def test_autocomplete_answers_no_field_that_no_admin_declares(
     assert not AuditEvent.objects.exists()
 
 
+def test_a_declared_autocomplete_still_cannot_search_transcripts(client, reviewer, secret, monkeypatch):
+    """Should an admin declare one some day, the transcript admin refuses searches outside its list."""
+    monkeypatch.setattr(admin.site.get_model_admin(Message), "autocomplete_fields", ["conversation"])
+    client.force_login(reviewer)
+    params = {"app_label": "chat", "model_name": "message", "field_name": "conversation", "term": "opal"}
+    response = client.get(reverse("admin:autocomplete"), params)
+    assert response.status_code == 403
+    assert_nothing_shown(response)
+    assert not AuditEvent.objects.exists()
+
+
 def test_a_transcript_page_is_not_offered_as_a_popup(client, reviewer, secret):
     client.force_login(reviewer)
     for url in (
