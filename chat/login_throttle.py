@@ -1,7 +1,7 @@
 """Login throttling: one rule for every form that checks a password.
 
 Two sliding windows of LOGIN_FAILURE_WINDOW seconds, counted in the cache (so across server
-processes once REDIS_URL is set):
+processes once REDIS_URL is set); the failure that reaches a limit starts a wait of one window:
 
 - **account and client together**: after LOGIN_FAILURE_LIMIT failures for one username from one
   client, that pair waits. Someone guessing from elsewhere cannot lock the real user out: the real
@@ -40,7 +40,7 @@ import time
 import unicodedata
 
 from django.conf import settings
-from django.contrib.auth.signals import user_logged_in
+from django.contrib.auth.signals import user_logged_in, user_login_failed
 from django.core.cache import cache
 from django.core.exceptions import PermissionDenied
 from django.dispatch import receiver
@@ -74,21 +74,28 @@ class LoginRefused(PermissionDenied):
 
 
 class FailureWindow:
-    """The failures of one key in the last `window` seconds: SLOTS cache counters of a slot each.
+    """The failures of one key in the last `window` seconds, and the wait they imposed.
 
-    Incrementing a cache counter is atomic in every cache backend Django ships (and in Redis
-    across processes), so concurrent attempts are counted exactly; the sum over the slots is the
-    window, which slides by one slot (a minute with the default 15-minute window).
+    Counted in SLOTS cache counters of a slot each: incrementing a cache counter is atomic in
+    every cache backend Django ships (and in Redis across processes), so concurrent attempts are
+    counted exactly, and the sum over the slots is a window that slides by one slot (a minute
+    with the default 15-minute window). The failure that uses the last allowed attempt starts a
+    wait of one window, kept as its end time: "Try again in 15 minutes" means 15 minutes.
     """
 
     def __init__(self, key, limit, window):
         self.key = key
         self.limit = limit
+        self.window = window
         self.slot_seconds = max(1, math.ceil(window / SLOTS))
         self.slots = math.ceil(window / self.slot_seconds)
 
     def slot_key(self, index):
         return f"{self.key}:{index}"
+
+    @property
+    def wait_key(self):
+        return f"{self.key}:wait"
 
     def current(self, now):
         return int(now // self.slot_seconds)
@@ -118,18 +125,28 @@ class FailureWindow:
             pass
 
     def clear(self, now):
-        cache.delete_many([self.slot_key(index) for index in self.counts(now)])
+        cache.delete_many([self.wait_key, *(self.slot_key(index) for index in self.counts(now))])
+
+    def start_waiting(self, now):
+        cache.set(self.wait_key, now + self.window, self.window)
+
+    def waiting_for(self, now):
+        """Seconds left of a wait the last allowed failure started, or 0."""
+        until = cache.get(self.wait_key)
+        # The end time, not the cache's expiry, decides: clocks and caches expire differently.
+        return max(1, math.ceil(until - now)) if until and until > now else 0
 
     def wait(self, counts, now):
-        """Seconds until the failures in `counts` fall below the limit as their slots leave the window."""
+        """Seconds until the failures in `counts` fall below the limit as their slots leave the
+        window: for checks refused by the count alone (concurrent ones, before a wait started)."""
         remaining = sum(counts.values())
         if remaining < self.limit:
-            return 0
+            return 1  # refused only for a concurrent check's reservation: try again soon
         for index, failures in counts.items():  # oldest first
             remaining -= failures
             if remaining < self.limit:
                 return max(1, math.ceil((index + self.slots) * self.slot_seconds - now))
-        return 0  # not reached while the limit is above 0
+        return 1  # not reached while the limit is above 0
 
 
 def normalized_username(username):
@@ -186,6 +203,7 @@ class Attempt:
     def __init__(self, username, client, reservations, refusal=None):
         self.username = username
         self.client = client
+        # (scope, window, slot key, attempts counted with this one)
         self.reservations = reservations
         self.refusal = refusal
 
@@ -197,24 +215,36 @@ class Attempt:
         for scope, window in windows_for(username, client):
             if not window.limit:
                 continue
+            waiting = window.waiting_for(now)
+            if waiting:
+                refusals.append(Refusal(waiting, scope))
+                continue
             key = window.reserve(now)
-            reservations.append((scope, window, key))
             counts = window.counts(now)
+            reservations.append((scope, window, key, sum(counts.values())))
             if sum(counts.values()) > window.limit:
                 counts[window.current(now)] -= 1  # this attempt's own reservation, refunded below
                 refusals.append(Refusal(window.wait(counts, now), scope))
         if refusals:
-            for _, window, key in reservations:
+            for _, window, key, _ in reservations:
                 window.refund(key)
             refusal = max(refusals)
             logger.info("Login refused for %s over the %s limit, %d s to wait", client, refusal.scope, refusal.seconds)
             return cls(username, client, [], refusal)
         return cls(username, client, reservations)
 
+    def failed(self):
+        """The password was wrong: the reservations stay, and the last allowed one starts the wait."""
+        now = time.time()
+        for _, window, _, counted in self.reservations:
+            if counted >= window.limit:
+                window.start_waiting(now)
+        self.reservations = []
+
     def succeeded(self):
         """The password was right: the pair starts afresh and the client gets its attempt back."""
         now = time.time()
-        for scope, window, key in self.reservations:
+        for scope, window, key, _ in self.reservations:
             if scope == ACCOUNT:
                 window.clear(now)
             else:
@@ -234,6 +264,12 @@ def succeeded(request):
     attempt = getattr(request, "login_attempt", None)
     if attempt is not None:
         attempt.succeeded()
+
+
+def failed(request):
+    attempt = getattr(request, "login_attempt", None)
+    if attempt is not None:
+        attempt.failed()
 
 
 def refusal_of(request):
@@ -263,3 +299,11 @@ class LoginThrottleBackend:
 def clear_on_login(sender, request, user, **kwargs):
     if request is not None:
         succeeded(request)
+
+
+@receiver(user_login_failed)
+def wait_after_the_last_failure(sender, credentials, request=None, **kwargs):
+    # authenticate() sends it when no backend let the user in, a refusal of ours included (that
+    # attempt has no reservations: nothing happens).
+    if request is not None:
+        failed(request)
