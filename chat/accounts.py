@@ -1,38 +1,37 @@
-"""Account pages beyond Django's own views: throttled login and optional sign-up."""
+"""Account pages beyond Django's own views: throttled password checks and optional sign-up.
 
-import math
+Every form here that checks a password goes through authenticate(), where chat.login_throttle
+counts and refuses attempts; the forms only turn a refusal into its sentence.
+"""
 
 from django import forms
 from django.conf import settings
-from django.contrib.auth import login
-from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
-from django.contrib.auth.views import LoginView
+from django.contrib.admin.forms import AdminAuthenticationForm, AdminPasswordChangeForm
+from django.contrib.auth import authenticate, login
+from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm, UserCreationForm
+from django.contrib.auth.views import LoginView, PasswordChangeView
 from django.http import Http404
 from django.shortcuts import redirect, render
 
-from chat import limits
+from chat import login_throttle
 
 
-class ThrottledAuthenticationForm(AuthenticationForm):
-    """Refuses further attempts on an account after repeated failures (password guessing)."""
+class ThrottledLoginMixin:
+    """Says "Too many failed attempts …" when the throttle refused the check, instead of "wrong password"."""
 
-    def clean(self):
-        username = self.cleaned_data.get("username") or ""
-        wait = limits.login_blocked_for(username)
-        if wait:
-            minutes = math.ceil(wait / 60)
-            raise forms.ValidationError(
-                f"Too many failed attempts for this account. Try again in {minutes} minute{'s' * (minutes != 1)}.",
-                code="throttled",
-            )
-        try:
-            cleaned = super().clean()
-        except forms.ValidationError:
-            if username:
-                limits.record_login_failure(username)
-            raise
-        limits.clear_login_failures(username)
-        return cleaned
+    def get_invalid_login_error(self):
+        refusal = login_throttle.refusal_of(self.request)
+        if refusal is not None:
+            return forms.ValidationError(refusal.message, code="throttled")
+        return super().get_invalid_login_error()
+
+
+class ThrottledAuthenticationForm(ThrottledLoginMixin, AuthenticationForm):
+    """The site's login form (/accounts/login/)."""
+
+
+class ThrottledAdminAuthenticationForm(ThrottledLoginMixin, AdminAuthenticationForm):
+    """The admin's login form (/admin/login/), under the same rule as the site's."""
 
 
 class ThrottledLoginView(LoginView):
@@ -40,6 +39,41 @@ class ThrottledLoginView(LoginView):
 
     def get_context_data(self, **kwargs):
         return super().get_context_data(signup_open=settings.CHAT_SIGNUP_OPEN, **kwargs)
+
+
+class ThrottledPasswordChangeMixin:
+    """The old password is a password guess like any other: someone holding a stolen session must
+    not try passwords at will. It is checked with authenticate(), under the login throttle."""
+
+    def __init__(self, user, *args, request=None, **kwargs):
+        self.request = request
+        super().__init__(user, *args, **kwargs)
+
+    def clean_old_password(self):
+        old_password = self.cleaned_data["old_password"]
+        checked = authenticate(self.request, username=self.user.get_username(), password=old_password)
+        if checked is None or checked.pk != self.user.pk:
+            refusal = login_throttle.refusal_of(self.request)
+            if refusal is not None:
+                raise forms.ValidationError(refusal.message, code="throttled")
+            raise forms.ValidationError(self.error_messages["password_incorrect"], code="password_incorrect")
+        login_throttle.succeeded(self.request)
+        return old_password
+
+
+class ThrottledPasswordChangeForm(ThrottledPasswordChangeMixin, PasswordChangeForm):
+    pass
+
+
+class ThrottledAdminPasswordChangeForm(ThrottledPasswordChangeMixin, AdminPasswordChangeForm):
+    pass
+
+
+class ThrottledPasswordChangeView(PasswordChangeView):
+    form_class = ThrottledPasswordChangeForm
+
+    def get_form_kwargs(self):
+        return {**super().get_form_kwargs(), "request": self.request}
 
 
 class SignupForm(UserCreationForm):

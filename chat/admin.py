@@ -1,13 +1,16 @@
-"""The admin: transcripts are read-only records, every reading is audited, usage is reported."""
+"""The admin: transcripts are read-only records, every door to their text is audited or refused, usage is reported."""
 
 import datetime
 
 from django import forms
 from django.conf import settings
 from django.contrib import admin
+from django.contrib.admin.options import IS_POPUP_VAR, TO_FIELD_VAR
 from django.contrib.auth import get_user_model
-from django.contrib.auth.admin import UserAdmin
+from django.contrib.auth.admin import GroupAdmin, UserAdmin
+from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
+from django.db import transaction
 from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from django.http import HttpResponse
@@ -15,6 +18,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
+from chat.admin_guards import StrictAdminMixin
 from chat.models import CHARS_PER_TOKEN, AccountLimits, AuditEvent, Conversation, Message, ServerProcess, UsageEntry
 from chat.transcripts import export
 
@@ -34,8 +38,42 @@ def _per_conversation(queryset, aggregate):
     )
 
 
-class TranscriptAccessMixin:
-    """Transcripts are records: nobody adds or edits them here, and a setting can hide them all."""
+def query_of(request):
+    """The query string as staff typed it (decoded), for the audit trail."""
+    return "&".join(f"{key}={value}" for key, values in request.GET.lists() for value in values)
+
+
+class TranscriptAdmin(StrictAdminMixin, admin.ModelAdmin):
+    """Transcripts are records: nobody adds or edits them here, a setting can hide them all, and
+    every door through which staff could see or probe their text is audited or refused.
+
+    The doors, decided one by one (tests/test_audit.py goes through each):
+
+    - change list, with its search (`?q=`), filters, date hierarchy, ordering (`?o=`, by column
+      number only), facets and pages: AUDITED, one `listed` or `searched` row per page shown,
+      with the query string and the ids of the conversations on the page. The conversation list
+      shows titles; a search probes message text whatever it shows.
+    - lookups in the query string on transcript text (`?text__startswith=`, `?title__regex=`,
+      `?conversation__messages__text=` …, through any relation) and regular-expression lookups:
+      REFUSED, 400 (chat/admin_guards.py). Lookups outside the declared filters through relations
+      were refused by Django already; malformed values answer 400 as well.
+    - the transcript and message pages: AUDITED, a `viewed` row.
+    - raw-id popups (`?_popup=1`, `?_to_field=`): REFUSED, 403. Transcripts are read-only and no
+      form picks a conversation or a message, so a popup has no use but listing.
+    - autocomplete: REFUSED, 403, for every field no admin declares (chat/admin_site.py); none
+      is declared on a transcript.
+    - history pages, delete confirmations (of conversations, messages, or a user and everything
+      that goes with it), the log of admin actions, foreign keys shown elsewhere: they name
+      objects by str(), which carries no transcript text (Conversation.__str__), so they show
+      none and are not audited.
+    - deletion, single or "delete selected", also as part of deleting a user: SUPERUSERS ONLY,
+      never while an answer is being written, AUDITED with a `deleted` row per conversation (or
+      message) that keeps its title and owner after the row is gone.
+    - exports, as admin actions: AUDITED, an `exported` row per conversation; from the command
+      line see export_transcripts.
+    - CHAT_STAFF_CAN_READ_TRANSCRIPTS=0: every door above is closed (403) to everyone,
+      superusers included; the usage report stays, and shows no text.
+    """
 
     def has_add_permission(self, request, obj=None):
         return False
@@ -48,6 +86,61 @@ class TranscriptAccessMixin:
 
     def has_module_permission(self, request):
         return settings.CHAT_STAFF_CAN_READ_TRANSCRIPTS and super().has_module_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        user = request.user
+        allowed = bool(settings.CHAT_STAFF_CAN_READ_TRANSCRIPTS) and user.is_active and user.is_superuser
+        # A worker thread writing an answer would lose its row mid-stream (Conversation.discard).
+        return allowed and (obj is None or not self.is_being_written(obj))
+
+    @staticmethod
+    def refuse_popups(request):
+        if any(name in request.GET or name in request.POST for name in (IS_POPUP_VAR, TO_FIELD_VAR)):
+            raise PermissionDenied("Transcripts are not offered for picking.")
+
+    def conversations_shown(self, objects):
+        raise NotImplementedError
+
+    def changelist_view(self, request, extra_context=None):
+        self.refuse_popups(request)
+        response = super().changelist_view(request, extra_context)
+        changelist = (getattr(response, "context_data", None) or {}).get("cl")
+        if changelist is not None:
+            search = changelist.query
+            detail = f"{self.opts.verbose_name_plural} list" + (f", search {search!r}" if search else "")
+            AuditEvent.objects.bulk_create(
+                [
+                    AuditEvent.row(
+                        request.user,
+                        AuditEvent.Action.SEARCHED if search else AuditEvent.Action.LISTED,
+                        detail=detail,
+                        query=query_of(request),
+                        shown=self.conversations_shown(changelist.result_list),
+                    )
+                ]
+            )
+        return response
+
+    def get_search_results(self, request, queryset, search_term):
+        """Only the change list searches transcripts, and it records each search (changelist_view).
+
+        The site's autocomplete already refuses undeclared fields; this keeps a field declared
+        one day from searching transcript text unaudited.
+        """
+        match = request.resolver_match
+        if search_term and (
+            match is None or match.url_name != f"{self.opts.app_label}_{self.opts.model_name}_changelist"
+        ):
+            raise PermissionDenied("Transcripts are searched in their change list only.")
+        return super().get_search_results(request, queryset, search_term)
+
+    def history_view(self, request, object_id, extra_context=None):
+        self.refuse_popups(request)
+        return super().history_view(request, object_id, extra_context)
+
+    def delete_view(self, request, object_id, extra_context=None):
+        self.refuse_popups(request)
+        return super().delete_view(request, object_id, extra_context)
 
 
 class LastAnswerStatusFilter(admin.SimpleListFilter):
@@ -64,7 +157,7 @@ class LastAnswerStatusFilter(admin.SimpleListFilter):
 
 
 @admin.register(Conversation)
-class ConversationAdmin(TranscriptAccessMixin, admin.ModelAdmin):
+class ConversationAdmin(TranscriptAdmin):
     list_display = ["title", "owner", "model", "message_count", "total_tokens", "updated_at", "last_status"]
     list_filter = [("owner", admin.RelatedOnlyFieldListFilter), "model", LastAnswerStatusFilter, "created_at"]
     list_select_related = ["owner"]
@@ -91,6 +184,13 @@ class ConversationAdmin(TranscriptAccessMixin, admin.ModelAdmin):
             )
         )
 
+    def conversations_shown(self, conversations):
+        return [conversation.pk for conversation in conversations]
+
+    @staticmethod
+    def is_being_written(conversation):
+        return conversation.messages.unfinished().exists()
+
     @admin.display(description="messages", ordering="message_count")
     def message_count(self, conversation):
         return conversation.message_count
@@ -104,9 +204,10 @@ class ConversationAdmin(TranscriptAccessMixin, admin.ModelAdmin):
         return conversation.last_status or "—"
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        self.refuse_popups(request)
         conversation = self.get_object(request, object_id)
         if conversation is not None and self.has_view_permission(request, conversation):
-            AuditEvent.record(request.user, AuditEvent.Action.VIEWED, [conversation])
+            AuditEvent.record(request.user, AuditEvent.Action.VIEWED, [conversation], detail="transcript page")
             extra_context = {
                 **(extra_context or {}),
                 "transcript": conversation.messages.order_by("created_at"),
@@ -116,10 +217,29 @@ class ConversationAdmin(TranscriptAccessMixin, admin.ModelAdmin):
             }
         return super().change_view(request, object_id, form_url, extra_context)
 
+    @transaction.atomic
+    def delete_model(self, request, conversation):
+        count = conversation.messages.count()
+        AuditEvent.record(
+            request.user, AuditEvent.Action.DELETED, [conversation], detail=f"admin, with its {count} messages"
+        )
+        super().delete_model(request, conversation)
+
+    @transaction.atomic
+    def delete_queryset(self, request, queryset):
+        AuditEvent.record(
+            request.user, AuditEvent.Action.DELETED, queryset.select_related("owner"), detail="admin, delete selected"
+        )
+        super().delete_queryset(request, queryset)
+
     def _export(self, request, queryset, format):
         text, extension = export(queryset.order_by("created_at"), format)
         AuditEvent.record(
-            request.user, AuditEvent.Action.EXPORTED, queryset.select_related("owner"), detail=f"{format}, admin action"
+            request.user,
+            AuditEvent.Action.EXPORTED,
+            queryset.select_related("owner"),
+            detail=f"{format}, admin action",
+            query=query_of(request),
         )
         response = HttpResponse(text, content_type="application/json" if format == "json" else "text/markdown")
         stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
@@ -140,7 +260,7 @@ class ConversationAdmin(TranscriptAccessMixin, admin.ModelAdmin):
 
 
 @admin.register(Message)
-class MessageAdmin(TranscriptAccessMixin, admin.ModelAdmin):
+class MessageAdmin(TranscriptAdmin):
     list_display = [
         "short_id",
         "conversation",
@@ -167,7 +287,16 @@ class MessageAdmin(TranscriptAccessMixin, admin.ModelAdmin):
     def owner(self, message):
         return message.conversation.owner
 
+    def conversations_shown(self, messages):
+        return list(dict.fromkeys(message.conversation_id for message in messages))
+
+    @staticmethod
+    def is_being_written(message):
+        # Deleting a message deletes the messages after it, an answer being written among them.
+        return not message.is_finished or message.conversation.messages.unfinished().exists()
+
     def change_view(self, request, object_id, form_url="", extra_context=None):
+        self.refuse_popups(request)
         message = self.get_object(request, object_id)
         if message is not None and self.has_view_permission(request, message):
             AuditEvent.record(
@@ -175,16 +304,74 @@ class MessageAdmin(TranscriptAccessMixin, admin.ModelAdmin):
             )
         return super().change_view(request, object_id, form_url, extra_context)
 
+    def audit_deletion(self, request, messages):
+        AuditEvent.objects.bulk_create(
+            AuditEvent.row(
+                request.user,
+                AuditEvent.Action.DELETED,
+                message.conversation,
+                detail=f"admin, {message.role} message {message.id} and the messages after it",
+            )
+            for message in messages
+        )
+
+    @transaction.atomic
+    def delete_model(self, request, message):
+        self.audit_deletion(request, [message])
+        super().delete_model(request, message)
+
+    @transaction.atomic
+    def delete_queryset(self, request, queryset):
+        self.audit_deletion(request, queryset.select_related("conversation__owner"))
+        super().delete_queryset(request, queryset)
+
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
-    """Who read or exported which transcript: visible to superusers only, and never editable."""
+class AuditEventAdmin(StrictAdminMixin, admin.ModelAdmin):
+    """Who saw, searched, exported or deleted which transcripts: for superusers only, never editable.
+
+    A conversation's title is transcript text. The trail names conversations by it, for
+    superusers, who may read the transcripts themselves, while transcripts are readable; with
+    CHAT_STAFF_CAN_READ_TRANSCRIPTS=0 the column, the field and the search over it are gone, and
+    lookups on it are refused always (StrictAdminMixin). Staff's query strings stay: they are what
+    staff typed, not what the transcripts say.
+    """
 
     list_display = ["at", "staff_username", "action", "conversation_title", "conversation_owner", "detail"]
     list_filter = ["action", "staff_username", "conversation_owner", "at"]
-    search_fields = ["staff_username", "conversation_title", "conversation_owner"]
+    search_fields = ["staff_username", "conversation_title", "conversation_owner", "detail", "query"]
     date_hierarchy = "at"
-    readonly_fields = [field.name for field in AuditEvent._meta.fields]
+    fields = [
+        "at",
+        "staff",
+        "staff_username",
+        "action",
+        "conversation",
+        "conversation_title",
+        "conversation_owner",
+        "detail",
+        "query",
+        "shown",
+    ]
+    readonly_fields = fields
+
+    @staticmethod
+    def without_titles(names):
+        if settings.CHAT_STAFF_CAN_READ_TRANSCRIPTS:
+            return names
+        return [name for name in names if name not in AuditEvent.TEXT_FIELDS]
+
+    def get_list_display(self, request):
+        return self.without_titles(super().get_list_display(request))
+
+    def get_search_fields(self, request):
+        return self.without_titles(super().get_search_fields(request))
+
+    def get_fields(self, request, obj=None):
+        return self.without_titles(super().get_fields(request, obj))
+
+    def get_readonly_fields(self, request, obj=None):
+        return self.without_titles(super().get_readonly_fields(request, obj))
 
     def has_module_permission(self, request):
         return request.user.is_active and request.user.is_superuser
@@ -203,7 +390,7 @@ class AuditEventAdmin(admin.ModelAdmin):
 
 
 @admin.register(UsageEntry)
-class UsageEntryAdmin(admin.ModelAdmin):
+class UsageEntryAdmin(StrictAdminMixin, admin.ModelAdmin):
     """The ledger of spending, one entry per answer: a record, so nobody adds, edits or deletes one.
 
     No transcript text is in it, so it stays visible when transcripts are hidden.
@@ -237,7 +424,7 @@ class UsageEntryAdmin(admin.ModelAdmin):
 
 
 @admin.register(ServerProcess)
-class ServerProcessAdmin(admin.ModelAdmin):
+class ServerProcessAdmin(StrictAdminMixin, admin.ModelAdmin):
     list_display = ["hostname", "pid", "started_at", "last_seen_at"]
     readonly_fields = ["id", "hostname", "pid", "started_at", "last_seen_at"]
 
@@ -258,11 +445,36 @@ class AccountLimitsInline(admin.StackedInline):
 
 User = get_user_model()
 admin.site.unregister(User)
+admin.site.unregister(Group)
 
 
 @admin.register(User)
-class ChatUserAdmin(UserAdmin):
+class ChatUserAdmin(StrictAdminMixin, UserAdmin):
+    """Deleting a user deletes their conversations: only someone allowed to delete those may (the
+    confirmation page asks ConversationAdmin.has_delete_permission for each), and it is audited."""
+
     inlines = [*UserAdmin.inlines, AccountLimitsInline]
+
+    def audit_deletion(self, request, users):
+        conversations = Conversation.objects.filter(owner__in=users).select_related("owner")
+        AuditEvent.record(request.user, AuditEvent.Action.DELETED, conversations, detail="admin, with its owner")
+
+    @transaction.atomic
+    def delete_model(self, request, user):
+        if user.conversations.exists():
+            self.audit_deletion(request, [user])
+        super().delete_model(request, user)
+
+    @transaction.atomic
+    def delete_queryset(self, request, queryset):
+        if Conversation.objects.filter(owner__in=queryset).exists():
+            self.audit_deletion(request, queryset)
+        super().delete_queryset(request, queryset)
+
+
+@admin.register(Group)
+class ChatGroupAdmin(StrictAdminMixin, GroupAdmin):
+    pass
 
 
 # --- Usage report ---------------------------------------------------------------------------

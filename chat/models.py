@@ -197,7 +197,19 @@ class Conversation(models.Model):
             models.Index(fields=["owner", "-updated_at"], name="conversation_owner_recent"),
         ]
 
+    # Transcript text: what the owner wrote or the model answered. The admin refuses lookups on
+    # these fields and audits every page that shows them (chat/admin.py).
+    TEXT_FIELDS = ("title", "instructions")
+
     def __str__(self):
+        # Never the title: the admin names objects by str() on pages that are not transcripts
+        # (deletion lists, history, the log of admin actions, foreign keys), and a title is the
+        # first words of the first message.
+        return f"Conversation {self.id}"
+
+    @property
+    def display_title(self):
+        """What the owner's pages call the conversation."""
         return self.title or f"Conversation {self.id}"
 
     @property
@@ -429,6 +441,8 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
 
     UNFINISHED = (Status.QUEUED, Status.STREAMING)
+    # Transcript text (see Conversation.TEXT_FIELDS).
+    TEXT_FIELDS = ("text", "reasoning", "refusal", "error_message")
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="messages")
@@ -628,19 +642,44 @@ class ServerProcess(models.Model):
 
 
 class AuditEvent(models.Model):
-    """A member of staff read or exported a transcript: who, when, which, how."""
+    """A member of staff saw, searched, exported or deleted transcripts: who, when, which, how.
+
+    A row names the conversation it is about, or none for a list page: then `shown` has the ids
+    of the conversations the page showed and `query` the query string that chose them (the
+    search term, filters, ordering, page). Title and owner are copied, so the row outlives the
+    conversation; a deleted conversation keeps exactly this record of what it was. An export from
+    the command line has no staff account: `staff_username` is the name given with `--as` or the
+    operating-system user, and `query` the command line.
+    """
 
     class Action(models.TextChoices):
         VIEWED = "viewed"
+        LISTED = "listed"
+        SEARCHED = "searched"
         EXPORTED = "exported"
+        DELETED = "deleted"
 
-    staff = models.ForeignKey(settings.AUTH_USER_MODEL, models.SET_NULL, null=True, related_name="+")
+    # The title is transcript text too: the audit admin shows it only while transcripts are readable.
+    TEXT_FIELDS = ("conversation_title",)
+
+    staff = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="+",
+        help_text="Empty for the command line, or once the account is deleted.",
+    )
     staff_username = models.CharField(max_length=150, help_text="Kept if the account is deleted.")
     action = models.CharField(max_length=16, choices=Action.choices)
-    conversation = models.ForeignKey(Conversation, models.SET_NULL, null=True, related_name="audit_events")
+    conversation = models.ForeignKey(Conversation, models.SET_NULL, null=True, blank=True, related_name="audit_events")
     conversation_title = models.CharField(max_length=TITLE_LENGTH, blank=True)
     conversation_owner = models.CharField(max_length=150, blank=True)
-    detail = models.CharField(max_length=200, blank=True, help_text="For exports: the format and the means.")
+    detail = models.CharField(max_length=200, blank=True, help_text="Which page or means, which format.")
+    query = models.TextField(
+        blank=True, help_text="The page's query string (search term, filters, ordering), or the command line."
+    )
+    shown = models.JSONField(default=list, blank=True, help_text="Ids of the conversations a list page showed.")
     at = models.DateTimeField(default=timezone.now, editable=False)
 
     class Meta:
@@ -648,25 +687,35 @@ class AuditEvent(models.Model):
         indexes = [
             # "Who read this conversation?" on the transcript page.
             models.Index(fields=["conversation", "-at"], name="audit_conversation_recent"),
+            # The audit trail in the admin, newest first: a row per list page grows it quickly.
+            models.Index(fields=["-at"], name="audit_recent"),
         ]
 
     def __str__(self):
-        return f"{self.staff_username} {self.action} {self.conversation_title!r} at {self.at:%Y-%m-%d %H:%M}"
+        # No title: str() names the row on pages shown whether or not transcripts are readable.
+        return f"{self.staff_username} {self.action} at {self.at:%Y-%m-%d %H:%M:%S}"
 
     @classmethod
-    def record(cls, staff, action, conversations, detail=""):
-        cls.objects.bulk_create(
-            cls(
-                staff=staff,
-                staff_username=staff.get_username(),
-                action=action,
-                conversation=conversation,
-                conversation_title=conversation.title,
-                conversation_owner=conversation.owner.get_username(),
-                detail=detail,
-            )
-            for conversation in conversations
+    def row(cls, staff, action, conversation=None, *, staff_username=None, detail="", query="", shown=()):
+        """An unsaved row; `staff` may be None (the command line) when `staff_username` is given."""
+        return cls(
+            staff=staff,
+            staff_username=(staff_username or staff.get_username())[:150],
+            action=action,
+            conversation=conversation,
+            conversation_title=conversation.title if conversation else "",
+            conversation_owner=conversation.owner.get_username() if conversation else "",
+            detail=detail[:200],
+            # PostgreSQL text cannot hold NUL, and a query string can carry one (%00).
+            query=query.replace("\x00", ""),
+            shown=[str(conversation_id) for conversation_id in shown],
         )
+
+    @classmethod
+    def record(cls, staff, action, conversations, **fields):
+        """One row per conversation; with none, one row all the same, so the event is on record."""
+        rows = [cls.row(staff, action, conversation, **fields) for conversation in conversations]
+        return cls.objects.bulk_create(rows or [cls.row(staff, action, **fields)])
 
 
 class AccountLimits(models.Model):
@@ -920,3 +969,8 @@ class UsageEntry(models.Model):
 
     def __str__(self):
         return f"{self.username} {self.day} {self.model}: {self.total_tokens} tokens"
+
+
+def transcript_text_fields():
+    """The model fields that hold transcript text, across every model that copies some."""
+    return {model._meta.get_field(name) for model in (Conversation, Message, AuditEvent) for name in model.TEXT_FIELDS}

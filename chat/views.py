@@ -57,7 +57,7 @@ def owned_or_404(request, conversation_id):
 def sidebar_item(conversation):
     return {
         "id": str(conversation.id),
-        "title": str(conversation),
+        "title": conversation.display_title,
         "url": reverse("chat:conversation", args=[conversation.id]),
     }
 

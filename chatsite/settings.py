@@ -62,7 +62,8 @@ CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
     "daphne",
-    "django.contrib.admin",
+    # Django's admin on chat.admin_site.ChatAdminSite: throttled password forms (chat/admin_site.py).
+    "chat.apps.ChatAdminConfig",
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -163,6 +164,12 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+# The throttle comes first: it counts or refuses every password check made with a request, then
+# ModelBackend checks the password (chat/login_throttle.py). Sessions keep naming ModelBackend.
+AUTHENTICATION_BACKENDS = [
+    "chat.login_throttle.LoginThrottleBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:home"
 LOGOUT_REDIRECT_URL = "login"
@@ -194,10 +201,15 @@ else:
 # With DJANGO_DEBUG=0 the site is taken to be reached over HTTPS, and `manage.py check --deploy`
 # reports nothing. DJANGO_HTTPS=0 serves it over plain HTTP (a local cluster, a closed network).
 SERVED_OVER_HTTPS = envbool("DJANGO_HTTPS", not DEBUG)
-if envbool("DJANGO_BEHIND_TLS_PROXY", False):
+BEHIND_TLS_PROXY = envbool("DJANGO_BEHIND_TLS_PROXY", False)
+if BEHIND_TLS_PROXY:
     # A proxy terminates TLS and says so in X-Forwarded-Proto. Only safe when the proxy sets that
     # header itself, whatever the client sent (deploy/nginx.conf does).
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# Proxies in front of the processes that append the peer's address to X-Forwarded-For: the
+# client's address is that many entries from the right (the login throttle counts clients by it).
+# 0: the header is ignored and REMOTE_ADDR is the client, since a client could write the header.
+TRUSTED_PROXY_COUNT = envnumber("DJANGO_TRUSTED_PROXY_COUNT", 1 if BEHIND_TLS_PROXY else 0)
 if SERVED_OVER_HTTPS:
     SECURE_SSL_REDIRECT = True
     # Load balancers probe the processes directly, over plain HTTP.
@@ -257,8 +269,11 @@ CHAT_DAILY_TOKEN_BUDGET = envnumber("CHAT_DAILY_TOKEN_BUDGET", 0)
 CHAT_RESERVED_ANSWER_TOKENS = envnumber("CHAT_RESERVED_ANSWER_TOKENS", 1000)
 # Messages (sends, edits, regenerations) a user may send in any 60 seconds (0: unlimited).
 CHAT_SENDS_PER_MINUTE = envnumber("CHAT_SENDS_PER_MINUTE", 20)
-# After this many failed logins for one account within the window (seconds), further attempts wait.
+# Failed password checks within a sliding window (seconds) after which further attempts wait, on
+# every login and password-change form (chat/login_throttle.py): LOGIN_FAILURE_LIMIT for one
+# account from one client, LOGIN_CLIENT_FAILURE_LIMIT for one client whatever the accounts.
 LOGIN_FAILURE_LIMIT = envnumber("LOGIN_FAILURE_LIMIT", 5)
+LOGIN_CLIENT_FAILURE_LIMIT = envnumber("LOGIN_CLIENT_FAILURE_LIMIT", 20)
 LOGIN_FAILURE_WINDOW = envnumber("LOGIN_FAILURE_WINDOW", 15 * 60)
 # Anyone may create an account at /accounts/signup/ when on; otherwise staff create accounts.
 CHAT_SIGNUP_OPEN = envbool("CHAT_SIGNUP_OPEN", False)

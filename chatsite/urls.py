@@ -11,7 +11,9 @@ urlpatterns = [
     path("readyz", health.readyz, name="readyz"),
     path("accounts/login/", accounts.ThrottledLoginView.as_view(), name="login"),
     path("accounts/signup/", accounts.signup, name="signup"),
-    # Logout, password change and password reset are Django's own views.
+    # The old password is checked under the login throttle, like a login.
+    path("accounts/password_change/", accounts.ThrottledPasswordChangeView.as_view(), name="password_change"),
+    # Logout, the rest of password change and password reset are Django's own views.
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),
     # Browsers ask for it whatever the page says.

@@ -46,6 +46,8 @@ export DJANGO_SETTINGS_MODULE=chatsite.settings
 export DJANGO_DEBUG=0
 # Plain HTTP on loopback: no HTTPS redirect, HSTS or Secure cookies (docs/deploy.md, "HTTPS").
 export DJANGO_HTTPS=0
+# nginx appends each client's address to X-Forwarded-For: the login throttle counts clients by it.
+export DJANGO_TRUSTED_PROXY_COUNT=1
 export DJANGO_SECRET_KEY="${DJANGO_SECRET_KEY:-$(.venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(50))')}"
 export DJANGO_ALLOWED_HOSTS="${DJANGO_ALLOWED_HOSTS:-127.0.0.1,localhost}"
 export DJANGO_STATIC_ROOT="$work/static"
