@@ -612,6 +612,10 @@ class ResponseStream:
             if self.aborted:
                 return
             self.aborted = True
+        interrupt = getattr(self.response.raw, "interrupt", None)
+        if interrupt is not None:  # a body read in-process (chat/localmodel/transport.py)
+            interrupt()
+            return
         # shutdown() rather than close(): it is safe while another thread is inside recv() and
         # makes that recv() return at once; the reading thread then closes the response.
         connection = getattr(self.response.raw, "connection", None)
