@@ -293,8 +293,10 @@ LOCAL_MODEL_BASE_URL = envstr("LOCAL_MODEL_BASE_URL").rstrip("/")
 
 # --- Content Security Policy (chat/security.py) ------------------------------------------------
 
-# Images in answers load only from these hosts (besides this site): none by default, so a
-# model's Markdown cannot make browsers call out to arbitrary servers.
+# Images in answers load only from these hosts: none by default, so a model's Markdown cannot
+# make browsers call out to arbitrary servers. Never from this site itself, even if listed: an
+# image loads with the reader's cookies (static/chat/markdown.js). 'self' in img-src below is for
+# the site's own icons.
 CHAT_IMAGE_HOSTS = envlist("CHAT_IMAGE_HOSTS", [])
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
