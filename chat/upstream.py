@@ -358,21 +358,39 @@ DELTA_STREAMS = {TextDelta: "text", RefusalDelta: "refusal", ReasoningDelta: "re
 DONE_EVENTS = {TextDone: "text", RefusalDone: "refusal", ReasoningDone: "reasoning"}
 
 
+# A tail of streamed text that opens the key is held back once it is this long. Shorter ones go
+# out at once: "s" and "sk" end many words, and holding them would delay every such delta until
+# the next one, against "coalescing adds no delay to a slow stream". Should the key then follow,
+# its rest is blanked out, so a reader sees at most its first two characters ("sk" for most APIs).
+HOLD_FROM = 3
+
+
+@dataclass
+class _Stream:
+    """What the scrubber knows of one delta stream."""
+
+    held: str = ""  # text held back: it may be the start of the key
+    event: object = None  # the delta the held text came from
+    passed: str = ""  # the end of the text let through, as long as the key less one character
+
+
 class Scrubber:
     """Blanks the API key out of everything an upstream sends: the one place that does.
 
     `value()` scrubs every string of a decoded JSON event (keys included) before it is parsed, so
     no field (id, model, error code, usage detail, text) can carry the key on. `events()` handles
-    the one case a single string cannot: a key split across the deltas of a stream. It holds back
-    the longest tail of a stream's text that could be the start of the key until the next delta of
-    that stream shows whether it is, and lets it go at the stream's end (its `.done` event, the
-    terminal event, or the end of the body). A held-back tail that is a large part of the key
-    (half of it or more) is redacted there too: the stream broke off in the middle of the key.
+    the one case a single string cannot: a key split across the deltas of a stream, which the
+    worker and the browser join back together. It holds back the longest tail of a stream's text
+    that could be the start of the key (from HOLD_FROM characters on) until the next delta of that
+    stream shows whether it is, blanks out the rest of a key whose start went through, and lets
+    the held text go at the stream's end (its `.done` event, the terminal event, or the end of the
+    body). A held-back tail that is a large part of the key (half of it or more) is blanked out
+    there too: the stream broke off in the middle of the key.
     """
 
     def __init__(self, secret):
         self.secret = secret or ""
-        self.held = {}  # stream name -> (text held back, the delta event it came from)
+        self.streams = {}  # stream name -> _Stream
 
     def text(self, text):
         if self.secret and text and self.secret in text:
@@ -405,18 +423,27 @@ class Scrubber:
             return self.flush() + [event]
         return [event]
 
-    def _delta(self, stream, event):
+    def _delta(self, name, event):
         flushed = []
-        held, previous = self.held.pop(stream, ("", None))
-        if held and stream == "reasoning" and _part(previous) != _part(event):
+        state = self.streams.get(name)
+        if state is not None and name == "reasoning" and _part(state.event) != _part(event):
             # A new reasoning part is set apart by a blank line downstream: no key spans the two.
-            flushed, held = [replace(previous, delta=self._release(held))], ""
-        text = self.text(held + event.delta)
-        keep = self._prefix_length(text)
-        if keep:
-            self.held[stream] = (text[-keep:], event)
-            text = text[:-keep]
-        return flushed + ([replace(event, delta=text)] if text else [])
+            flushed = self.flush(name)
+            state = None
+        if state is None:
+            state = self.streams[name] = _Stream()
+        text = state.held + event.delta
+        # A key whose first characters went through already: blank out the rest of it.
+        start = (state.passed + text).find(self.secret)
+        if 0 <= start < len(state.passed):
+            text = REDACTED + text[start + len(self.secret) - len(state.passed) :]
+        text = self.text(text)
+        opening = self._prefix_length(state.passed + text)
+        keep = min(opening, len(text)) if opening >= HOLD_FROM else 0
+        out = text[: len(text) - keep]
+        state.held, state.event = text[len(text) - keep :], event
+        state.passed = (state.passed + out)[-(len(self.secret) - 1) :] if len(self.secret) > 1 else ""
+        return flushed + ([replace(event, delta=out)] if out else [])
 
     def _prefix_length(self, text):
         """The length of the longest tail of `text` that is a proper prefix of the key."""
@@ -429,16 +456,16 @@ class Scrubber:
         return 0
 
     def _release(self, held):
-        return REDACTED if len(held) >= max(4, len(self.secret) // 2) else held
+        return REDACTED if len(held) >= max(HOLD_FROM + 1, len(self.secret) // 2) else held
 
-    def flush(self, stream=None):
-        """The held-back text of one stream (or all) as deltas of their own."""
-        names = [stream] if stream is not None else list(self.held)
+    def flush(self, name=None):
+        """The held-back text of one stream (or all) as deltas of their own; those streams end."""
+        names = [name] if name is not None else list(self.streams)
         released = []
-        for name in names:
-            if name in self.held:
-                held, event = self.held.pop(name)
-                released.append(replace(event, delta=self._release(held)))
+        for stream in names:
+            state = self.streams.pop(stream, None)
+            if state is not None and state.held:
+                released.append(replace(state.event, delta=self._release(state.held)))
         return released
 
 

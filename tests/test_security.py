@@ -14,6 +14,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from chat.models import Conversation, Message
+from chat.upstream import HOLD_FROM
 from tests.factories import conversation_with_answer
 from tests.upstream import (
     Hangup,
@@ -130,15 +131,18 @@ def key_echoing_scenarios():
         finished("failed", error={"code": key, "message": f"failed {key}"}),
     )
     flat_error_then_eof = stream(*started(), error_event(key, f"flat {key}", flat=True))
-    # Split at every offset, one character per delta, and near-misses that never complete the key;
-    # the terminal event carries no text, so what is stored is what the deltas built.
+    # Split at every offset, one character per delta, and near-misses that never complete the key.
     deltas = [piece for offset in range(1, len(key)) for piece in (f" {offset}:{key[:offset]}", key[offset:])]
-    deltas += [" chars:", *key, " near:", key[:7], " not it ", key[:3], "x", " last ", key[:1]]
+    deltas += [" chars:", *key, " near:", key[:7], " not it ", key[:3], "x", " last ", key[:5]]
     split_everywhere = chunked(
         stream(*started(), *text_events(deltas), finished("completed", [], usage=usage_object(1, 1))), 7
     )
-    split_text = "".join(deltas).replace(key, REDACTED)
-    assert split_text.endswith(f" last {key[0]}"), "the stream ends on a prefix of the key, held back then let go"
+    # Streamed, the key's first characters go out before they can be told from words ending so
+    # ("s", "sk"): up to HOLD_FROM - 1 of them show; from there on it is held back until known.
+    streamed = "".join(
+        f" {offset}:{key[:offset] if offset < HOLD_FROM else ''}{REDACTED}" for offset in range(1, len(key))
+    )
+    streamed += f" chars:{key[: HOLD_FROM - 1]}{REDACTED} near:{key[:7]} not it {key[:3]}x last {key[:5]}"
     cut_off = stream(
         *started(),
         {"type": "response.output_item.added", "output_index": 0, "item": message_item(status="in_progress")},
@@ -151,22 +155,27 @@ def key_echoing_scenarios():
         },
         Hangup(),
     )
+    http_error = {"error": {"message": f"m {key}", "type": key, "code": key}}
+    # (scenario, status, the text stored, the text the deltas built) where the test knows them
     return [
-        (every_field, "completed", f"text {REDACTED} {REDACTED} end"),
-        (refusal, "completed", None),
-        (answer(["partial ", key[:4], key[4:]], terminal="incomplete", incomplete_reason=key), "incomplete", None),
-        (failed_by_events, "failed", None),
-        (flat_error_then_eof, "failed", None),
+        (every_field, "completed", f"text {REDACTED} {REDACTED} end", f"text {REDACTED} {REDACTED} end"),
+        (refusal, "completed", None, None),
         (
-            [Status(400, json.dumps({"error": {"message": f"m {key}", "type": key, "code": key}}).encode())],
-            "failed",
+            answer(["partial ", key[:4], key[4:]], terminal="incomplete", incomplete_reason=key),
+            "incomplete",
+            None,
             None,
         ),
-        ([Status(403, json.dumps({"error": {"message": key, "type": key, "code": key}}).encode())], "failed", None),
-        ([Status(404, f"<html>{key}</html>".encode())], "failed", None),
-        (split_everywhere, "completed", split_text),
-        (answer(deltas, pause=0.002), "completed", split_text),
-        (cut_off, "failed", f"cut {REDACTED}"),
+        (failed_by_events, "failed", None, None),
+        (flat_error_then_eof, "failed", None, None),
+        ([Status(400, json.dumps(http_error).encode())], "failed", None, None),
+        ([Status(403, json.dumps(http_error).encode())], "failed", None, None),
+        ([Status(404, f"<html>{key}</html>".encode())], "failed", None, None),
+        # The final text (from output_text.done here, the terminal event's in the next) is stored,
+        # with the key blanked out of it as a whole; the deltas built the streamed one.
+        (split_everywhere, "completed", "".join(deltas).replace(key, REDACTED), streamed),
+        (answer(deltas, pause=0.002), "completed", "".join(deltas).replace(key, REDACTED), streamed),
+        (cut_off, "failed", f"cut {REDACTED}", f"cut {REDACTED}"),
     ]
 
 
@@ -200,7 +209,7 @@ def test_the_api_key_appears_in_no_page_frame_log_or_export(alice, upstream, wor
     )
     # Then it echoes the key in every other field too, whole and split.
     echoing = key_echoing_scenarios()
-    upstream.queue(*(scenario for scenario, _, _ in echoing))
+    upstream.queue(*(scenario for scenario, _, _, _ in echoing))
     collected = []
     answers = []
 
@@ -248,13 +257,13 @@ def test_the_api_key_appears_in_no_page_frame_log_or_export(alice, upstream, wor
     assert "fine answer" in everything
     assert API_KEY not in everything
 
-    assert [message.status for message in stored[3:]] == [status for _, status, _ in echoing]
-    for message, frames, (_, _, text) in zip(stored[3:], answers[3:], echoing, strict=True):
-        done = frames[-1]
-        streamed = "".join(frame["delta"] for frame in frames if frame["type"] == "message.delta")
-        assert done["text"] == message.text and message.text.startswith(streamed)
+    assert [message.status for message in stored[3:]] == [status for _, status, _, _ in echoing]
+    for message, frames, (_, _, text, streamed) in zip(stored[3:], answers[3:], echoing, strict=True):
+        assert frames[-1]["text"] == message.text
         if text is not None:
             assert message.text == text, "the key is blanked out and nothing else is lost"
+        if streamed is not None:
+            assert "".join(frame["delta"] for frame in frames if frame["type"] == "message.delta") == streamed
     every_field = stored[3]
     assert REDACTED in every_field.response_id and REDACTED in every_field.model
     assert every_field.reasoning == f"think {REDACTED} on\n\nand {REDACTED}"

@@ -16,6 +16,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from chat.upstream import (
+    HOLD_FROM,
     MAX_COUNT,
     REDACTED,
     ReasoningDelta,
@@ -558,20 +559,30 @@ def scrub_deltas(secret, deltas, stream=TextDelta):
 
 
 def test_a_key_split_across_two_or_three_deltas_at_any_offset_is_blanked_out():
+    """At most the key's first HOLD_FROM - 1 characters go out before it is recognised."""
     for first in range(1, len(KEY)):
         for second in range(first, len(KEY) + 1):
             deltas = [f"before {KEY[:first]}", KEY[first:second], f"{KEY[second:]} after"]
+            # What went out before the text held back reached HOLD_FROM characters of the key.
+            shown = KEY[:second] if second < HOLD_FROM else KEY[:first] if first < HOLD_FROM else ""
             for kind in (TextDelta, RefusalDelta, ReasoningDelta):
                 text, passed = scrub_deltas(KEY, deltas, kind)
-                assert text == f"before {REDACTED} after"
-                assert all(KEY[: len(KEY) // 2] not in event.delta for event in passed)
+                assert text == f"before {shown}{REDACTED} after"
+                assert all(KEY[:HOLD_FROM] not in event.delta for event in passed)
+
+
+def test_a_delta_ending_like_the_start_of_the_key_is_not_delayed():
+    """ "s" and "sk" end many words: they go out with their delta, not with the next one."""
+    for delta in ("words", "a task", "the disk"):
+        assert [event.delta for event in Scrubber(KEY).events(TextDelta(delta))] == [delta]
+    assert Scrubber(KEY).events(TextDelta("see sk-")) == [TextDelta("see ")], "from three on, it waits"
 
 
 def test_held_back_text_that_does_not_become_the_key_is_let_go_unchanged():
-    deltas = ["a s", "k-", "very", " no. ", KEY[:3], "!", " end ", KEY[:2]]
+    deltas = ["a s", "k-", "very", " no. ", KEY[:3], "!", " end ", KEY[:5]]
     text, passed = scrub_deltas(KEY, deltas)
     assert text == "".join(deltas)
-    assert passed[-1].delta == KEY[:2], "the tail held at the end goes out before the terminal event"
+    assert passed[-1].delta == KEY[:5], "the tail held at the end goes out before the terminal event"
     # Without a key to look for, deltas pass one for one.
     assert [event.delta for event in scrub_deltas("", deltas)[1]] == deltas
 
