@@ -372,6 +372,13 @@ def is_for(text):
 async def test_a_client_disconnect_stops_the_generation(service):
     recorder = Recorder(service)
     text = "Count from one to a thousand in words."
+
+    def hold_after_the_first_piece_until_stopped(event, generation):
+        # However fast the model, the answer is still being written when the client goes away.
+        if event == "piece" and is_for(text)(event, generation):
+            generation.stop_event.wait(60)
+
+    recorder.hooks.append(hold_after_the_first_piece_until_stopped)
     communicator, start = await start_asgi({"model": MODEL, "input": text, "stream": True, "max_output_tokens": 400})
     assert start["status"] == 200
     await read_until(communicator, b"response.output_text.delta")
@@ -585,6 +592,13 @@ async def test_the_worker_reaches_the_model_in_process_and_stop_frees_it(service
 
     conversation = frames[0]["conversation"]["id"]
     text = "Count from one to a thousand in words, please."
+
+    def hold_after_the_first_piece_until_stopped(event, generation):
+        # However fast the model, the answer is still being written when Stop arrives.
+        if event == "piece" and is_for(text)(event, generation):
+            generation.stop_event.wait(60)
+
+    recorder.hooks.append(hold_after_the_first_piece_until_stopped)
     await communicator.send_json_to({"type": "chat.send", "conversation": conversation, "text": text})
     frames = await receive_until(communicator, "message.delta", timeout=120)
     answer_id = frames[-1]["message"]

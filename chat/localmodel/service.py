@@ -118,7 +118,8 @@ class LocalModelService:
 
     def listen(self, callback):
         """Call `callback(event, generation)` on queued, refused (generation None), cancelled,
-        started, prompt (after each prompt batch), stopped, finished and failed. It runs on the
+        started, prompt (after each prompt batch), piece (after each piece handed on), stopped,
+        finished and failed. It runs on the
         thread where the event happens, the model thread for most: it must be quick. Returns a
         function that stops the calls."""
         self.listeners.append(callback)
@@ -173,6 +174,7 @@ class LocalModelService:
                 if generation.stop_event.is_set():
                     break
                 self._hand(generation, "piece", piece)
+                self._notify("piece", generation)
                 finished = finished or piece.finish_reason is not None
         except Exception as error:  # handed to the reader, which answers it
             if not isinstance(error, ContextTooLong):
