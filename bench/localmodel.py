@@ -16,8 +16,10 @@ PROMPT = "Write a short story about a lighthouse keeper who finds a message in a
 
 
 def token(env):
-    """The endpoint's bearer token, from chat.localmodel.views.local_token() with the site's SECRET_KEY."""
-    output = manage(env, "shell", "-c", "from chat.localmodel.views import local_token; print('TOKEN', local_token())")
+    """The endpoint's bearer token, from chat.localmodel.endpoint.local_token() with the site's SECRET_KEY."""
+    output = manage(
+        env, "shell", "-c", "from chat.localmodel.endpoint import local_token; print('TOKEN', local_token())"
+    )
     return next(line.split()[1] for line in output.splitlines() if line.startswith("TOKEN "))
 
 

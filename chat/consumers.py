@@ -123,16 +123,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
         for group in self.account_groups:
             await self.channel_layer.group_discard(group, self.channel_name)
 
-    @property
-    def server_url(self):
-        """This server's own address as the socket reached it: where the local model is served."""
-        host, port = self.scope.get("server") or ("127.0.0.1", 8000)
-        if ":" in host:
-            host = f"[{host}]"
-        if host in ("0.0.0.0", "[::]"):
-            host = "127.0.0.1"
-        return f"http://{host}:{port}"
-
     async def send_json(self, content):
         await self.send(text_data=json.dumps(content))
 
@@ -249,7 +239,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
     async def ready_worker(self, model):
         """This process's worker, once the upstream for `model` is configured and the session is valid."""
         worker = await database_sync_to_async(get_worker)()  # the first call registers the process
-        problem = worker.client_for(model, self.server_url).configuration_problem()
+        problem = worker.client_for(model).configuration_problem()
         if problem:
             raise ClientError("not_configured", problem)
         await self.check_limits()
@@ -272,7 +262,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.release_held()  # nothing was in flight: the conversation was not busy
         for message in messages:
             self.relay.publish(self.group, protocol.created_event(message))
-        worker.submit(messages[-1].id, self.group, current_loop(), self.server_url)
+        worker.submit(messages[-1].id, self.group, current_loop())
 
     # --- following a conversation -----------------------------------------------------------
 

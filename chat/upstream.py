@@ -4,7 +4,8 @@
 `ResponseStream`, an iterator of the typed events below. Every expected failure (HTTP errors before
 the stream, network errors, a stream that breaks off) is raised as one `UpstreamError` with a code
 and a sentence a person can read. The API key goes into the Authorization header and nowhere else:
-it is scrubbed from anything the upstream echoes back.
+every string the upstream sends is scrubbed of it in one place (`Scrubber`, applied to each decoded
+event and to HTTP error bodies) before any of it is stored, sent or logged.
 """
 
 import http.client
@@ -293,10 +294,10 @@ DETAIL_LENGTH = 300
 QUOTA_CODES = frozenset({"insufficient_quota"})
 
 
-def _error_from_http(response, scrub):
+def _error_from_http(response, scrubber):
     status = response.status_code
     try:
-        body = scrub(response.content[: 64 * 1024].decode("utf-8", errors="replace"))
+        body = scrubber.text(response.content[: 64 * 1024].decode("utf-8", errors="replace"))
     except requests.RequestException:
         body = ""
     try:
@@ -400,6 +401,130 @@ def _causes(error):
         yield error
         pending += [error.__cause__, error.__context__, getattr(error, "reason", None)]
         pending += [arg for arg in getattr(error, "args", ()) if isinstance(arg, BaseException)]
+
+
+# --- Scrubbing the API key -------------------------------------------------------------------
+
+REDACTED = "[API key]"
+# Streams whose deltas are joined with nothing between them downstream (the worker, the browser):
+# a key split across two deltas of one of them would be whole again once joined.
+DELTA_STREAMS = {TextDelta: "text", RefusalDelta: "refusal", ReasoningDelta: "reasoning"}
+DONE_EVENTS = {TextDone: "text", RefusalDone: "refusal", ReasoningDone: "reasoning"}
+
+
+# A tail of streamed text that opens the key is held back once it is this long. Shorter ones go
+# out at once: "s" and "sk" end many words, and holding them would delay every such delta until
+# the next one, against "coalescing adds no delay to a slow stream". Should the key then follow,
+# its rest is blanked out, so a reader sees at most its first two characters ("sk" for most APIs).
+HOLD_FROM = 3
+
+
+@dataclass
+class _Stream:
+    """What the scrubber knows of one delta stream."""
+
+    held: str = ""  # text held back: it may be the start of the key
+    event: object = None  # the delta the held text came from
+    passed: str = ""  # the end of the text let through, as long as the key less one character
+
+
+class Scrubber:
+    """Blanks the API key out of everything an upstream sends: the one place that does.
+
+    `value()` scrubs every string of a decoded JSON event (keys included) before it is parsed, so
+    no field (id, model, error code, usage detail, text) can carry the key on. `events()` handles
+    the one case a single string cannot: a key split across the deltas of a stream, which the
+    worker and the browser join back together. It holds back the longest tail of a stream's text
+    that could be the start of the key (from HOLD_FROM characters on) until the next delta of that
+    stream shows whether it is, blanks out the rest of a key whose start went through, and lets
+    the held text go at the stream's end (its `.done` event, the terminal event, or the end of the
+    body). A held-back tail that is a large part of the key (half of it or more) is blanked out
+    there too: the stream broke off in the middle of the key.
+    """
+
+    def __init__(self, secret):
+        self.secret = secret or ""
+        self.streams = {}  # stream name -> _Stream
+
+    def text(self, text):
+        if self.secret and text and self.secret in text:
+            return text.replace(self.secret, REDACTED)
+        return text
+
+    def value(self, value):
+        """A decoded JSON value with the key blanked out of every string in it."""
+        if not self.secret:
+            return value
+        if isinstance(value, str):
+            return self.text(value)
+        if isinstance(value, dict):
+            return {self.text(key): self.value(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [self.value(item) for item in value]
+        return value
+
+    def events(self, event):
+        """The events to pass on for one parsed event: deltas with any held-back text, flushes."""
+        if not self.secret:
+            return [event]
+        stream = DELTA_STREAMS.get(type(event))
+        if stream is not None:
+            return self._delta(stream, event)
+        stream = DONE_EVENTS.get(type(event))
+        if stream is not None:
+            return self.flush(stream) + [event]
+        if isinstance(event, ResponseFinished):
+            return self.flush() + [event]
+        return [event]
+
+    def _delta(self, name, event):
+        flushed = []
+        state = self.streams.get(name)
+        if state is not None and name == "reasoning" and _part(state.event) != _part(event):
+            # A new reasoning part is set apart by a blank line downstream: no key spans the two.
+            flushed = self.flush(name)
+            state = None
+        if state is None:
+            state = self.streams[name] = _Stream()
+        text = state.held + event.delta
+        # A key whose first characters went through already: blank out the rest of it.
+        start = (state.passed + text).find(self.secret)
+        if 0 <= start < len(state.passed):
+            text = REDACTED + text[start + len(self.secret) - len(state.passed) :]
+        text = self.text(text)
+        opening = self._prefix_length(state.passed + text)
+        keep = min(opening, len(text)) if opening >= HOLD_FROM else 0
+        out = text[: len(text) - keep]
+        state.held, state.event = text[len(text) - keep :], event
+        state.passed = (state.passed + out)[-(len(self.secret) - 1) :] if len(self.secret) > 1 else ""
+        return flushed + ([replace(event, delta=out)] if out else [])
+
+    def _prefix_length(self, text):
+        """The length of the longest tail of `text` that is a proper prefix of the key."""
+        first = self.secret[0]
+        index = text.find(first, max(0, len(text) - len(self.secret) + 1))
+        while index != -1:
+            if self.secret.startswith(text[index:]):
+                return len(text) - index
+            index = text.find(first, index + 1)
+        return 0
+
+    def _release(self, held):
+        return REDACTED if len(held) >= max(HOLD_FROM + 1, len(self.secret) // 2) else held
+
+    def flush(self, name=None):
+        """The held-back text of one stream (or all) as deltas of their own; those streams end."""
+        names = [name] if name is not None else list(self.streams)
+        released = []
+        for stream in names:
+            state = self.streams.pop(stream, None)
+            if state is not None and state.held:
+                released.append(replace(state.event, delta=self._release(state.held)))
+        return released
+
+
+def _part(event):
+    return (event.output_index, event.part_index) if event is not None else None
 
 
 # --- The client -----------------------------------------------------------------------------
@@ -525,7 +650,7 @@ class UpstreamClient:
             # A JSON body where a stream was asked for is an error too, whatever the status says:
             # some proxies answer 200 with `{"error": …}`.
             try:
-                raise _error_from_http(response, self.scrub)
+                raise _error_from_http(response, Scrubber(self.api_key))
             finally:
                 response.close()
         encoding = response.headers.get("Content-Encoding", "identity").strip().lower()
@@ -535,13 +660,7 @@ class UpstreamClient:
             raise UpstreamError(
                 "unsupported_encoding", f"The API compressed its answer with {encoding!r}, which this site cannot read."
             )
-        return ResponseStream(response, self.timeout, self.scrub)
-
-    def scrub(self, text):
-        """`text` with the API key blanked out, for anything the upstream may echo back."""
-        if self.api_key and text and self.api_key in text:
-            return text.replace(self.api_key, "[API key]")
-        return text
+        return ResponseStream(response, self.timeout, Scrubber(self.api_key))
 
     @property
     def _hostname(self):
@@ -609,10 +728,10 @@ def sse_data(chunks):
 class ResponseStream:
     """An open streamed response: iterate for typed events; `abort()` works from any thread."""
 
-    def __init__(self, response, read_timeout, scrub=lambda text: text):
+    def __init__(self, response, read_timeout, scrubber=None):
         self.response = response
         self.read_timeout = read_timeout
-        self.scrub = scrub
+        self.scrubber = scrubber or Scrubber("")
         self.aborted = False
         self._lock = threading.Lock()
 
@@ -629,10 +748,15 @@ class ResponseStream:
         try:
             yield from self._events()
         except UnicodeDecodeError:
+            yield from self.scrubber.flush()
             raise UpstreamError("invalid_utf8", "The API sent text that is not valid UTF-8.") from None
+        except UpstreamError:
+            yield from self.scrubber.flush()
+            raise
         except (OSError, requests.RequestException, http.client.HTTPException, urllib3.exceptions.HTTPError) as error:
             if self.aborted:
                 return
+            yield from self.scrubber.flush()  # the text received before the break is kept
             if any(
                 isinstance(cause, (TimeoutError, requests.Timeout, urllib3.exceptions.TimeoutError))
                 for cause in _causes(error)
@@ -653,20 +777,17 @@ class ResponseStream:
             if data.strip() == "[DONE]":
                 break  # the end marker of the specification; a terminal event should have come first
             try:
-                decoded = json.loads(data)
+                decoded = self.scrubber.value(json.loads(data))
             except ValueError:
-                logger.warning("Skipped an upstream event that is not JSON: %.200r", self.scrub(data))
+                logger.warning("Skipped an upstream event that is not JSON: %.200r", self.scrubber.text(data))
                 continue
             if not isinstance(decoded, dict) or not isinstance(decoded.get("type"), str):
-                logger.warning("Skipped an upstream event without a type: %.200r", self.scrub(data))
+                logger.warning("Skipped an upstream event without a type: %.200r", self.scrubber.text(data))
                 continue
             event = parse_event(decoded)
-            if isinstance(event, StreamError):
-                event = replace(event, message=self.scrub(event.message))
-            elif isinstance(event, ResponseFinished):
-                event = replace(event, error_message=self.scrub(event.error_message))
-            if event is not None:
-                yield event
+            if event is None:
+                continue
+            yield from self.scrubber.events(event)
             if isinstance(event, ResponseFinished):
                 return
         if not self.aborted:
@@ -678,6 +799,10 @@ class ResponseStream:
             if self.aborted:
                 return
             self.aborted = True
+        interrupt = getattr(self.response.raw, "interrupt", None)
+        if interrupt is not None:  # a body read in-process (chat/localmodel/transport.py)
+            interrupt()
+            return
         # shutdown() rather than close(): it is safe while another thread is inside recv() and
         # makes that recv() return at once; the reading thread then closes the response.
         connection = getattr(self.response.raw, "connection", None)

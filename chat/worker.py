@@ -35,7 +35,8 @@ from django.db import close_old_connections
 from django.utils import timezone
 
 from chat import protocol, providers
-from chat.localmodel.views import local_token
+from chat.localmodel import transport
+from chat.localmodel.endpoint import local_token
 from chat.models import Message, ServerProcess, UsageEntry
 from chat.relay import read_shared_snapshot, relay_for
 from chat.upstream import (
@@ -123,10 +124,9 @@ class FlushScheduler:
 class AnswerJob:
     """The state of one answer being generated; see the module docstring."""
 
-    def __init__(self, worker, message_id, group, loop, local_base_url=""):
+    def __init__(self, worker, message_id, group, loop):
         self.worker = worker
         self.message_id = message_id
-        self.local_base_url = local_base_url
         self.group = group
         self.relay = relay_for(loop)
         self.lock = threading.Lock()
@@ -265,7 +265,7 @@ class AnswerJob:
             return  # deleted, or finished elsewhere while it waited in the queue
         self.publish(protocol.status_event(self.message_id, Message.Status.STREAMING))
         conversation = message.conversation
-        client = self.worker.client_for(message.model or conversation.model, self.local_base_url)
+        client = self.worker.client_for(message.model or conversation.model)
         try:
             stream = client.stream_response(
                 message.model or conversation.model,
@@ -468,20 +468,26 @@ class StreamWorker:
 
     # --- jobs -------------------------------------------------------------------------------
 
-    def client_for(self, model, local_base_url=""):
+    def client_for(self, model):
         """The upstream client for a model, remote or local; each pool thread keeps its own session.
 
-        `local_base_url` is this server's own address, where the local model is served.
+        The local model is reached in-process (chat/localmodel/transport.py), not over HTTP: the
+        site's own address may refuse it (ALLOWED_HOSTS, the HTTPS redirect), a proxy may stand
+        in front of it. LOCAL_MODEL_BASE_URL sends its requests to another server instead.
         """
         session = getattr(self.sessions, "session", None)
         if session is None:
             session = self.sessions.session = requests.Session()
         provider = providers.provider_for(model)
         if provider is not None and provider.local:
-            base = settings.LOCAL_MODEL_BASE_URL or local_base_url
+            if settings.LOCAL_MODEL_BASE_URL:
+                base_url = f"{settings.LOCAL_MODEL_BASE_URL}/local/v1"
+            else:
+                base_url = transport.BASE_URL
+                transport.mount(session)
             return UpstreamClient.from_settings(
                 session=session,
-                base_url=f"{base}/local/v1",
+                base_url=base_url,
                 api_key=local_token(),
                 # The local model answers one request at a time: waiting for it is not an error.
                 timeout=max(settings.OPENRESPONSES_TIMEOUT, 300),
@@ -489,9 +495,9 @@ class StreamWorker:
             )
         return UpstreamClient.from_settings(session=session)
 
-    def submit(self, message_id, group, loop, local_base_url=""):
+    def submit(self, message_id, group, loop):
         self.loop = loop
-        job = AnswerJob(self, str(message_id), group, loop, local_base_url)
+        job = AnswerJob(self, str(message_id), group, loop)
         with self.jobs_lock:
             self.jobs[job.message_id] = job
         self.queue.put(job)

@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP goes to Django, /ws/chat/ to the chat consumer.
+"""ASGI entry point: HTTP goes to Django (but /local/v1/responses), /ws/chat/ to the chat consumer.
 
 Websockets are accepted only from this site's own origins (AllowedHostsOriginValidator, against
 cross-site websocket hijacking) and carry the Django session (AuthMiddlewareStack).
@@ -15,12 +15,22 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
+from chat.localmodel import endpoint as local_model_endpoint  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.worker import start_with_server  # noqa: E402
 
+
+async def http_application(scope, receive, send):
+    """Django, but for the local model's endpoint: an ASGI app of its own, so that requests waiting
+    for the model cost no thread (chat/localmodel/endpoint.py)."""
+    if scope["path"] == local_model_endpoint.PATH:
+        return await local_model_endpoint.application(scope, receive, send)
+    return await django_asgi_app(scope, receive, send)
+
+
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        "http": http_application,
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

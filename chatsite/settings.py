@@ -11,6 +11,8 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from chatsite import secret_key
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -50,12 +52,12 @@ def envlist(name, default):
 # --- Core -----------------------------------------------------------------------------------
 
 DEBUG = envbool("DJANGO_DEBUG", True)
-SECRET_KEY = envstr("DJANGO_SECRET_KEY")
-if not SECRET_KEY:
-    if not DEBUG:
-        raise ImproperlyConfigured("DJANGO_SECRET_KEY must be set when DJANGO_DEBUG is off")
-    # Only ever used with DEBUG on, on a developer's machine.
-    SECRET_KEY = "insecure-development-key-do-not-use-in-production"
+# No key is ever committed: unset, one is generated on first start and kept in a file only this
+# account can read, which every later start and every process of this machine reads back
+# (chatsite/secret_key.py). Processes on several machines need the same key: set it, or point
+# DJANGO_SECRET_KEY_FILE at shared storage.
+SECRET_KEY_FILE = Path(envstr("DJANGO_SECRET_KEY_FILE") or BASE_DIR / "var" / "secret_key")
+SECRET_KEY = envstr("DJANGO_SECRET_KEY") or secret_key.load_or_create(SECRET_KEY_FILE)
 
 ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS", [])
@@ -300,14 +302,20 @@ LOCAL_MODEL_CONTEXT = envnumber("LOCAL_MODEL_CONTEXT", 2048)
 LOCAL_MODEL_THREADS = envnumber("LOCAL_MODEL_THREADS", 0)
 # Sampling temperature of the local model's answers (0: the same answer every time).
 LOCAL_MODEL_TEMPERATURE = envnumber("LOCAL_MODEL_TEMPERATURE", 0.7, float)
-# Where the site's worker reaches the local endpoint; empty: this very server, at the address the
-# browser's websocket came in on.
+# Requests over HTTP (/local/v1/responses) that may wait while the model is busy; more are refused
+# with 503 and Retry-After. The site's own answers reach the model in-process and are bounded by
+# CHAT_WORKER_THREADS instead.
+LOCAL_MODEL_QUEUE = envnumber("LOCAL_MODEL_QUEUE", 4)
+# Another server whose /local/v1 endpoint the site's worker uses; empty: this process's own model,
+# called in-process (chat/localmodel/transport.py).
 LOCAL_MODEL_BASE_URL = envstr("LOCAL_MODEL_BASE_URL").rstrip("/")
 
 # --- Content Security Policy (chat/security.py) ------------------------------------------------
 
-# Images in answers load only from these hosts (besides this site): none by default, so a
-# model's Markdown cannot make browsers call out to arbitrary servers.
+# Images in answers load only from these hosts: none by default, so a model's Markdown cannot
+# make browsers call out to arbitrary servers. Never from this site itself, even if listed: an
+# image loads with the reader's cookies (static/chat/markdown.js). 'self' in img-src below is for
+# the site's own icons.
 CHAT_IMAGE_HOSTS = envlist("CHAT_IMAGE_HOSTS", [])
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {

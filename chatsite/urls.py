@@ -3,7 +3,6 @@ from django.urls import include, path
 
 from chat import accounts, health
 from chat import views as chat_views
-from chat.localmodel import views as local_model
 
 urlpatterns = [
     # Probes for load balancers and service managers (docs/deploy.md).
@@ -18,6 +17,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     # Browsers ask for it whatever the page says.
     path("favicon.ico", chat_views.favicon),
-    path("local/v1/responses", local_model.responses, name="local_model_responses"),
     path("", include("chat.urls")),
 ]

@@ -3,6 +3,7 @@
 import json
 import re
 import secrets
+import stat
 import subprocess
 import sys
 
@@ -75,13 +76,43 @@ def test_production_settings_pass_the_deployment_checks():
     assert result.stderr == ""
 
 
-def test_production_refuses_to_start_without_a_secret_key():
-    env = site_env(**{**PRODUCTION, "DJANGO_SECRET_KEY": ""})
+def test_production_without_a_secret_key_starts_with_a_generated_private_one(tmp_path):
+    """No key is committed: unset, one is generated into a 0600 file, and the deployment checks
+    find nothing to say about it (chatsite/secret_key.py; tests/test_secret_key.py for the rest)."""
+    key_file = tmp_path / "var" / "secret_key"
+    env = site_env(**{**PRODUCTION, "DJANGO_SECRET_KEY": "", "DJANGO_SECRET_KEY_FILE": key_file})
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "DEBUG"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == "System check identified no issues (0 silenced)."
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert len(key_file.read_text().strip()) >= 50
+
+
+@pytest.mark.parametrize("problem", ["readable by others", "unwritable location"])
+def test_production_refuses_to_start_with_a_key_file_it_cannot_trust_or_write(tmp_path, problem):
+    if problem == "readable by others":
+        key_file = tmp_path / "secret_key"
+        key_file.write_text(secrets.token_urlsafe(50))
+        key_file.chmod(0o644)
+        expected = "can be read by other accounts"
+    else:
+        (tmp_path / "a-file").write_text("")
+        key_file = tmp_path / "a-file" / "secret_key"
+        expected = "could not be created"
+    env = site_env(**{**PRODUCTION, "DJANGO_SECRET_KEY": "", "DJANGO_SECRET_KEY_FILE": key_file})
     result = subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
     assert result.returncode != 0
-    assert "DJANGO_SECRET_KEY must be set" in result.stderr
+    assert f"The secret key file {key_file} {expected}" in result.stderr
+    assert "set DJANGO_SECRET_KEY, or DJANGO_SECRET_KEY_FILE" in result.stderr
 
 
 def test_production_serves_hashed_static_files_over_https_only(tmp_path):

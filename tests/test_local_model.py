@@ -4,21 +4,26 @@ Most tests talk real HTTP to a real daphne process; the disconnect test drives t
 application directly so it can see the generation thread let go of the model.
 """
 
+import asyncio
+import collections
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import jsonschema
 import pytest
 import requests
+import websockets
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
 from chat.localmodel.runtime import installed
+from tests.services import Daphne, http_get, manage, site_env
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = json.loads((ROOT / "tests" / "data" / "openresponses-openapi.json").read_text())
@@ -61,8 +66,9 @@ def free_port():
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    """A real daphne serving the site, with a fixed secret key so the test knows the token."""
+def site_process(tmp_path_factory):
+    """A real daphne serving the site, with a fixed secret key so the test knows the token; its
+    endpoint's URL and its process."""
     port = free_port()
     env = {
         **os.environ,
@@ -71,6 +77,7 @@ def site(tmp_path_factory):
         "DJANGO_SECRET_KEY": SECRET,
         "DATABASE_URL": f"sqlite:///{tmp_path_factory.mktemp('local') / 'db.sqlite3'}",
         "LOCAL_MODEL_THREADS": "2",
+        "LOCAL_MODEL_QUEUE": "4",
     }
     env.pop("OPENRESPONSES_BASE_URL", None)
     env.pop("OPENRESPONSES_API_KEY", None)
@@ -90,15 +97,20 @@ def site(tmp_path_factory):
             if process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"daphne did not start: {process.stderr.read().decode()[-2000:]}") from None
             time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}/local/v1"
+    yield f"http://127.0.0.1:{port}/local/v1", process
     process.terminate()
     process.wait(10)
+
+
+@pytest.fixture(scope="module")
+def site(site_process):
+    return site_process[0]
 
 
 def token():
     from django.test import override_settings
 
-    from chat.localmodel.views import local_token
+    from chat.localmodel.endpoint import local_token
 
     with override_settings(SECRET_KEY=SECRET):
         return local_token()
@@ -258,15 +270,62 @@ def test_the_sites_own_client_consumes_the_endpoint_with_exact_usage(site):
     assert finished.usage.total_tokens == finished.usage.input_tokens + finished.usage.output_tokens
 
 
-@pytest.mark.asyncio
-async def test_a_client_disconnect_stops_the_generation(settings):
+# --- In-process: the ASGI application in this process, the service observed through listen() ---
+
+
+@pytest.fixture(scope="module")
+def real_model():
+    """One real model for the in-process tests of this module (loading it takes seconds)."""
+    from chat.localmodel.runtime import LocalModel
+
+    return LocalModel()
+
+
+@pytest.fixture
+def service(real_model):
+    """A fresh service around the real model, made the process's for the test."""
+    from chat.localmodel.service import LocalModelService, use_service
+
+    fresh = LocalModelService(model=real_model)
+    previous = use_service(fresh)
+    yield fresh
+    use_service(previous)
+
+
+class Recorder:
+    """The service's events in order; `wait(predicate)` blocks (in a thread) until one matches."""
+
+    def __init__(self, service):
+        self.events = []
+        self.condition = threading.Condition()
+        self.hooks = []  # callables(event, generation) run on the service's thread first
+        self.stop = service.listen(self.record)
+
+    def record(self, event, generation):
+        for hook in self.hooks:
+            hook(event, generation)
+        with self.condition:
+            self.events.append((event, generation))
+            self.condition.notify_all()
+
+    def wait(self, predicate, timeout=120):
+        with self.condition:
+            assert self.condition.wait_for(lambda: any(predicate(*item) for item in self.events), timeout), (
+                f"no such event among {[event for event, _ in self.events]}"
+            )
+            return next(item for item in self.events if predicate(*item))
+
+    async def until(self, predicate, timeout=120):
+        return await asyncio.to_thread(self.wait, predicate, timeout)
+
+
+def asgi_request(body, token_value=None):
+    """An ApplicationCommunicator posting `body` to /local/v1/responses of the site in this process."""
     from channels.testing import ApplicationCommunicator
 
-    from chat.localmodel.runtime import get_model
-    from chat.localmodel.views import local_token
+    from chat.localmodel.endpoint import local_token
     from chatsite.asgi import application
 
-    body = json.dumps({"model": MODEL, "input": "Count from one to a thousand in words.", "stream": True}).encode()
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -279,26 +338,181 @@ async def test_a_client_disconnect_stops_the_generation(settings):
         "headers": [
             (b"host", b"127.0.0.1"),
             (b"content-type", b"application/json"),
-            (b"authorization", f"Bearer {local_token()}".encode()),
+            (b"authorization", f"Bearer {token_value or local_token()}".encode()),
         ],
         "client": ("127.0.0.1", 5000),
         "server": ("127.0.0.1", 80),
     }
-    communicator = ApplicationCommunicator(application, scope)
-    await communicator.send_input({"type": "http.request", "body": body, "more_body": False})
-    start = await communicator.receive_output(timeout=30)
-    assert start["status"] == 200
+    return ApplicationCommunicator(application, scope), json.dumps(body).encode()
+
+
+async def start_asgi(body):
+    communicator, raw = asgi_request(body)
+    await communicator.send_input({"type": "http.request", "body": raw, "more_body": False})
+    start = await communicator.receive_output(timeout=60)
+    return communicator, start
+
+
+async def read_until(communicator, marker, timeout=120):
     received = b""
-    while b"response.output_text.delta" not in received:
-        received += (await communicator.receive_output(timeout=30)).get("body", b"")
-    model = get_model()
-    assert model.generation_lock.locked()
+    while marker not in received:
+        message = await communicator.receive_output(timeout=timeout)
+        received += message.get("body", b"")
+        if not message.get("more_body", False) and marker not in received:
+            raise AssertionError(f"the body ended without {marker!r}: {received[-500:]!r}")
+    return received
+
+
+def is_for(text):
+    """A predicate on (event, generation): the generation of the request whose last message is `text`."""
+    return lambda event, generation: generation is not None and generation.request.messages[-1]["content"] == text
+
+
+@pytest.mark.asyncio
+async def test_a_client_disconnect_stops_the_generation(service):
+    recorder = Recorder(service)
+    text = "Count from one to a thousand in words."
+
+    def hold_after_the_first_piece_until_stopped(event, generation):
+        # However fast the model, the answer is still being written when the client goes away.
+        if event == "piece" and is_for(text)(event, generation):
+            generation.stop_event.wait(60)
+
+    recorder.hooks.append(hold_after_the_first_piece_until_stopped)
+    communicator, start = await start_asgi({"model": MODEL, "input": text, "stream": True, "max_output_tokens": 400})
+    assert start["status"] == 200
+    await read_until(communicator, b"response.output_text.delta")
+    _, running = await recorder.until(lambda event, generation: event == "started" and is_for(text)(event, generation))
+    assert service.running is running
     await communicator.send_input({"type": "http.disconnect"})
-    deadline = time.monotonic() + 5
-    while model.generation_lock.locked() and time.monotonic() < deadline:
-        await __import__("asyncio").sleep(0.05)
-    assert not model.generation_lock.locked(), "the generation stopped when the client went away"
+    await recorder.until(lambda event, generation: event in ("stopped", "finished") and generation is running)
+    assert running.outcome == "stopped", "the generation stopped when the client went away"
+    assert service.running is None
     await communicator.wait(timeout=5)
+    recorder.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_client_gone_during_a_long_prompt_frees_the_model_within_one_batch(service):
+    """The model thread is held (by a listener) after the first batch of a long prompt; the client
+    hangs up; the prompt is not read any further, and the request waiting behind starts next."""
+    from chat.localmodel.runtime import PROMPT_BATCH
+
+    recorder = Recorder(service)
+    long_text = "Here is a list of words: " + " ".join(f"word{number}" for number in range(400)) + ". Sum up."
+    at_first_batch, go_on = threading.Event(), threading.Event()
+
+    def hold_after_the_first_batch(event, generation):
+        if event == "prompt" and is_for(long_text)(event, generation) and generation.prompt_evaluated > 0:
+            if not at_first_batch.is_set():
+                at_first_batch.set()
+                go_on.wait(120)
+
+    recorder.hooks.append(hold_after_the_first_batch)
+    long_request, start = await start_asgi({"model": MODEL, "input": long_text, "stream": True})
+    assert start["status"] == 200
+    await asyncio.to_thread(at_first_batch.wait, 120)
+    _, long_generation = await recorder.until(
+        lambda event, generation: event == "started" and is_for(long_text)(event, generation)
+    )
+    evaluated_when_gone = long_generation.prompt_evaluated
+    assert long_generation.prompt_tokens > evaluated_when_gone + 3 * PROMPT_BATCH, "a long prompt, several batches"
+
+    short_text = "Say hi."
+    short_request, start = await start_asgi(
+        {"model": MODEL, "input": short_text, "stream": True, "max_output_tokens": 16}
+    )
+    assert start["status"] == 200
+    assert b"response.queued" in await read_until(short_request, b"response.queued")
+
+    await long_request.send_input({"type": "http.disconnect"})
+    await asyncio.to_thread(long_generation.stop_event.wait, 30)  # the server cancelled the request
+    go_on.set()
+    body = await read_until(short_request, b"data: [DONE]")
+    assert b"response.completed" in body or b"response.incomplete" in body
+
+    names = [
+        (event, generation) for event, generation in recorder.events if event in ("stopped", "finished", "started")
+    ]
+    assert names.index(("stopped", long_generation)) < names.index(
+        next(item for item in names if item[0] == "started" and is_for(short_text)(*item))
+    ), "the waiting request started once the long one stopped"
+    assert long_generation.outcome == "stopped"
+    assert long_generation.prompt_evaluated == evaluated_when_gone, "not one more batch of the prompt was read"
+    await long_request.wait(timeout=5)
+    recorder.stop()
+
+
+class GatedModel:
+    """A stand-in for the runtime (service.use_service's documented use): each generation holds the
+    model until `release` is set or it is stopped, then answers one piece."""
+
+    def __init__(self):
+        self.release = threading.Event()
+
+    def generate(self, request, stop_event):
+        from chat.localmodel.runtime import Piece, PromptProgress
+
+        yield PromptProgress(0, 10)
+        while not (self.release.is_set() or stop_event.is_set()):
+            stop_event.wait(0.01)
+        if not stop_event.is_set():
+            yield Piece("Hello.", "stop", 10, 2)
+
+
+@pytest.mark.asyncio
+async def test_requests_beyond_the_queue_are_refused_with_retry_after_and_waiting_costs_no_thread():
+    from chat.localmodel.service import LocalModelService, use_service
+
+    model = GatedModel()
+    service = LocalModelService(model=model, queue_limit=4)
+    previous = use_service(service)
+    recorder = Recorder(service)
+    try:
+        body = {"model": MODEL, "input": "Hello?", "stream": True}
+        first, start = await start_asgi(body)
+        assert start["status"] == 200
+        await read_until(first, b"response.in_progress")  # it holds the model
+        threads_before = threading.active_count()
+
+        async def one():
+            return await start_asgi(body)
+
+        others = await asyncio.gather(*(one() for _ in range(4 + 36)))
+        statuses = [start["status"] for _, start in others]
+        assert statuses.count(200) == 4 and statuses.count(503) == 36
+        assert threading.active_count() <= threads_before + 1, "waiting requests wait on the event loop"
+        assert len(service.waiting) == 4
+        for communicator, start in others:
+            if start["status"] == 503:
+                headers = dict(start["headers"])
+                assert int(headers[b"retry-after"]) >= 1
+                refusal = json.loads((await communicator.receive_output(timeout=5))["body"])
+                assert set(refusal["error"]) == {"message", "type", "param", "code"}
+                assert refusal["error"]["code"] == "queue_full"
+            else:
+                head = await read_until(communicator, b"response.queued")
+                assert head.index(b"response.created") < head.index(b"response.queued")
+        refused = [event for event, _ in recorder.events].count("refused")
+        assert refused == 36
+
+        # A waiting client that hangs up leaves the queue at once: its place is free for another.
+        waiting = [communicator for communicator, start in others if start["status"] == 200]
+        await waiting[0].send_input({"type": "http.disconnect"})
+        await recorder.until(lambda event, generation: event == "cancelled")
+        assert len(service.waiting) == 3
+        late, start = await start_asgi(body)
+        assert start["status"] == 200
+
+        model.release.set()
+        for communicator in [first, *waiting[1:], late]:
+            assert b"response.completed" in await read_until(communicator, b"data: [DONE]")
+        assert [event for event, _ in recorder.events].count("finished") == 5
+        assert service.waiting == collections.deque() and service.running is None
+    finally:
+        model.release.set()
+        recorder.stop()
+        use_service(previous)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -352,3 +566,164 @@ def test_a_request_waiting_for_the_model_is_reported_queued(site):
         validator(EVENT_SCHEMAS.get(data["type"], "ResponseQueuedStreamingEvent")).validate(data)
     assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
     assert done
+
+
+# --- The site's worker reaches its own model in-process, whatever the settings ------------------
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_the_worker_reaches_the_model_in_process_and_stop_frees_it(service, alice, worker, settings):
+    """No LOCAL_MODEL_BASE_URL: no HTTP at all between the worker and the model; Stop in the chat
+    ends the generation (the model thread is free at once for the next answer)."""
+    from chat.localmodel import transport
+    from tests.websocket import connect, receive_until
+
+    settings.LOCAL_MODEL_BASE_URL = ""
+    settings.OPENRESPONSES_API_KEY = ""
+    settings.OPENRESPONSES_BASE_URL = settings.OPENRESPONSES_DEFAULT_BASE_URL
+    assert worker.client_for(MODEL).base_url == transport.BASE_URL
+    recorder = Recorder(service)
+    communicator, _, _ = await connect(alice)
+    await communicator.send_json_to({"type": "chat.send", "conversation": None, "text": "Say hi."})
+    frames = await receive_until(communicator, "message.done", timeout=120)
+    assert frames[-1]["status"] == "completed" and frames[-1]["text"]
+    assert frames[-1]["usage"]["output_tokens"] > 0
+
+    conversation = frames[0]["conversation"]["id"]
+    text = "Count from one to a thousand in words, please."
+
+    def hold_after_the_first_piece_until_stopped(event, generation):
+        # However fast the model, the answer is still being written when Stop arrives.
+        if event == "piece" and is_for(text)(event, generation):
+            generation.stop_event.wait(60)
+
+    recorder.hooks.append(hold_after_the_first_piece_until_stopped)
+    await communicator.send_json_to({"type": "chat.send", "conversation": conversation, "text": text})
+    frames = await receive_until(communicator, "message.delta", timeout=120)
+    answer_id = frames[-1]["message"]
+    await communicator.send_json_to({"type": "chat.stop", "message": answer_id})
+    frames = await receive_until(communicator, "message.done", timeout=30, message=answer_id)
+    assert frames[-1]["status"] == "cancelled"
+    _, stopped = await recorder.until(lambda event, generation: event == "stopped" and is_for(text)(event, generation))
+    assert stopped.outcome == "stopped"
+    await communicator.disconnect()
+    recorder.stop()
+
+
+class ProductionDaphne(Daphne):
+    """A daphne that answers only to chat.example.com: its health probe says so."""
+
+    def healthy(self):
+        try:
+            status, _, _ = http_get(f"{self.url}/healthz", headers={"Host": HOST}, timeout=1)
+        except OSError:
+            return False
+        return status == 200
+
+
+HOST = "chat.example.com"
+PRODUCTION_VARIANTS = {
+    "https": ({"DJANGO_HTTPS": "1"}, "https", {}),
+    "behind a tls proxy": ({"DJANGO_BEHIND_TLS_PROXY": "1"}, "https", {"X-Forwarded-Proto": "https"}),
+    "plain http": ({"DJANGO_HTTPS": "0"}, "http", {}),
+}
+
+
+@pytest.mark.parametrize("variant", PRODUCTION_VARIANTS)
+def test_the_site_chats_with_its_own_model_under_production_settings(tmp_path, variant):
+    """DJANGO_DEBUG=0 and a public host name: the worker does not go through the site's HTTP
+    front door (ALLOWED_HOSTS, the HTTPS redirect), so the model answers whatever they say."""
+    variables, scheme, proxy_headers = PRODUCTION_VARIANTS[variant]
+    origin = f"{scheme}://{HOST}"
+    env = site_env(
+        DJANGO_DEBUG="0",
+        DJANGO_SECRET_KEY_FILE=tmp_path / "secret_key",
+        DJANGO_ALLOWED_HOSTS=HOST,
+        DJANGO_CSRF_TRUSTED_ORIGINS=origin,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
+        LOCAL_MODEL_THREADS="2",
+        LOCAL_MODEL_TEMPERATURE="0",
+        **variables,
+    )
+    for name in ("DJANGO_SECRET_KEY", "OPENRESPONSES_BASE_URL", "OPENRESPONSES_API_KEY", "LOCAL_MODEL_BASE_URL"):
+        env.pop(name, None)
+    manage(env, "migrate", "--noinput")
+    output = manage(
+        env,
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; from django.test import Client; "
+        "client = Client(); client.force_login(User.objects.create_user('alice', password='a long password')); "
+        "print('SESSION', client.cookies['sessionid'].value)",
+    )
+    session = next(line.split()[1] for line in output.splitlines() if line.startswith("SESSION "))
+    server = ProductionDaphne("production-local-model", env, tmp_path).start()
+
+    async def chat():
+        async with websockets.connect(
+            f"ws://{HOST}/ws/chat/",
+            host="127.0.0.1",
+            port=server.port,
+            proxy=None,
+            additional_headers={"Origin": origin, "Cookie": f"sessionid={session}", **proxy_headers},
+            open_timeout=30,
+        ) as socket:
+            await socket.send(json.dumps({"type": "chat.send", "conversation": None, "text": "Say hello."}))
+            frames = []
+            while not frames or frames[-1]["type"] != "message.done":
+                frames.append(json.loads(await asyncio.wait_for(socket.recv(), 180)))
+            return frames
+
+    try:
+        frames = asyncio.run(chat())
+    finally:
+        server.terminate()
+    assert frames[0]["type"] == "conversation.created"
+    assert frames[0]["conversation"]["model"] == MODEL, "no remote API: the picker's only model is the local one"
+    done = frames[-1]
+    assert done["status"] == "completed", (done, server.log())
+    assert done["text"].strip() and done["usage"]["output_tokens"] > 0
+    assert "DisallowedHost" not in server.log() and "Invalid HTTP_HOST" not in server.log()
+
+
+def test_over_http_requests_beyond_the_queue_are_refused_and_none_costs_a_thread(site_process):
+    """40 clients at once while the model is busy: five are served (one generating, four waiting),
+    the others refused at once with 503 and Retry-After; the server's thread count stays flat
+    (it was one thread more per request, and one more for each of their Django contexts)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    site, process = site_process
+    threads = lambda: len(os.listdir(f"/proc/{process.pid}/task"))  # noqa: E731
+    assert post(site, {"model": MODEL, "input": "Hi.", "max_output_tokens": 16}).status_code == 200  # warm
+    long_text = "Here is a list of words: " + " ".join(f"word{number}" for number in range(500)) + ". Sum up."
+    body = {"model": MODEL, "input": long_text, "stream": True, "max_output_tokens": 16}
+    first = post(site, body, stream=True)
+    lines = first.iter_lines()
+    while b"response.in_progress" not in next(lines):
+        pass  # the first request holds the model
+    baseline = threads()
+    counts = []
+
+    def one(_):
+        response = post(site, body, stream=True)
+        counts.append(threads())
+        return response
+
+    with ThreadPoolExecutor(40) as pool:
+        responses = list(pool.map(one, range(40)))
+    counts.append(threads())
+    try:
+        refused = [response for response in responses if response.status_code == 503]
+        served = [response for response in responses if response.status_code == 200]
+        assert len(refused) + len(served) == 40
+        assert len(served) >= 4 and len(refused) >= 20
+        for response in refused:
+            assert int(response.headers["Retry-After"]) >= 1
+            error = response.json()["error"]
+            assert set(error) == {"message", "type", "param", "code"} and error["code"] == "queue_full"
+        # llama.cpp may start a thread or two of its own for a batch; nothing grows with the clients.
+        assert max(counts) <= baseline + 2, f"threads: {baseline} before, {counts} during"
+    finally:
+        for response in [first, *responses]:
+            response.close()

@@ -1,19 +1,37 @@
 """Security properties that do not need a browser (the browser ones are in tests/browser/)."""
 
+import io
 import json
 import logging
 import uuid
 
 import pytest
 from asgiref.sync import async_to_sync
+from django.core.management import call_command
 from django.urls import reverse
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from chat.models import Conversation, Message
+from chat.upstream import HOLD_FROM
 from tests.factories import conversation_with_answer
-from tests.upstream import Status, answer
+from tests.upstream import (
+    Hangup,
+    Status,
+    answer,
+    chunked,
+    error_event,
+    finished,
+    message_item,
+    reasoning_events,
+    reasoning_item,
+    refusal_events,
+    started,
+    stream,
+    text_events,
+    usage_object,
+)
 from tests.websocket import connect, receive, receive_until
 
 API_KEY = "sk-very-secret-key-0123456789"
@@ -75,6 +93,106 @@ def test_random_frames_get_an_error_and_change_nothing(alice, bob, worker, setti
 # --- Secrets ---------------------------------------------------------------------------------
 
 
+REDACTED = "[API key]"
+
+
+def key_echoing_scenarios():
+    """Answers from an upstream that echoes the key in every field it has, whole or split across
+    deltas and SSE chunks: (scenario, expected status, expected stored text or None)."""
+    key = API_KEY
+    response_id, model = f"resp_{key}", f"model-{key}"
+    every_field = stream(
+        *started(response_id, model),
+        {"type": f"response.{key}", "note": key},  # an event type nobody knows: skipped
+        *reasoning_events([[f"think {key[:5]}", f"{key[5:]} on"], [f"and {key}"]]),
+        *text_events([f"text {key} ", key[:10], key[10:20], key[20:], " end"]),
+        finished(
+            "completed",
+            [
+                reasoning_item([[f"think {key} on"], [f"and {key}"]]),
+                message_item(f"text {key} {key} end"),
+            ],
+            usage={**usage_object(3, 4), "input_tokens_details": {"cached_tokens": 1, key: key}, "note": key},
+            response_id=response_id,
+            model=model,
+        ),
+    )
+    # Lines that are logged as skipped: not JSON, and JSON without a type.
+    every_field[2:2] = [f"data: not json {key}\n\n".encode(), f'data: {{"{key}": "{key}"}}\n\n'.encode()]
+    refusal = stream(
+        *started(),
+        *refusal_events([f"no {key[:3]}", f"{key[3:]}!"]),
+        finished("completed", [message_item(refusal=f"no {key}!")]),
+    )
+    failed_by_events = stream(
+        *started(),
+        *text_events([f"so far {key[:8]}", key[8:]]),
+        error_event(key, f"bad {key}"),
+        finished("failed", error={"code": key, "message": f"failed {key}"}),
+    )
+    flat_error_then_eof = stream(*started(), error_event(key, f"flat {key}", flat=True))
+    # Split at every offset, one character per delta, and near-misses that never complete the key.
+    deltas = [piece for offset in range(1, len(key)) for piece in (f" {offset}:{key[:offset]}", key[offset:])]
+    deltas += [" chars:", *key, " near:", key[:7], " not it ", key[:3], "x", " last ", key[:5]]
+    split_everywhere = chunked(
+        stream(*started(), *text_events(deltas), finished("completed", [], usage=usage_object(1, 1))), 7
+    )
+    # Streamed, the key's first characters go out before they can be told from words ending so
+    # ("s", "sk"): up to HOLD_FROM - 1 of them show; from there on it is held back until known.
+    streamed = "".join(
+        f" {offset}:{key[:offset] if offset < HOLD_FROM else ''}{REDACTED}" for offset in range(1, len(key))
+    )
+    streamed += f" chars:{key[: HOLD_FROM - 1]}{REDACTED} near:{key[:7]} not it {key[:3]}x last {key[:5]}"
+    cut_off = stream(
+        *started(),
+        {"type": "response.output_item.added", "output_index": 0, "item": message_item(status="in_progress")},
+        {
+            "type": "response.output_text.delta",
+            "item_id": "msg_test",
+            "output_index": 0,
+            "content_index": 0,
+            "delta": f"cut {key[:20]}",
+        },
+        Hangup(),
+    )
+    http_error = {"error": {"message": f"m {key}", "type": key, "code": key}}
+    # (scenario, status, the text stored, the text the deltas built) where the test knows them
+    return [
+        (every_field, "completed", f"text {REDACTED} {REDACTED} end", f"text {REDACTED} {REDACTED} end"),
+        (refusal, "completed", None, None),
+        (
+            answer(["partial ", key[:4], key[4:]], terminal="incomplete", incomplete_reason=key),
+            "incomplete",
+            None,
+            None,
+        ),
+        (failed_by_events, "failed", None, None),
+        (flat_error_then_eof, "failed", None, None),
+        ([Status(400, json.dumps(http_error).encode())], "failed", None, None),
+        ([Status(403, json.dumps(http_error).encode())], "failed", None, None),
+        ([Status(404, f"<html>{key}</html>".encode())], "failed", None, None),
+        # The final text (from output_text.done here, the terminal event's in the next) is stored,
+        # with the key blanked out of it as a whole; the deltas built the streamed one.
+        (split_everywhere, "completed", "".join(deltas).replace(key, REDACTED), streamed),
+        (answer(deltas, pause=0.002), "completed", "".join(deltas).replace(key, REDACTED), streamed),
+        (cut_off, "failed", f"cut {REDACTED}", f"cut {REDACTED}"),
+    ]
+
+
+def every_stored_string():
+    """Every value of every column of every row of every table, as text."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for table in connection.introspection.table_names():
+            cursor.execute(f"SELECT * FROM {connection.ops.quote_name(table)}")
+            for row in cursor.fetchall():
+                for value in row:
+                    if isinstance(value, (bytes, memoryview)):
+                        value = bytes(value).decode("utf-8", errors="replace")
+                    yield f"{table}: {value}"
+
+
 @pytest.mark.django_db(transaction=True)
 def test_the_api_key_appears_in_no_page_frame_log_or_export(alice, upstream, worker, settings, client, caplog):
     settings.OPENRESPONSES_API_KEY = API_KEY
@@ -89,15 +207,21 @@ def test_the_api_key_appears_in_no_page_frame_log_or_export(alice, upstream, wor
         ],
         [Status(400, json.dumps({"error": {"message": f"Header was: Authorization: Bearer {API_KEY}"}}).encode())],
     )
+    # Then it echoes the key in every other field too, whole and split.
+    echoing = key_echoing_scenarios()
+    upstream.queue(*(scenario for scenario, _, _, _ in echoing))
     collected = []
+    answers = []
 
     async def chat():
         communicator, _, _ = await connect(alice)
         conversation = None
-        for text in ("first", "second", "third"):
+        for number in range(3 + len(echoing)):
+            text = ("first", "second", "third")[number] if number < 3 else f"message {number}"
             await communicator.send_json_to({"type": "chat.send", "conversation": conversation, "text": text})
-            frames = await receive_until(communicator, "message.done")
+            frames = await receive_until(communicator, "message.done", timeout=20)
             collected.extend(json.dumps(frame) for frame in frames)
+            answers.append(frames)
             conversation = frames[0].get("conversation", {}).get("id") if conversation is None else conversation
         await communicator.disconnect()
         return conversation
@@ -119,14 +243,34 @@ def test_the_api_key_appears_in_no_page_frame_log_or_export(alice, upstream, wor
             reverse("admin:chat_conversation_changelist"), {"action": action, "_selected_action": [conversation_id]}
         )
         collected.append(response.content.decode())
+    for export_format in ("json", "markdown"):
+        output = io.StringIO()
+        call_command("export_transcripts", "--format", export_format, stdout=output)
+        collected.append(output.getvalue())
     collected.extend(record.getMessage() for record in caplog.records)
     collected.extend(str(record.exc_info) for record in caplog.records if record.exc_info)
-    stored = Message.objects.filter(conversation_id=conversation_id, role="assistant").order_by("created_at")
-    assert [message.status for message in stored] == ["completed", "failed", "failed"]
+    collected.extend(every_stored_string())
+    stored = list(Message.objects.filter(conversation_id=conversation_id, role="assistant").order_by("created_at"))
+    assert [message.status for message in stored][:3] == ["completed", "failed", "failed"]
     assert "[redacted]" in stored[1].error_message or "rejected" in stored[1].error_message
     everything = "\n".join(collected)
     assert "fine answer" in everything
     assert API_KEY not in everything
+
+    assert [message.status for message in stored[3:]] == [status for _, status, _, _ in echoing]
+    for message, frames, (_, _, text, streamed) in zip(stored[3:], answers[3:], echoing, strict=True):
+        assert frames[-1]["text"] == message.text
+        if text is not None:
+            assert message.text == text, "the key is blanked out and nothing else is lost"
+        if streamed is not None:
+            assert "".join(frame["delta"] for frame in frames if frame["type"] == "message.delta") == streamed
+    every_field = stored[3]
+    assert REDACTED in every_field.response_id and REDACTED in every_field.model
+    assert every_field.reasoning == f"think {REDACTED} on\n\nand {REDACTED}"
+    assert stored[4].refusal == f"no {REDACTED}!"
+    assert stored[5].incomplete_reason == REDACTED[:100]
+    assert {stored[6].error_code, stored[7].error_code, stored[8].error_code} == {REDACTED}
+    assert API_KEY[:20] not in everything, "a key cut off by a broken stream is blanked out too"
 
 
 # --- CSRF and isolation ------------------------------------------------------------------------

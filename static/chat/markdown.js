@@ -18,17 +18,75 @@ function escapeHtml(text) {
 const marked = new Marked({ gfm: true, breaks: false });
 marked.use({ renderer: { html: ({ text }) => escapeHtml(text) } });
 
+// Markdown makes no media, SVG or MathML, and only <img> may fetch anything on its own: every other
+// way of loading a URL (srcset, poster, <source>, SVG <image>…) is forbidden outright.
 const PURIFY_OPTIONS = {
   RETURN_DOM_FRAGMENT: true,
-  FORBID_TAGS: ["style", "form", "button", "textarea", "select", "option", "dialog"],
-  FORBID_ATTR: ["style", "id", "name"],
+  FORBID_TAGS: [
+    "style",
+    "form",
+    "button",
+    "textarea",
+    "select",
+    "option",
+    "dialog",
+    "svg",
+    "math",
+    "video",
+    "audio",
+    "source",
+    "track",
+    "picture",
+  ],
+  FORBID_ATTR: ["style", "id", "name", "srcset", "sizes", "poster", "background", "ping"],
 };
 
+// Hosts images may load from (CHAT_IMAGE_HOSTS): none by default, so a model's Markdown cannot
+// make the browser call out to arbitrary servers (privacy).
+const IMAGE_HOSTS = (() => {
+  const data = document.getElementById("page-data");
+  const hosts = data ? JSON.parse(data.textContent).image_hosts || [] : [];
+  return hosts.map((host) => host.toLowerCase());
+})();
+
+/**
+ * The URL an image in model output may load, or null. Never this site: an image loads with the
+ * reader's cookies, so `![x](/admin/...)` would make the reader (staff reading a transcript, say)
+ * send a request of the model's choosing as themselves. Only an absolute http(s) URL to a
+ * CHAT_IMAGE_HOSTS host passes, on another host name than this page's (cookies ignore ports).
+ *
+ * The URL is parsed without a base, so relative, root-relative and protocol-relative shapes (and
+ * encoded or backslashed ones) do not parse and are refused, and the image is given the URL as
+ * parsed: the browser would resolve some shapes (`https:host/path` on an https page) against the
+ * page instead, so what is checked must be what loads.
+ */
+function allowedImageURL(source) {
+  let url;
+  try {
+    url = new URL(source);
+  } catch {
+    return null;
+  }
+  if (url.protocol !== "https:" && url.protocol !== "http:") return null;
+  if (url.username || url.password || url.hostname === location.hostname) return null;
+  return IMAGE_HOSTS.includes(url.host) ? url.href : null;
+}
+
 DOMPurify.addHook("afterSanitizeAttributes", (node) => {
+  // Still in DOMPurify's inert document here, where nothing loads.
+  for (const attribute of ["src", "srcset", "poster", "background", "ping"]) {
+    if (node.tagName !== "IMG" || attribute !== "src") node.removeAttribute(attribute);
+  }
   if (node.tagName === "A" && node.hasAttribute("href")) {
     node.setAttribute("target", "_blank");
     node.setAttribute("rel", "noopener noreferrer");
   } else if (node.tagName === "IMG") {
+    const allowed = allowedImageURL(node.getAttribute("src") || "");
+    if (allowed) {
+      node.setAttribute("src", allowed);
+    } else {
+      node.removeAttribute("src"); // decorate() shows a stand-in instead
+    }
     node.setAttribute("referrerpolicy", "no-referrer");
     node.setAttribute("loading", "lazy");
   } else if (node.tagName === "INPUT") {
@@ -85,36 +143,19 @@ function decorateCodeBlock(pre, options) {
   block.append(head, pre);
 }
 
-// Hosts images may load from besides this site (CHAT_IMAGE_HOSTS): none by default, so a model's
-// Markdown cannot make the browser call out to arbitrary servers (privacy).
-const IMAGE_HOSTS = (() => {
-  const data = document.getElementById("page-data");
-  return data ? JSON.parse(data.textContent).image_hosts || [] : [];
-})();
-
-function imageAllowed(src) {
-  try {
-    const url = new URL(src, location.href);
-    const web = url.protocol === "https:" || url.protocol === "http:";
-    return web && (url.origin === location.origin || IMAGE_HOSTS.includes(url.host));
-  } catch {
-    return false;
-  }
-}
-
-function blockForeignImages(fragment) {
+function blockImages(fragment) {
   for (const image of fragment.querySelectorAll("img")) {
-    if (imageAllowed(image.getAttribute("src") || "")) continue;
+    if (image.hasAttribute("src")) continue; // allowed by the sanitizer hook
     const standIn = document.createElement("span");
     standIn.className = "blocked-image";
-    standIn.title = "Images from other sites are not loaded";
+    standIn.title = "Images from this site or from hosts not allowed are not loaded";
     standIn.textContent = `[image: ${image.getAttribute("alt") || "untitled"}]`;
     image.replaceWith(standIn);
   }
 }
 
 function decorate(fragment, options) {
-  blockForeignImages(fragment);
+  blockImages(fragment);
   for (const pre of fragment.querySelectorAll("pre")) decorateCodeBlock(pre, options);
   for (const table of fragment.querySelectorAll("table")) {
     const wrap = document.createElement("div");
