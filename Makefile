@@ -1,4 +1,5 @@
-# `make run`: set everything up and start the site on http://127.0.0.1:8000
+# `make run`: set everything up and start the site on http://127.0.0.1:8000 (production mode)
+# `make dev`: the same with Django's debug server (auto-reload, debug pages)
 # `make test`: set everything up and run every test, then the suite again on PostgreSQL and Redis
 # `make run-cluster`: the scaled-out site on one machine (PostgreSQL, Redis, two daphne, nginx)
 SHELL := /bin/bash
@@ -8,12 +9,16 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run run-cluster test bench setup system-packages python-packages browser-packages migrate lint format clean
+.PHONY: run dev run-cluster test bench setup system-packages python-packages browser-packages migrate lint format clean
 
-run: setup migrate
+# Production mode (debug off, whitenoise, generated secret key): scripts/serve.sh says what it does.
+run: setup
+	HOST=$(HOST) PORT=$(PORT) bash scripts/serve.sh
+
+# The debug server: Django's runserver (daphne's, ASGI) with auto-reload and the debug pages.
+dev: setup migrate
 	$(BIN)/python manage.py ensure_admin
-	@echo "Starting the site on http://$(HOST):$(PORT)/"
-	$(BIN)/daphne -b $(HOST) -p $(PORT) chatsite.asgi:application
+	DJANGO_DEBUG=1 $(BIN)/python manage.py runserver $(HOST):$(PORT)
 
 # The second run selects PostgreSQL and Redis (DATABASE_URL, REDIS_URL) for the same suite. The
 # browser tests and tests/test_scale_out.py start their own servers whatever those say, so
