@@ -197,7 +197,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise SessionEnded(code)
 
     async def end(self, code):
-        """Tell the browser why its session ended and close (docs/protocol.md, "Connecting")."""
+        """Tell the browser why its session ended and close (docs/protocol.md, "The session's end")."""
         if self.ended:
             return
         self.ended = True
