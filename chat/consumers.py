@@ -1,8 +1,10 @@
 """The websocket consumer at /ws/chat/: checks, routes and forwards (docs/protocol.md)."""
 
+import asyncio
 import collections
 import json
 import logging
+import random
 import uuid
 
 from channels.db import database_sync_to_async
@@ -10,6 +12,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from chat import protocol, providers
+from chat.authority import session_ending
 from chat.models import Conversation, ConversationBusy, Message, SendRefused
 from chat.relay import relay_for
 from chat.worker import current_loop, get_worker, read_snapshot
@@ -29,6 +32,7 @@ class ClientError(Exception):
 NOT_FOUND = "No such conversation."
 NO_SUCH_MESSAGE = "No such message."
 BUSY = "An answer is still being written in this conversation: wait for it or press Stop."
+INTERNAL_ERROR = "Something went wrong on the server; nothing was done. Try again."
 
 
 def parse_uuid(value, what="conversation"):
@@ -38,6 +42,18 @@ def parse_uuid(value, what="conversation"):
         return uuid.UUID(value)
     except ValueError:
         raise ClientError("not_found", f"No such {what}.") from None
+
+
+def require_storable(value, field):
+    """Text the database can store. JSON escapes can carry a NUL, which PostgreSQL refuses, and a
+    lone surrogate (`\\ud800`), which is not Unicode text and cannot be encoded as UTF-8."""
+    if "\x00" in value:
+        raise ClientError("invalid_field", f"`{field}` must not contain NUL characters.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ClientError("invalid_field", f"`{field}` must be valid Unicode text.") from None
+    return value
 
 
 def clean_text(content):
@@ -50,13 +66,13 @@ def clean_text(content):
     limit = settings.CHAT_MAX_MESSAGE_CHARS
     if len(text) > limit:
         raise ClientError("text_too_long", f"The message is {len(text)} characters long; the limit is {limit}.")
-    return text
+    return require_storable(text, "text")
 
 
 def clean_model(content):
     model = content.get("model")
     offered = providers.model_names()
-    if model is not None and model not in offered:
+    if model is not None and (not isinstance(model, str) or model not in offered):
         raise ClientError("unknown_model", f"Unknown model; choose one of: {', '.join(offered)}.")
     return model
 
@@ -65,25 +81,48 @@ def clean_client_id(content):
     client_id = content.get("client_id", "")
     if not isinstance(client_id, str) or len(client_id) > 64:
         raise ClientError("invalid_field", "`client_id` must be a string of at most 64 characters.")
-    return client_id
+    return require_storable(client_id, "client_id")
 
 
-# Open sockets per user in this process: a bound per process (docs/security.md).
+class SessionEnded(Exception):
+    """The socket's session no longer lets it act; `code` is one of protocol.SESSION_ENDINGS."""
+
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+# Open sockets per user in this process: a bound per process (docs/security.md). A socket holds its
+# place for exactly the life of its consumer (ChatConsumer.__call__), however that life ends.
 OPEN_SOCKETS = collections.Counter()
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
     counted = False  # accepted and counted in OPEN_SOCKETS; frames of a refused socket are ignored
+    ended = False  # its session ended: told so and closing; nothing more goes either way
     group = None
     account_groups = ()
+    watcher = None
     # Events of the followed conversation that arrived while its state was being read; None when
     # events go straight out.
     held = None
 
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            # disconnect() is not reached when a handler raised or the task was cancelled: the
+            # place, the timer and the groups are given back here, whatever ended the socket.
+            self.give_back_place()
+            try:
+                await self.leave()
+            except Exception:
+                logger.warning("A closed socket could not leave its groups", exc_info=True)
+
     async def connect(self):
         self.user = self.scope.get("user")
         if self.user is None or not self.user.is_authenticated:
-            await self.close(code=4401)
+            await self.close(code=protocol.CLOSE_SESSION_ENDED)
             return
         if OPEN_SOCKETS[self.user.pk] >= settings.CHAT_MAX_SOCKETS_PER_USER:
             await self.accept()
@@ -103,48 +142,106 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.conversation_id = None
         # message id -> last seq this socket has, for in-flight answers of the followed conversation
         self.seen = {}
-        # Logging out closes the session's sockets; deactivating an account closes all of the user's.
-        self.account_groups = [protocol.user_group(self.user.pk)]
-        session_key = self.scope["session"].session_key
-        if session_key:
-            self.account_groups.append(protocol.session_group(session_key))
+        # The socket acts for as long as this session lets it (chat/authority.py). The groups make
+        # its end prompt: logout tells the session's sockets, account changes all of the user's.
+        self.session_key = self.scope["session"].session_key
+        self.account_groups = [protocol.user_group(self.user.pk), protocol.session_group(self.session_key)]
         for group in self.account_groups:
             await self.channel_layer.group_add(group, self.channel_name)
         await self.accept()
+        self.watcher = asyncio.get_running_loop().create_task(self.watch_session())
 
     async def disconnect(self, code):
+        self.give_back_place()
+        await self.leave()
+
+    def give_back_place(self):
+        if self.watcher is not None:
+            self.watcher.cancel()
+            self.watcher = None
         if self.counted:
             self.counted = False
             OPEN_SOCKETS[self.user.pk] -= 1
             if OPEN_SOCKETS[self.user.pk] <= 0:
                 del OPEN_SOCKETS[self.user.pk]
-        if self.group:
-            await self.relay.unfollow(self.group, self)
-        for group in self.account_groups:
-            await self.channel_layer.group_discard(group, self.channel_name)
+
+    async def leave(self):
+        """Stop following the conversation and leave the account groups (once)."""
+        group, self.group = self.group, None
+        if group:
+            await self.relay.unfollow(group, self)
+        groups, self.account_groups = self.account_groups, ()
+        for name in groups:
+            await self.channel_layer.group_discard(name, self.channel_name)
+
+    # --- the session's authority ------------------------------------------------------------
+
+    async def watch_session(self):
+        """Ask for a check of the session every CHAT_SESSION_CHECK_INTERVAL seconds, so that a
+        socket that only listens ends with its session too (expiry, a row deleted by
+        `clearsessions` or in another process: nothing announces those). The check goes through the
+        socket's own channel, so it runs in turn with frames and events, never in the middle of one."""
+        interval = settings.CHAT_SESSION_CHECK_INTERVAL
+        # Sockets opened together (every tab reconnecting after a restart) spread their checks.
+        await asyncio.sleep(interval * random.uniform(0.5, 1.0))
+        while True:
+            try:
+                await self.channel_layer.send(self.channel_name, protocol.session_check_event())
+            except Exception:
+                logger.warning("Could not schedule a session check; trying again later", exc_info=True)
+            await asyncio.sleep(interval)
+
+    async def check_session(self):
+        code = await database_sync_to_async(session_ending)(self.session_key, self.user.pk)
+        if code is not None:
+            raise SessionEnded(code)
+
+    async def end(self, code):
+        """Tell the browser why its session ended and close (docs/protocol.md, "The session's end")."""
+        if self.ended:
+            return
+        self.ended = True
+        self.give_back_place()
+        await self.leave()
+        self.held = None
+        await self.send_json(protocol.session_ended_frame(code))
+        await self.close(code=protocol.CLOSE_SESSION_ENDED)
 
     async def send_json(self, content):
         await self.send(text_data=json.dumps(content))
 
     async def receive(self, text_data=None, bytes_data=None):
-        if not self.counted:
-            return  # refused at connect and closing
+        if self.ended or not self.counted:
+            return  # refused at connect, or its session ended: closing
         client_id = None
         try:
+            # Whatever the frame, it acts only while the session lets it (chat/authority.py).
+            await self.check_session()
             content = self.decode(text_data, bytes_data)
             client_id = content.get("client_id") if isinstance(content.get("client_id"), str) else None
-            handler = self.handlers.get(content.get("type"))
+            frame_type = content.get("type")
+            handler = self.handlers.get(frame_type) if isinstance(frame_type, str) else None
             if handler is None:
-                raise ClientError("unknown_type", f"Unknown frame type {str(content.get('type'))[:50]!r}.")
+                shown = f" {frame_type[:50]!r}" if isinstance(frame_type, str) else ""
+                raise ClientError("unknown_type", f"Unknown frame type{shown}.")
             await handler(self, content)
+        except SessionEnded as ended:
+            await self.end(ended.code)
         except ClientError as error:
-            frame = {"type": protocol.ERROR, "code": error.code, "message": error.message}
-            if client_id is not None:
-                frame["client_id"] = client_id
-            await self.send_json(frame)
+            await self.send_error(error.code, error.message, client_id)
+        except Exception:
+            # A bug or an unavailable database: answered and logged, and the socket lives on.
+            logger.exception("A websocket frame failed (user %s)", self.user.pk)
+            await self.send_error("internal_error", INTERNAL_ERROR, client_id)
         finally:
             if self.held is not None:
                 await self.release_held()  # a handler that failed half way must not keep them
+
+    async def send_error(self, code, message, client_id=None):
+        frame = {"type": protocol.ERROR, "code": code, "message": message}
+        if client_id is not None:
+            frame["client_id"] = client_id
+        await self.send_json(frame)
 
     @staticmethod
     def decode(text_data, bytes_data):
@@ -154,7 +251,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             raise ClientError("frame_too_large", f"Frames are limited to {settings.CHAT_MAX_FRAME_BYTES} bytes.")
         try:
             content = json.loads(text_data)
-        except ValueError:
+        except RecursionError:
+            raise ClientError("invalid_json", "The frame is nested too deeply.") from None
+        except ValueError:  # also integers too long to convert
             raise ClientError("invalid_json", "The frame is not valid JSON.") from None
         if not isinstance(content, dict):
             raise ClientError("invalid_frame", "A frame must be a JSON object with a `type`.")
@@ -237,12 +336,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- answering ------------------------------------------------------------------------
 
     async def ready_worker(self, model):
-        """This process's worker, once the upstream for `model` is configured and the session is valid."""
+        """This process's worker, once the upstream for `model` is configured.
+
+        The session was checked before the frame; the send rate and the budget are checked where
+        the answer is stored, in one transaction with it (UsageEntry.objects.reserve)."""
         worker = await database_sync_to_async(get_worker)()  # the first call registers the process
         problem = worker.client_for(model).configuration_problem()
         if problem:
             raise ClientError("not_configured", problem)
-        await self.check_limits()
         return worker
 
     async def deliver(self, stored, worker):
@@ -319,14 +420,6 @@ class ChatConsumer(AsyncWebsocketConsumer):
             event = self.held.popleft()
             await self.event_handlers[event["type"]](self, event)
         self.held = None
-
-    @database_sync_to_async
-    def check_limits(self):
-        """The session is still valid. The send rate and the budget are checked where the answer is
-        stored, in one transaction with it (UsageEntry.objects.reserve)."""
-        session = self.scope["session"]
-        if not session.session_key or not session.exists(session.session_key):
-            raise ClientError("session_expired", "Your session has ended: log in again.")
 
     @database_sync_to_async
     def owned_conversation(self, conversation_id):
@@ -425,6 +518,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- the followed conversation's events (from chat.relay): forward only -----------------
 
     async def relay_event(self, event):
+        if self.ended:
+            return
         if self.held is not None:
             self.held.append(event)
             return
@@ -458,6 +553,17 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- account events, through the channel layer ------------------------------------------
 
     async def account_closed(self, event):
-        """Logged out, or the account was deactivated: this socket may no longer act."""
-        await self.send_json({"type": protocol.ERROR, "code": event["code"], "message": event["message"]})
-        await self.close(code=4401)
+        """Logged out: this socket may no longer act."""
+        await self.end(event["code"])
+
+    async def session_check(self, event):
+        """The account changed, or the periodic check is due (watch_session)."""
+        if self.ended or not self.counted:
+            return
+        try:
+            await self.check_session()
+        except SessionEnded as ended:
+            await self.end(ended.code)
+        except Exception:
+            # The database is unavailable for a while: the next check, or the next frame, decides.
+            logger.warning("Could not check a socket's session (user %s)", self.user.pk, exc_info=True)

@@ -30,6 +30,7 @@ ERROR = "error"
 
 # Channel-layer events (each is handled by the consumer method of the same name).
 EVENT_ACCOUNT_CLOSED = "account.closed"
+EVENT_SESSION_CHECK = "session.check"
 EVENT_CREATED = "message.created"
 EVENT_STATUS = "message.status"
 EVENT_DELTA = "message.delta"
@@ -88,5 +89,28 @@ def session_group(session_key):
     return f"chat.session.{hashlib.sha256(session_key.encode()).hexdigest()[:32]}"
 
 
-def account_closed_event(code, message):
-    return {"type": EVENT_ACCOUNT_CLOSED, "code": code, "message": message}
+# Why a socket's session no longer lets it act: the `error` frame's code and sentence, sent just
+# before the socket is closed with CLOSE_SESSION_ENDED (the browser then asks whether it is still
+# signed in, and reconnects or shows that it is signed out).
+SESSION_ENDINGS = {
+    "logged_out": "You logged out.",
+    "session_expired": "Your session has ended: log in again.",
+    "password_changed": "Your password was changed: log in again.",
+    "account_disabled": "This account has been deactivated.",
+    "account_deleted": "This account has been deleted.",
+}
+CLOSE_SESSION_ENDED = 4401
+
+
+def session_ended_frame(code):
+    return {"type": ERROR, "code": code, "message": SESSION_ENDINGS[code]}
+
+
+def account_closed_event(code):
+    """The session or account behind a socket ended for certain (logout): close at once."""
+    return {"type": EVENT_ACCOUNT_CLOSED, "code": code}
+
+
+def session_check_event():
+    """Something about the account changed: each socket re-checks its own session."""
+    return {"type": EVENT_SESSION_CHECK}

@@ -1,7 +1,8 @@
 """ASGI entry point: HTTP goes to Django (but /local/v1/responses), /ws/chat/ to the chat consumer.
 
-Websockets are accepted only from this site's own origins (AllowedHostsOriginValidator, against
-cross-site websocket hijacking) and carry the Django session (AuthMiddlewareStack).
+Websockets are accepted only from pages of this site (chat.origin: the full origin, scheme and
+port included, against cross-site websocket hijacking) and carry the Django session
+(AuthMiddlewareStack), which the consumer keeps checking for as long as the socket lives.
 """
 
 import os
@@ -13,9 +14,9 @@ django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from chat.localmodel import endpoint as local_model_endpoint  # noqa: E402
+from chat.origin import SameOriginValidator  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from chat.worker import start_with_server  # noqa: E402
 
@@ -31,7 +32,7 @@ async def http_application(scope, receive, send):
 application = ProtocolTypeRouter(
     {
         "http": http_application,
-        "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
 start_with_server()

@@ -250,6 +250,12 @@ CHAT_MAX_MESSAGE_CHARS = envnumber("CHAT_MAX_MESSAGE_CHARS", 32_000)
 CHAT_MAX_FRAME_BYTES = envnumber("CHAT_MAX_FRAME_BYTES", 256 * 1024)
 # Websockets one user may hold open in one server process (tabs, devices).
 CHAT_MAX_SOCKETS_PER_USER = envnumber("CHAT_MAX_SOCKETS_PER_USER", 20)
+# How often (seconds) an open websocket checks again that its session still lets it act. Every
+# frame is checked anyway, and logout, password changes and deactivation close sockets at once;
+# this bounds how long a socket that only listens outlives an expired or deleted session.
+CHAT_SESSION_CHECK_INTERVAL = envnumber("CHAT_SESSION_CHECK_INTERVAL", 30.0, float)
+if CHAT_SESSION_CHECK_INTERVAL <= 0:
+    raise ImproperlyConfigured("CHAT_SESSION_CHECK_INTERVAL must be a positive number of seconds")
 # Answers generated at once by this process; later ones wait in a queue and show as queued.
 CHAT_WORKER_THREADS = envnumber("CHAT_WORKER_THREADS", 16)
 # Deltas arriving faster than this window (seconds) are sent to browsers as one frame.

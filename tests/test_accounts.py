@@ -145,16 +145,16 @@ async def test_logging_out_closes_the_sessions_sockets(alice, worker):
     from channels.testing import WebsocketCommunicator
 
     from chatsite.asgi import application
-    from tests.websocket import ORIGIN
+    from tests.websocket import HOST, ORIGIN
 
-    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=[ORIGIN, (b"cookie", cookie)])
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=[ORIGIN, HOST, (b"cookie", cookie)])
     assert (await communicator.connect())[0]
     await web.post(reverse("logout"))
     frame = await receive(communicator)
     assert frame["code"] == "logged_out"
     assert (await communicator.receive_output(timeout=2))["type"] == "websocket.close"
     # The same cookie no longer opens a socket.
-    again = WebsocketCommunicator(application, "/ws/chat/", headers=[ORIGIN, (b"cookie", cookie)])
+    again = WebsocketCommunicator(application, "/ws/chat/", headers=[ORIGIN, HOST, (b"cookie", cookie)])
     assert not (await again.connect())[0]
     await communicator.disconnect()
     assert_no_groups_left()

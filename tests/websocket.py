@@ -13,6 +13,8 @@ from django.contrib.sessions.backends.db import SessionStore
 from chatsite.asgi import application
 
 ORIGIN = (b"origin", b"http://127.0.0.1:8000")
+# The Host a browser sends with ORIGIN's page: the origin check compares the two.
+HOST = (b"host", b"127.0.0.1:8000")
 
 
 @database_sync_to_async
@@ -25,13 +27,36 @@ def session_cookie(user):
     return f"{settings.SESSION_COOKIE_NAME}={session.session_key}".encode()
 
 
-async def connect(user=None, origin=ORIGIN):
-    headers = [origin] if origin else []
+def cookie_of(client):
+    """The session cookie header of a logged-in Django test client."""
+    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
+
+
+async def connect(user=None, origin=ORIGIN, host=HOST, cookie=None, headers=(), scope=None):
+    """A socket through the real ASGI application. `user` gets a fresh session of their own;
+    `cookie` rides on an existing one (see cookie_of); `headers` are added as given, `scope` keys
+    (e.g. {"scheme": "wss"}) set on the handshake's scope."""
+    all_headers = [header for header in (origin, host) if header]
     if user is not None:
-        headers.append((b"cookie", await session_cookie(user)))
-    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=headers)
+        all_headers.append((b"cookie", await session_cookie(user)))
+    if cookie is not None:
+        all_headers.append((b"cookie", cookie))
+    all_headers.extend(headers)
+    communicator = WebsocketCommunicator(application, "/ws/chat/", headers=all_headers)
+    # The application has not run yet: it reads this scope when connect() first awaits.
+    communicator.scope.update(scope or {})
     connected, code = await communicator.connect(timeout=5)
     return communicator, connected, code
+
+
+async def receive_close(communicator, timeout=5):
+    """The close code of a socket the server closes next (after any frames, which are returned)."""
+    frames = []
+    while True:
+        output = await communicator.receive_output(timeout=timeout)
+        if output["type"] == "websocket.close":
+            return output.get("code"), frames
+        frames.append(json.loads(output["text"]))
 
 
 async def receive(communicator, timeout=5):

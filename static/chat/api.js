@@ -38,3 +38,21 @@ export async function getJson(url, params = {}) {
   const response = await fetch(query ? `${url}?${query}` : url, { credentials: "same-origin" });
   return answer(response);
 }
+
+/**
+ * Whether this browser still has a valid session: the page's own URL answers the page while it
+ * does and redirects to the login page once it does not. null when the server cannot be reached.
+ */
+export async function signedIn() {
+  try {
+    const response = await fetch(window.location.href, {
+      method: "HEAD",
+      redirect: "manual",
+      cache: "no-store",
+      credentials: "same-origin",
+    });
+    return response.type !== "opaqueredirect";
+  } catch {
+    return null;
+  }
+}

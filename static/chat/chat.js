@@ -4,7 +4,7 @@
 // through markup built from strings. Frames update message views and mark them dirty; one
 // requestAnimationFrame callback renders whatever changed, so a burst of deltas costs one render.
 
-import { ApiError, postForm } from "./api.js";
+import { ApiError, postForm, signedIn } from "./api.js";
 import { copyCode, copyText } from "./markdown.js";
 import { createView, incompleteReason, UNFINISHED } from "./render.js";
 import { Sidebar } from "./sidebar.js";
@@ -55,6 +55,8 @@ const state = {
   focusAfterPath: null,
   // Today's tokens against the account's daily budget: from the page, then from each message.done.
   budget: page.budget,
+  // Why the server ended the socket's session, until the socket knows whether to reconnect.
+  sessionEnding: null,
 };
 
 // --- helpers ---------------------------------------------------------------------------------
@@ -270,8 +272,15 @@ function belongsHere(conversationId) {
   return state.conversation !== null && conversationId === state.conversation.id;
 }
 
-// Error codes after which this page's session can no longer use the socket.
-const SIGNED_OUT = new Set(["logged_out", "account_disabled", "session_expired"]);
+// Error codes telling why the socket's session ended (docs/protocol.md); the server closes the
+// socket next, and the socket asks whether this browser is still signed in (socket.js).
+const SESSION_ENDINGS = new Set([
+  "logged_out",
+  "session_expired",
+  "password_changed",
+  "account_disabled",
+  "account_deleted",
+]);
 
 const handlers = {
   "conversation.created"(frame) {
@@ -361,36 +370,51 @@ const handlers = {
   },
 
   error(frame) {
-    if (SIGNED_OUT.has(frame.code)) {
-      // The server closes this socket next; reconnecting would only be refused.
-      socket.halt();
-      dom.connection.dataset.state = "signed-out";
-      dom.connectionLabel.textContent = "Signed out";
+    if (SESSION_ENDINGS.has(frame.code)) {
+      // Shown only if this browser turns out to be signed out: a renewed session reconnects.
+      state.sessionEnding = frame.message;
+      return;
     }
     const pending = state.pendingSend;
     if (pending && frame.client_id && frame.client_id === pending.frame.client_id) {
       state.pendingSend = null;
-      if (pending.regenerating) {
-        // The answer is still in the conversation; its Retry or Regenerate button comes back.
-        pending.regenerating.retried = false;
-        pending.regenerating.dirty = true;
-        scheduleRender(pending.regenerating);
-      } else if (pending.editing) {
-        // The edited text goes back into the message's editor, if the message is still shown.
-        if (state.views.get(pending.editing.id) === pending.editing) {
-          pending.editing.startEditing(pending.frame.text);
-        }
-      } else {
-        // Nothing typed is lost: the refused text goes back into the composer.
-        const current = dom.input.value;
-        dom.input.value = current.trim() ? `${pending.frame.text}\n\n${current}` : pending.frame.text;
-        resizeInput();
-      }
+      giveBack(pending);
     }
     showError(frame.message || "Something went wrong.");
     updateComposer();
   },
 };
+
+/** A refused chat.send, chat.regenerate or chat.edit: what it was made of goes back. */
+function giveBack(pending) {
+  if (pending.regenerating) {
+    // The answer is still in the conversation; its Retry or Regenerate button comes back.
+    pending.regenerating.retried = false;
+    pending.regenerating.dirty = true;
+    scheduleRender(pending.regenerating);
+  } else if (pending.editing) {
+    // The edited text goes back into the message's editor, if the message is still shown.
+    if (state.views.get(pending.editing.id) === pending.editing) {
+      pending.editing.startEditing(pending.frame.text);
+    }
+  } else {
+    // Nothing typed is lost: the refused text goes back into the composer.
+    const current = dom.input.value;
+    dom.input.value = current.trim() ? `${pending.frame.text}\n\n${current}` : pending.frame.text;
+    resizeInput();
+  }
+}
+
+/** The socket's session ended and this browser has no other: say so; nothing typed is lost. */
+function signedOut() {
+  dom.connection.dataset.state = "signed-out";
+  dom.connectionLabel.textContent = "Signed out";
+  const pending = state.pendingSend;
+  state.pendingSend = null;
+  if (pending) giveBack(pending);
+  showError(state.sessionEnding || "Your session has ended: log in again.");
+  updateComposer();
+}
 
 function delta(kind, frame) {
   const view = state.views.get(frame.message);
@@ -713,6 +737,7 @@ const socket = new ChatSocket(socketUrl("/ws/chat/"), {
     dom.connectionLabel.textContent = CONNECTION_LABELS[name];
   },
   onOpen() {
+    state.sessionEnding = null;
     if (state.conversation) {
       socket.send({ type: "chat.subscribe", conversation: state.conversation.id });
     }
@@ -725,6 +750,8 @@ const socket = new ChatSocket(socketUrl("/ws/chat/"), {
     const handler = handlers[frame.type];
     if (handler) handler(frame);
   },
+  isSignedIn: signedIn,
+  onSignedOut: signedOut,
 });
 
 // --- start -----------------------------------------------------------------------------------

@@ -4,11 +4,21 @@
 // Frames are JSON objects both ways; `send` returns false when the socket is not open, and the
 // caller decides what to keep for `onOpen` (chat.js re-sends an unacknowledged chat.send, whose
 // client_id makes the repeat harmless).
+//
+// The server closes a socket whose session ended with SESSION_ENDED, and refuses the handshake of
+// one without a valid session, which the browser cannot tell from a network failure. After either,
+// the socket asks `isSignedIn()` (an HTTP request with the page's cookie) before it tries again:
+// still signed in (the session was renewed by a password change in another tab) means reconnect;
+// signed out means `onSignedOut()` and no more attempts.
 
 const FIRST_DELAY_MS = 500;
 const MAX_DELAY_MS = 15_000;
 // A connection that lived this long resets the backoff; one that drops at once keeps growing it.
 const STABLE_AFTER_MS = 5_000;
+export const SESSION_ENDED = 4401;
+// The new cookie of a renewed session comes in the response to the request that renewed it, which
+// can land a moment after the server closed this socket: ask no sooner than this.
+const RENEWED_COOKIE_WAIT_MS = 1_000;
 
 export function socketUrl(path) {
   const scheme = window.location.protocol === "https:" ? "wss" : "ws";
@@ -16,11 +26,14 @@ export function socketUrl(path) {
 }
 
 export class ChatSocket {
-  constructor(url, { onOpen, onFrame, onState }) {
+  constructor(url, { onOpen, onFrame, onState, isSignedIn, onSignedOut }) {
     this.url = url;
     this.onOpen = onOpen;
     this.onFrame = onFrame;
     this.onState = onState;
+    this.isSignedIn = isSignedIn;
+    this.onSignedOut = onSignedOut;
+    this.askFirst = false; // ask isSignedIn() before the next attempt
     this.ws = null;
     this.timer = null;
     this.attempt = 0;
@@ -63,22 +76,41 @@ export class ChatSocket {
       }
       this.onFrame(frame);
     });
-    ws.addEventListener("close", () => {
+    ws.addEventListener("close", (event) => {
       if (ws !== this.ws) return;
       this.ws = null;
+      const sessionEnded = event.code === SESSION_ENDED;
+      this.askFirst = sessionEnded || !this.openedAt; // told so, or refused at the handshake
       if (this.openedAt && Date.now() - this.openedAt > STABLE_AFTER_MS) this.attempt = 0;
       this.openedAt = 0;
-      this.scheduleReconnect();
+      this.scheduleReconnect(sessionEnded ? RENEWED_COOKIE_WAIT_MS : 0);
     });
   }
 
-  scheduleReconnect() {
+  scheduleReconnect(atLeast = 0) {
     if (this.halted) return;
     const ceiling = Math.min(MAX_DELAY_MS, FIRST_DELAY_MS * 2 ** this.attempt);
-    const delay = ceiling / 2 + (Math.random() * ceiling) / 2;
+    const delay = Math.max(atLeast, ceiling / 2 + (Math.random() * ceiling) / 2);
     this.attempt += 1;
     this.onState("reconnecting");
-    this.timer = setTimeout(() => this.connect(), delay);
+    this.timer = setTimeout(() => this.reconnect(), delay);
+  }
+
+  async reconnect() {
+    clearTimeout(this.timer);
+    this.timer = null;
+    if (this.askFirst) {
+      this.askFirst = false;
+      // null: the server could not be asked (it is down); the attempt tells more.
+      const signedIn = await this.isSignedIn();
+      if (this.halted) return;
+      if (signedIn === false) {
+        this.halt();
+        this.onSignedOut();
+        return;
+      }
+    }
+    this.connect();
   }
 
   /** Stop for good (the session ended): close and never reconnect. */
@@ -91,7 +123,7 @@ export class ChatSocket {
   }
 
   reconnectNow() {
-    if (this.timer !== null) this.connect();
+    if (this.timer !== null) this.reconnect();
   }
 
   send(frame) {

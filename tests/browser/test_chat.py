@@ -1,11 +1,12 @@
 """The chat page in real Chromium against the real server, with elements found by role and name."""
 
 import re
+import uuid
 
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import answers, chunks, composer, log_in, send, wait_until_idle
+from tests.browser.conftest import PASSWORD, answers, chunks, composer, log_in, send, wait_until_idle
 from tests.upstream import Status, answer, response_object, sse, transcript, usage_object
 
 pytestmark = pytest.mark.browser
@@ -431,6 +432,67 @@ def test_logging_out_in_another_tab_signs_this_one_out(chat, context):
     composer(chat).fill("Still here?")
     chat.wait_for_timeout(1500)
     expect(chat.get_by_role("status")).to_have_text("Signed out")
+
+
+NEW_PASSWORD = "a different phrase entirely"
+
+
+def new_account(browser, site_url):
+    """An account of the test's own, added by staff in the admin: the site is shared by the tests
+    and this one changes the password."""
+    username = f"user-{uuid.uuid4().hex[:8]}"
+    staff = browser.new_context(base_url=site_url)
+    admin = staff.new_page()
+    log_in(admin, "root")
+    admin.goto("/admin/auth/user/add/")
+    admin.get_by_label("Username").fill(username)
+    admin.get_by_label(re.compile(r"^Password:?$")).fill(PASSWORD)
+    admin.get_by_label(re.compile(r"^Password confirmation:?$")).fill(PASSWORD)
+    admin.get_by_role("button", name="Save", exact=True).click()
+    expect(admin.get_by_text("was added successfully")).to_be_visible()
+    staff.close()
+    return username
+
+
+def change_password(page):
+    page.goto("/accounts/password_change/")
+    page.get_by_label(re.compile(r"^Old password:?$")).fill(PASSWORD)
+    page.get_by_label(re.compile(r"^New password:?$")).fill(NEW_PASSWORD)
+    page.get_by_label(re.compile(r"^New password confirmation:?$")).fill(NEW_PASSWORD)
+    page.get_by_role("button", name="Change password").click()
+    expect(page.get_by_role("heading", name="Password changed")).to_be_visible()
+
+
+def test_changing_the_password_in_another_tab_keeps_this_one_signed_in(page, browser, site_url, context, upstream):
+    """The session goes on under a renewed key: its old socket ends, and the tab, asking with the
+    renewed cookie, finds itself signed in and reconnects."""
+    username = new_account(browser, site_url)
+    log_in(page, username)
+    expect(page.get_by_role("status")).to_have_text("Connected")
+    with page.expect_request(lambda request: request.method == "HEAD"):
+        change_password(context.new_page())
+    expect(page.get_by_role("status")).to_have_text("Connected")
+    upstream.queue(answer(["Still ", "here."]))
+    send(page, "Still signed in?")
+    expect(answers(page).first).to_contain_text("Still here.")
+
+
+def test_a_password_change_in_another_browser_signs_this_tab_out(page, browser, site_url):
+    username = new_account(browser, site_url)
+    log_in(page, username)
+    expect(page.get_by_role("status")).to_have_text("Connected")
+    composer(page).fill("Typed before")
+    elsewhere = browser.new_context(base_url=site_url)
+    other = elsewhere.new_page()
+    log_in(other, username)
+    change_password(other)
+    elsewhere.close()
+
+    expect(page.get_by_role("status")).to_have_text("Signed out")
+    expect(page.get_by_role("alert")).to_have_text("Your password was changed: log in again.")
+    expect(composer(page)).to_have_value("Typed before")
+    page.reload()
+    expect(page).to_have_url(re.compile(r"/accounts/login/"))
 
 
 def read_clipboard_until(page, expected):
