@@ -43,6 +43,8 @@ import uuid
 import requests
 from django.conf import settings
 from django.db import Error, InterfaceError, OperationalError, close_old_connections, connection, transaction
+from django.db.models import DateTimeField, F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from chat import protocol, providers
@@ -583,7 +585,12 @@ class AnswerJob:
         """
         with self.lock:
             if self.stop_outcome is None:
-                self.stop_outcome = {"status": status, "error_code": error_code, "error_message": error_message}
+                self.stop_outcome = {
+                    "status": status,
+                    "error_code": error_code,
+                    "error_message": error_message,
+                    "requested_at": timezone.now(),
+                }
             self.stop_event.set()
             stream = self.stream
             unattended = not self.ending and self.phase in (Phase.QUEUED, Phase.OPENING)
@@ -641,6 +648,12 @@ class AnswerJob:
                 fields["response_id"] = self.response_id[:200]
             if self.model:
                 fields["model"] = self.model[:200]
+            if stop is not None and stop["status"] == Message.Status.CANCELLED:
+                # The request is on the row even when this process heard of it first, before
+                # MessageQuerySet.request_stop wrote it; a time written there before stays.
+                fields["stop_requested_at"] = Coalesce(
+                    F("stop_requested_at"), Value(stop["requested_at"], output_field=DateTimeField())
+                )
             if usage is not None:
                 fields.update(
                     input_tokens=usage.input_tokens,
@@ -669,13 +682,14 @@ class AnswerJob:
             else:
                 message = self._write_final()
         except TRANSIENT_DATABASE_ERRORS:
-            if not self.unsaved:
+            handed_over, self.unsaved = not self.unsaved, True
+            if handed_over:
                 logger.error(
-                    "Answer %s could not be saved for %s s; this process goes on trying",
+                    "Answer %s could not be saved for %s s; this process's maintenance goes on trying",
                     self.message_id,
                     settings.CHAT_DATABASE_RETRY_SECONDS,
+                    extra={"database_retry": "final save handed over", "message_id": self.message_id},
                 )
-            self.unsaved = True
             return False
         except Error:
             if "text" not in self.final:
