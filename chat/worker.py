@@ -42,7 +42,15 @@ import uuid
 
 import requests
 from django.conf import settings
-from django.db import Error, InterfaceError, OperationalError, close_old_connections, connection, transaction
+from django.db import (
+    Error,
+    InterfaceError,
+    OperationalError,
+    close_old_connections,
+    connection,
+    connections,
+    transaction,
+)
 from django.db.models import DateTimeField, F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -99,6 +107,19 @@ def reset_connections():
         close_old_connections()
     except Error:
         logger.debug("Closing a broken database connection failed", exc_info=True)
+
+
+def closing_connections(target):
+    """A thread's target that closes the thread's database connections when it returns: a stopped
+    worker leaves none open (PostgreSQL will not drop a database that has connections)."""
+
+    def run(*args, **kwargs):
+        try:
+            return target(*args, **kwargs)
+        finally:
+            connections.close_all()
+
+    return run
 
 
 def _first_line(error):
@@ -202,7 +223,7 @@ class Checkpointer:
         self._due = {}  # message id -> job, for the next round
         self._condition = threading.Condition()
         self._closing = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="answer-checkpoints", daemon=True)
+        self._thread = threading.Thread(target=closing_connections(self._run), name="answer-checkpoints", daemon=True)
         self._thread.start()
 
     def request(self, job):
@@ -739,11 +760,11 @@ class StreamWorker:
         self._reap_others_after = 0.0  # monotonic; later after the database was unavailable
         self._database_trouble = False
         self.register()
+        targets = [(self._serve, f"answer-{number}") for number in range(self.threads)]
+        targets += [(self._maintain, "answer-maintenance"), (self._end_unattended, "answer-stops")]
         self._threads = [
-            threading.Thread(target=self._serve, name=f"answer-{number}", daemon=True) for number in range(self.threads)
+            threading.Thread(target=closing_connections(target), name=name, daemon=True) for target, name in targets
         ]
-        self._threads.append(threading.Thread(target=self._maintain, name="answer-maintenance", daemon=True))
-        self._threads.append(threading.Thread(target=self._end_unattended, name="answer-stops", daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -1066,7 +1087,12 @@ def request_stop(messages):
     try:
         Message.objects.filter(pk__in=ids).request_stop()
     except Error:
-        if connection.in_atomic_block or len(told) < len(ids):
+        if connection.in_atomic_block:
+            raise
+        # Outside a transaction a dropped connection is closed here, for the caller's next query:
+        # the cleanup of channels' database_sync_to_async may look at another context's connections.
+        connection.close_if_unusable_or_obsolete()
+        if len(told) < len(ids):
             raise
         # This process generates all of them and was told: they stop without the record.
         logger.warning("Could not record the stop of answers %s; this process stops them", ", ".join(ids))
