@@ -184,8 +184,15 @@ class FlushScheduler:
         self._heap = []
         self._counter = 0
         self._condition = threading.Condition()
+        self._closed = False
         self._thread = threading.Thread(target=self._run, name="flush-scheduler", daemon=True)
         self._thread.start()
+
+    def close(self, timeout=5):
+        with self._condition:
+            self._closed = True
+            self._condition.notify()
+        self._thread.join(timeout)
 
     def call_at(self, when, callback):
         with self._condition:
@@ -197,8 +204,10 @@ class FlushScheduler:
     def _run(self):
         while True:
             with self._condition:
-                while not self._heap:
+                while not self._heap and not self._closed:
                     self._condition.wait()
+                if self._closed:
+                    return
                 when, _, callback = self._heap[0]
                 delay = when - time.monotonic()
                 if delay > 0:
@@ -850,6 +859,7 @@ class StreamWorker:
             self.queue.put(None)
         self._unattended.put(None)
         self.checkpointer.close(timeout)
+        self.scheduler.close(timeout)
         for thread in self._threads:
             thread.join(timeout)
 
