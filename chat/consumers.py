@@ -10,12 +10,13 @@ import uuid
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.db import DatabaseError, InterfaceError
 
 from chat import protocol, providers
 from chat.authority import session_ending
 from chat.models import Conversation, ConversationBusy, Message, SendRefused
 from chat.relay import relay_for
-from chat.worker import current_loop, get_worker, read_snapshot
+from chat.worker import current_loop, get_worker, read_snapshot, request_stop
 
 logger = logging.getLogger(__name__)
 
@@ -507,13 +508,18 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     @database_sync_to_async
     def stop_answer(self, message_id):
+        """A stop request (chat.worker.request_stop): the answer's own thread, in whichever process
+        generates it, saves it as cancelled and tells every tab."""
         try:
-            message = Message.objects.owned_by(self.user).get(pk=message_id, role=Message.Role.ASSISTANT)
+            answer = Message.objects.owned_by(self.user).filter(pk=message_id, role=Message.Role.ASSISTANT)
+            message = answer.get()
+            if message.is_finished:
+                raise ClientError("not_running", "That answer has already finished.")
+            request_stop(answer)
         except Message.DoesNotExist:
             raise ClientError("not_found", "No such message.") from None
-        if message.is_finished:
-            raise ClientError("not_running", "That answer has already finished.")
-        get_worker().request_stop(message.id)
+        except (DatabaseError, InterfaceError):
+            raise ClientError("unavailable", "The stop could not be recorded just now: press Stop again.") from None
 
     # --- the followed conversation's events (from chat.relay): forward only -----------------
 

@@ -399,6 +399,42 @@ class MessageQuerySet(models.QuerySet):
     def unfinished(self):
         return self.filter(status__in=Message.UNFINISHED)
 
+    def request_stop(self):
+        """Ask the answers among these that are still being written to stop; how many were asked.
+
+        One UPDATE and nothing else: safe from any thread, any process and inside any transaction
+        (a rolled-back one asks nothing). The process generating each answer notices the request
+        (chat.worker: its maintenance loop polls its own answers' rows) and its answer thread saves
+        the answer as cancelled with the text so far; chat.worker.request_stop also tells this
+        process's own worker at once.
+        """
+        return self.unfinished().filter(stop_requested_at__isnull=True).update(stop_requested_at=timezone.now())
+
+    def stop_requested(self):
+        """Those asked to stop, or whose owner may no longer use the site.
+
+        The owner check stops the answers of an account deactivated in any way, even by an UPDATE
+        that sends no signal (a bulk admin action, raw SQL in a shell).
+        """
+        return self.filter(Q(stop_requested_at__isnull=False) | Q(conversation__owner__is_active=False))
+
+    def finish_answer(self, message_id, **outcome):
+        """The one place an answer's end is written: `outcome` (status, texts, usage, error,
+        finished_at...) saved if the answer is still unfinished, in one transaction.
+
+        Returns the saved message, or None when it had already ended elsewhere (reaped, or saved
+        by another path). Whatever else an answer's end must record belongs here, inside the same
+        transaction, so that a retried call writes all of it or nothing.
+        """
+        with transaction.atomic():
+            saved = self.filter(pk=message_id, status__in=Message.UNFINISHED).update(**outcome)
+            if not saved:
+                return None
+            message = self.select_related("conversation").get(pk=message_id)
+            # What the answer spent, in the same transaction: an end is never saved unbilled.
+            UsageEntry.objects.record(message)
+            return message
+
     def sent_with(self, user, client_id):
         """The messages a user's earlier frame with this client id stored, or None.
 
@@ -485,6 +521,9 @@ class Message(models.Model):
     first_token_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     checkpointed_at = models.DateTimeField(null=True, blank=True)
+    # When someone asked for the answer to stop (Stop, the owner's deactivation), from any process:
+    # the process generating it polls for this (MessageQuerySet.request_stop).
+    stop_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     objects = MessageQuerySet.as_manager()
 
@@ -606,18 +645,6 @@ class Message(models.Model):
         if claimed:
             self.status, self.worker, self.started_at = self.Status.STREAMING, worker_id, now
         return bool(claimed)
-
-    def finish_unstarted(self, status, error_code="", error_message=""):
-        """End an answer that never reached a worker (Stop while queued, shutdown)."""
-        now = timezone.now()
-        done = Message.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-            status=status, error_code=error_code, error_message=error_message, finished_at=now
-        )
-        if done:
-            self.status, self.finished_at = status, now
-            self.error_code, self.error_message = error_code, error_message
-            UsageEntry.objects.record(self)
-        return bool(done)
 
 
 class ServerProcess(models.Model):

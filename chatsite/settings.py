@@ -266,6 +266,10 @@ CHAT_CHECKPOINT_INTERVAL = envnumber("CHAT_CHECKPOINT_INTERVAL", 1.0, float)
 # its unfinished answers are taken as interrupted.
 CHAT_HEARTBEAT_INTERVAL = envnumber("CHAT_HEARTBEAT_INTERVAL", 5.0, float)
 CHAT_HEARTBEAT_TIMEOUT = envnumber("CHAT_HEARTBEAT_TIMEOUT", 30.0, float)
+# How long (seconds) an answer thread keeps trying to save an answer while the database is
+# unavailable (locked, restarting); then the process's maintenance loop goes on trying, and the
+# thread serves the next answer.
+CHAT_DATABASE_RETRY_SECONDS = envnumber("CHAT_DATABASE_RETRY_SECONDS", 300.0, float)
 
 # --- Accounts and limits --------------------------------------------------------------------
 

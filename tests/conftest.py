@@ -3,6 +3,7 @@
 import pytest
 from django.contrib.auth import get_user_model
 
+from tests.outage import retries, short_busy_timeout  # noqa: F401  (fixtures for every test module)
 from tests.upstream import UpstreamServer
 
 

@@ -1,3 +1,5 @@
+import asyncio
+
 import pytest
 import time_machine
 from channels.db import database_sync_to_async
@@ -171,7 +173,12 @@ async def test_deactivating_a_user_closes_their_sockets_and_stops_their_answers(
     await database_sync_to_async(alice.save)()
     frames = await receive_until(communicator, "error")
     assert frames[-1]["code"] == "account_disabled"
-    answer_row = await Message.objects.aget(role="assistant")
+    # The stop is a request: the answer's own thread saves it, a moment after the save returned.
+    for _ in range(250):
+        answer_row = await Message.objects.aget(role="assistant")
+        if answer_row.is_finished:
+            break
+        await asyncio.sleep(0.02)
     assert answer_row.status == Message.Status.CANCELLED
     assert answer_row.text == "partial "
     await communicator.disconnect()

@@ -19,6 +19,7 @@ from django.contrib.auth.hashers import make_password
 from psycopg.rows import dict_row
 from websockets.asyncio.client import connect as websocket_connect
 
+from tests.forms import form_fields
 from tests.services import (  # noqa: F401  (the fixtures are used by name)
     Daphne,
     ServiceError,
@@ -353,6 +354,64 @@ async def test_stop_sent_through_b_stops_the_worker_in_a_within_a_second(site, u
     assert frames_a[-1]["status"] == "cancelled"
     await tab_a.close()
     await tab_b.close()
+
+
+def deactivate_in_the_admin_of(server, staff, username, user_id):
+    """Log in to `server`'s admin as `staff`, untick the user's "Active" and save the form as it stands."""
+    http = requests.Session()
+    http.trust_env = False
+    login = f"{server.url}/admin/login/"
+    http.get(login, timeout=10).raise_for_status()
+    response = http.post(
+        login,
+        data={
+            "username": staff,
+            "password": PASSWORD,
+            "csrfmiddlewaretoken": http.cookies["csrftoken"],
+            "next": "/admin/",
+        },
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert response.status_code == 302, f"admin login failed: {response.status_code}"
+    change = f"{server.url}/admin/auth/user/{user_id}/change/"
+    page = http.get(change, timeout=10)
+    assert page.status_code == 200
+    data = form_fields(page.text, "user_form")
+    assert data.pop("is_active") == ["on"]
+    return http.post(change, data=data, allow_redirects=False, timeout=10)
+
+
+async def test_deactivating_a_user_in_bs_admin_ends_their_answer_in_a_as_cancelled_with_its_text(site, upstream):
+    """The stop crosses processes as a request on the row: B's admin answers at once, A's worker ends it."""
+    username = site.create_user()
+    session = site.log_in(username, site.a)
+    staff = site.create_user()
+    site.sql("UPDATE auth_user SET is_staff = true, is_superuser = true WHERE username = %s", (staff,))
+    [user] = site.sql("SELECT id FROM auth_user WHERE username = %s", (username,))
+    words = [f"slow{number} " for number in range(100)]
+    upstream.queue(answer(words, pause=0.1))
+    tab_a = await Tab.open(site.a, session)
+    _, answer_id = await start_answer(tab_a)
+    request = upstream.requests[-1]
+
+    response = await asyncio.get_running_loop().run_in_executor(
+        None, deactivate_in_the_admin_of, site.b, staff, username, user["id"]
+    )
+    assert response.status_code == 302, response.text[:2000]
+    row = await site.wait_for_message(
+        answer_id, lambda row: row["status"] != "streaming", timeout=5, what="A did not end the answer"
+    )
+    assert row["status"] == "cancelled"
+    assert row["text"] and "".join(words).startswith(row["text"])
+    assert row["stop_requested_at"] is not None
+    [account] = site.sql("SELECT is_active FROM auth_user WHERE id = %s", (user["id"],))
+    assert account["is_active"] is False
+    deadline = time.monotonic() + 5
+    while not request.get("disconnected") and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert request.get("disconnected"), "A's worker did not close its upstream request"
+    await tab_a.close()
 
 
 async def test_a_reload_that_lands_on_b_mid_answer_resumes_with_no_gap_and_no_repeat(site, upstream):

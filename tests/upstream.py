@@ -5,6 +5,8 @@ A scenario is a list of steps the handler performs in order:
 - `bytes`: written as one HTTP chunk (an SSE event, part of one, or anything else);
 - `Pause(seconds)`: a silence (slow first byte, stall, pacing); a client hanging up meanwhile is
   noticed at once and recorded as `disconnected`;
+- `Gate(event)`: a silence until the test sets the `threading.Event` (a cue rather than a guess
+  at how long something takes), noticed like a `Pause`;
 - `Hangup()`: the connection is dropped without the terminating chunk (a truncated body);
 - `Status(code, body, headers)`: as the first step (after any `Pause`, which then delays the
   status line), an HTTP error answer before any stream.
@@ -478,7 +480,7 @@ class UpstreamHandler(BaseHTTPRequestHandler):
                 if isinstance(step, Pause):
                     self.pause(step.seconds)
                 elif isinstance(step, Gate):
-                    step.event.wait(step.timeout)
+                    self.pause(step.timeout, until=step.event)
                     step.passed.set()
                 elif isinstance(step, Hangup):
                     self.close_connection = True
@@ -509,10 +511,11 @@ class UpstreamHandler(BaseHTTPRequestHandler):
         # wbits: 16 + 15 writes a gzip stream, 15 a zlib stream (HTTP's "deflate").
         return zlib.compressobj(wbits={"gzip": 31, "deflate": 15}[encoding])
 
-    def pause(self, seconds):
-        """Stay silent for `seconds`, raising ConnectionError as soon as the client hangs up."""
+    def pause(self, seconds, until=None):
+        """Stay silent for `seconds` (or until the Event `until` is set), raising ConnectionError as
+        soon as the client hangs up."""
         deadline = time.monotonic() + seconds
-        while (remaining := deadline - time.monotonic()) > 0:
+        while (remaining := deadline - time.monotonic()) > 0 and not (until is not None and until.is_set()):
             if self.server.stopping.is_set():
                 raise ConnectionAbortedError("the test server is stopping")
             readable, _, _ = select.select([self.connection], [], [], min(remaining, 0.05))
