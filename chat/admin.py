@@ -272,7 +272,15 @@ class MessageAdmin(TranscriptAdmin):
         "estimated_tokens",
         "created_at",
     ]
-    list_filter = ["status", "role", "model", "created_at", ("conversation__owner", admin.RelatedOnlyFieldListFilter)]
+    # error_code: staff find the answers that failed one way, e.g. empty_output (the model said nothing).
+    list_filter = [
+        "status",
+        "error_code",
+        "role",
+        "model",
+        "created_at",
+        ("conversation__owner", admin.RelatedOnlyFieldListFilter),
+    ]
     list_select_related = ["conversation__owner"]
     search_fields = ["text", "error_message", "conversation__title", "response_id"]
     date_hierarchy = "created_at"

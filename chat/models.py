@@ -1,5 +1,6 @@
 import datetime
 import math
+import logging
 import uuid
 from collections import defaultdict
 from functools import cached_property
@@ -12,6 +13,8 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from chat import providers
+
+logger = logging.getLogger(__name__)
 
 TITLE_LENGTH = 120
 INSTRUCTIONS_LENGTH = 8000
@@ -493,11 +496,15 @@ class Message(models.Model):
     # Set on user messages: a retried send with the same client id is answered, not repeated.
     client_id = models.CharField(max_length=64, blank=True)
 
+    # What the upstream names, kept whole: proxies make long ids (LiteLLM's run to ~500
+    # characters) and an id cut short is useless for support requests or previous_response_id.
+    # The limits are generous bounds, not expected sizes (see Message.fit).
+    UPSTREAM_NAME_LENGTH = 2048
     model = models.CharField(max_length=200, blank=True, help_text="The model the upstream used.")
-    response_id = models.CharField(max_length=200, blank=True)
-    error_code = models.CharField(max_length=100, blank=True)
+    response_id = models.CharField(max_length=UPSTREAM_NAME_LENGTH, blank=True)
+    error_code = models.CharField(max_length=UPSTREAM_NAME_LENGTH, blank=True)
     error_message = models.TextField(blank=True)
-    incomplete_reason = models.CharField(max_length=100, blank=True)
+    incomplete_reason = models.CharField(max_length=UPSTREAM_NAME_LENGTH, blank=True)
 
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -546,6 +553,21 @@ class Message(models.Model):
 
     def __str__(self):
         return f"{self.role} message {self.id} ({self.status})"
+
+    @classmethod
+    def fit(cls, field_name, value):
+        """`value` for the column `field_name`, or "" with an error logged when it is longer than
+        the column holds: a name cut short would pass for a real one."""
+        limit = cls._meta.get_field(field_name).max_length
+        if len(value) <= limit:
+            return value
+        logger.error(
+            "The API's %s is %s characters long, over the %s kept; it was not stored",
+            field_name.replace("_", " "),
+            len(value),
+            limit,
+        )
+        return ""
 
     @property
     def is_finished(self):

@@ -82,6 +82,11 @@ STREAMS = (
     ("refusal", protocol.MESSAGE_REFUSAL_DELTA),
     ("text", protocol.MESSAGE_DELTA),
 )
+EMPTY_OUTPUT = "empty_output"
+EMPTY_OUTPUT_SENTENCE = (
+    "The model returned nothing: no text, refusal or reasoning. The conversation may be longer "
+    "than the model can read; try a new chat or a shorter message."
+)
 FINAL_STATUS = {
     "completed": Message.Status.COMPLETED,
     "incomplete": Message.Status.INCOMPLETE,
@@ -570,10 +575,16 @@ class AnswerJob:
             if event.status == "failed":
                 code = code or "response_failed"
                 text = text or "The API reported that the answer failed."
+            status = FINAL_STATUS[event.status]
+            final_text = self._final_text(event)
+            if status == Message.Status.COMPLETED and not self.said_anything(event, final_text):
+                # Some servers answer a prompt longer than the model reads with an empty success
+                # (LiteLLM: completed, no output, usage 0/0/0). Shown as what it is, and findable.
+                status, code, text = Message.Status.FAILED, EMPTY_OUTPUT, EMPTY_OUTPUT_SENTENCE
             self.finish(
-                FINAL_STATUS[event.status],
+                status,
                 usage=event.usage,
-                final_text=self._final_text(event),
+                final_text=final_text,
                 final_reasoning=event.reasoning_text,
                 final_refusal=event.refusal,
                 error_code=code,
@@ -591,6 +602,12 @@ class AnswerJob:
         separator = "\n\n" if self.reasoning_part not in (None, part) else ""
         self.reasoning_part = part
         self.add("reasoning", separator + event.delta)
+
+    def said_anything(self, event, final_text):
+        """Whether the answer has any text, refusal or reasoning, streamed or final."""
+        with self.lock:
+            streamed = any(self.parts[name] or self.pending[name] for name, _ in STREAMS)
+        return streamed or bool(final_text or event.reasoning_text or event.refusal)
 
     def _final_text(self, event):
         """The upstream's own final text when it sent one, else what the deltas built.
@@ -668,16 +685,16 @@ class AnswerJob:
             fields = dict(
                 texts,
                 status=status,
-                error_code=error_code[:100],
+                error_code=Message.fit("error_code", error_code),
                 error_message=error_message,
-                incomplete_reason=incomplete_reason[:100],
+                incomplete_reason=Message.fit("incomplete_reason", incomplete_reason),
                 finished_at=timezone.now(),
                 first_token_at=first_token_at,
             )
             if self.response_id:
-                fields["response_id"] = self.response_id[:200]
+                fields["response_id"] = Message.fit("response_id", self.response_id)
             if self.model:
-                fields["model"] = self.model[:200]
+                fields["model"] = Message.fit("model", self.model)
             if stop is not None and stop["status"] == Message.Status.CANCELLED:
                 # The request is on the row even when this process heard of it first, before
                 # MessageQuerySet.request_stop wrote it; a time written there before stays.
