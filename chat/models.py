@@ -1,6 +1,6 @@
 import datetime
-import math
 import logging
+import math
 import uuid
 from collections import defaultdict
 from functools import cached_property
