@@ -72,13 +72,14 @@ def post(base, body, *, path="/responses", stream=False, key=None):
 
 
 def answer(base, body):
-    """A non-streamed answer, checked as the compliance suite checks one."""
-    response = post(base, {"model": MODEL, "temperature": 0, "max_output_tokens": 24, **body})
+    """A non-streamed answer, checked as the compliance suite checks one: valid, with output, and
+    completed (at temperature 0 the model's answers to these short prompts end well within the limit)."""
+    response = post(base, {"model": MODEL, "temperature": 0, "max_output_tokens": 96, **body})
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"] == "application/json"
     data = response.json()
     validator("ResponseResource").validate(data)
-    assert data["status"] == "completed" or data["incomplete_details"] == {"reason": "max_output_tokens"}
+    assert data["status"] == "completed", data["incomplete_details"]
     assert data["output"] and data["output"][0]["content"][0]["text"].strip()
     return data
 
@@ -105,7 +106,7 @@ def test_basic_response(base):
 
 
 def test_streaming_response_events_are_valid_and_in_the_specifications_order(base):
-    body = {"model": MODEL, "input": "Count from 1 to 5.", "stream": True, "temperature": 0, "max_output_tokens": 32}
+    body = {"model": MODEL, "input": "Count from 1 to 5.", "stream": True, "temperature": 0, "max_output_tokens": 96}
     response = post(base, body, stream=True)
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("text/event-stream")
@@ -117,8 +118,6 @@ def test_streaming_response_events_are_valid_and_in_the_specifications_order(bas
     assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
     types = [data["type"] for _, data in events]
     deltas = [data for _, data in events if data["type"] == "response.output_text.delta"]
-    terminal = types[-1]
-    assert terminal in ("response.completed", "response.incomplete")
     assert types == [
         "response.created",
         "response.in_progress",
@@ -128,7 +127,7 @@ def test_streaming_response_events_are_valid_and_in_the_specifications_order(bas
         "response.output_text.done",
         "response.content_part.done",
         "response.output_item.done",
-        terminal,
+        "response.completed",
     ]
     assert deltas
     assert {data["item_id"] for _, data in events if "item_id" in data} == {events[2][1]["item"]["id"]}
