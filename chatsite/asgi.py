@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP goes to Django (but /local/v1/responses), /ws/chat/ to the chat consumer.
+"""ASGI entry point: HTTP goes to Django (but /local/v1/...), /ws/chat/ to the chat consumer.
 
 Websockets are accepted only from pages of this site (chat.origin: the full origin, scheme and
 port included, against cross-site websocket hijacking) and carry the Django session
@@ -23,8 +23,9 @@ from chat.worker import start_with_server  # noqa: E402
 
 async def http_application(scope, receive, send):
     """Django, but for the local model's endpoint: an ASGI app of its own, so that requests waiting
-    for the model cost no thread (chat/localmodel/endpoint.py)."""
-    if scope["path"] == local_model_endpoint.PATH:
+    for the model cost no thread, and every path under it answers in the API's JSON
+    (chat/localmodel/endpoint.py)."""
+    if local_model_endpoint.serves(scope["path"]):
         return await local_model_endpoint.application(scope, receive, send)
     return await django_asgi_app(scope, receive, send)
 

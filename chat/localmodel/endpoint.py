@@ -1,5 +1,12 @@
 """`POST /local/v1/responses`: the local model as an Open Responses endpoint, a small ASGI app.
 
+Every path under /local/v1 is this app's: the one it serves, and for any other (another path of
+the specification such as /responses/compact, or /models, or a typo) a JSON 404 in the
+specification's error shape, as a client of the API expects, rather than the site's HTML page;
+a method other than POST gets a JSON 405 with `Allow`. What a request asks that the model cannot do
+is refused with 400 naming the parameter (chat/localmodel/request.py). docs/openresponses.md has
+the whole table.
+
 The site's own worker does not come through here: it calls the same service in-process
 (chat/localmodel/transport.py), whatever the host, TLS and proxy settings, and reads the same SSE
 bytes `EventWriter` writes. This endpoint is for other clients (another server process set up with
@@ -30,8 +37,14 @@ from chat.localmodel.service import QueueFull, get_service
 
 logger = logging.getLogger(__name__)
 
-PATH = "/local/v1/responses"
+PREFIX = "/local/v1"
+PATH = f"{PREFIX}/responses"
 DONE = b"data: [DONE]\n\n"
+
+
+def serves(path):
+    """Whether an HTTP request for `path` is this app's (chatsite/asgi.py routes it here)."""
+    return path == PREFIX or path.startswith(f"{PREFIX}/")
 
 
 def local_token():
@@ -85,16 +98,18 @@ class EventWriter:
             return written
         self.finished = True
         if kind == "error":
-            code, message = failure(value)
-            return [*events.failure(code, message), DONE]
+            error = failure(value)
+            return [*events.failure(error.code, error.message, error.type), DONE]
         return [DONE]
 
 
 def failure(error):
-    """The code and sentence a failed generation is answered with."""
+    """The RequestError a failed generation is answered with: its JSON body when nothing was sent
+    yet, its code, sentence and type in the stream's `error` event otherwise."""
     if isinstance(error, ContextTooLong):
-        return "context_length_exceeded", str(error)
-    return "server_error", "The local model failed."
+        # truncation is always "disabled" here: the specification's 400, naming what is too long.
+        return local_request.RequestError(400, str(error), param="input", code="context_length_exceeded")
+    return local_request.RequestError(500, "The local model failed.", code="server_error", type="server_error")
 
 
 class Gone(Exception):
@@ -102,8 +117,8 @@ class Gone(Exception):
 
 
 async def application(scope, receive, send):
-    """The ASGI application of PATH (http scopes only)."""
-    exchange = Exchange(receive, send)
+    """The ASGI application of every path under PREFIX (http scopes only)."""
+    exchange = Exchange(receive, send, head=scope["method"] == "HEAD")
     try:
         await exchange.answer(scope)
     except Gone:
@@ -113,14 +128,21 @@ async def application(scope, receive, send):
 class Exchange:
     """One request and its answer; `items` also carries ("gone", None) when the client leaves."""
 
-    def __init__(self, receive, send):
+    def __init__(self, receive, send, head=False):
         self.receive = receive
         self.send = send
+        self.head = head  # a HEAD request: the headers of the answer, without its body
         self.items = asyncio.Queue()
 
     async def answer(self, scope):
+        if scope["path"] != PATH:
+            path = scope["path"][:200]
+            message = f"There is no {path} here: this server answers POST {PATH} only."
+            return await self.error(local_request.RequestError(404, message, code="not_found", type="not_found"))
         if scope["method"] != "POST":
-            return await self.error(local_request.RequestError(405, "Use POST.", type="invalid_request_error"))
+            message = f"{scope['method'][:20]} is not allowed on {PATH}: use POST."
+            error = local_request.RequestError(405, message, code="method_not_allowed")
+            return await self.error(error, [(b"allow", b"POST")])
         headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
         try:
             parsed = read_request(headers.get("authorization"), await self.body())
@@ -198,27 +220,31 @@ class Exchange:
                         response = events.response("completed", usage=usage)
                     return await self.json(200, response)
             elif kind == "error":
-                code, message = failure(value)
-                if isinstance(value, ContextTooLong):
-                    return await self.error(local_request.RequestError(400, message, code=code))
-                return await self.error(local_request.RequestError(500, message, code=code, type="server_error"))
+                return await self.error(failure(value))
             elif kind == "end":
                 return await self.error(
                     local_request.RequestError(500, "The local model stopped.", type="server_error")
                 )
 
     async def start(self, status, content_type, headers=()):
+        # Django's middleware does not run here: its nosniff header is set by hand (a 404 repeats
+        # the path it was asked for).
         await self.send(
             {
                 "type": "http.response.start",
                 "status": status,
-                "headers": [(b"content-type", content_type.encode()), *headers],
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    *headers,
+                ],
             }
         )
 
     async def json(self, status, data, headers=()):
-        await self.start(status, "application/json", headers)
-        await self.send({"type": "http.response.body", "body": json.dumps(data).encode()})
+        body = json.dumps(data).encode()
+        await self.start(status, "application/json", [(b"content-length", str(len(body)).encode()), *headers])
+        await self.send({"type": "http.response.body", "body": b"" if self.head else body})
 
     async def error(self, error, headers=()):
         await self.json(error.status, error.as_json(), headers)

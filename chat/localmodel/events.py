@@ -1,11 +1,26 @@
 """The Open Responses objects and stream events of one local answer, complete per the schema."""
 
+import json
 import secrets
 import time
+
+# A delta's encoded text and its padding fill a whole number of these characters (see obfuscation).
+PADDING_BLOCK = 32
 
 
 def new_id(prefix):
     return f"{prefix}_{secrets.token_hex(24)}"
+
+
+def obfuscation(text):
+    """Random characters that bring a delta's encoded text to a whole number of PADDING_BLOCKs.
+
+    The specification's `stream_options.include_obfuscation`, on unless a client turns it off: over
+    an encrypted connection the size of each event would otherwise tell an observer the length of
+    each token, from which text can be guessed. Most tokens are shorter than one block.
+    """
+    length = PADDING_BLOCK - len(json.dumps(text)) % PADDING_BLOCK
+    return secrets.token_urlsafe(length)[:length]
 
 
 class ResponseEvents:
@@ -46,27 +61,34 @@ class ResponseEvents:
             "instructions": request.instructions,
             "output": output,
             "error": error,
+            # As request.py accepted them: the fixed values are the only ones it accepts.
             "tools": [],
-            "tool_choice": "auto",
+            "tool_choice": request.tool_choice,
             "truncation": "disabled",
-            "parallel_tool_calls": False,
-            "text": {"format": {"type": "text"}},
+            "parallel_tool_calls": request.parallel_tool_calls,
+            "text": self.text_field(),
             "top_p": request.top_p,
             "presence_penalty": 0.0,
             "frequency_penalty": 0.0,
             "top_logprobs": 0,
             "temperature": request.temperature,
-            "reasoning": None,
+            "reasoning": request.reasoning,
             "usage": usage,
             "max_output_tokens": request.max_output_tokens,
-            "max_tool_calls": None,
+            "max_tool_calls": request.max_tool_calls,
             "store": False,
             "background": False,
             "service_tier": "default",
             "metadata": request.metadata,
-            "safety_identifier": None,
-            "prompt_cache_key": None,
+            "safety_identifier": request.safety_identifier,
+            "prompt_cache_key": request.prompt_cache_key,
         }
+
+    def text_field(self):
+        text = {"format": {"type": "text"}}
+        if self.request.verbosity:
+            text["verbosity"] = self.request.verbosity
+        return text
 
     def part(self):
         return {"type": "output_text", "text": self.text, "annotations": [], "logprobs": []}
@@ -110,6 +132,7 @@ class ResponseEvents:
 
     def delta(self, text):
         self.text += text
+        padding = {"obfuscation": obfuscation(text)} if self.request.obfuscate else {}
         return self._event(
             "response.output_text.delta",
             item_id=self.item_id,
@@ -117,6 +140,7 @@ class ResponseEvents:
             content_index=0,
             delta=text,
             logprobs=[],
+            **padding,
         )
 
     def closing(self, usage, incomplete_reason=None):
@@ -138,8 +162,8 @@ class ResponseEvents:
             self._event(terminal, response=self.response(status, usage=usage, incomplete_reason=incomplete_reason)),
         ]
 
-    def failure(self, code, message):
+    def failure(self, code, message, kind="server_error"):
         return [
-            self._event("error", error={"type": "server_error", "code": code, "message": message, "param": None}),
+            self._event("error", error={"type": kind, "code": code, "message": message, "param": None}),
             self._event("response.failed", response=self.response("failed", error={"code": code, "message": message})),
         ]
