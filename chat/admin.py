@@ -334,8 +334,21 @@ class MessageAdmin(TranscriptAdmin):
         super().delete_queryset(request, queryset)
 
 
+class RecordAdminMixin:
+    """A record the system writes: nobody adds, edits or deletes one in the admin."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(AuditEvent)
-class AuditEventAdmin(StrictAdminMixin, admin.ModelAdmin):
+class AuditEventAdmin(RecordAdminMixin, StrictAdminMixin, admin.ModelAdmin):
     """Who saw, searched, exported or deleted which transcripts: for superusers only, never editable.
 
     A conversation's title is transcript text. The trail names conversations by it, for
@@ -387,18 +400,9 @@ class AuditEventAdmin(StrictAdminMixin, admin.ModelAdmin):
     def has_view_permission(self, request, obj=None):
         return request.user.is_active and request.user.is_superuser
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(UsageEntry)
-class UsageEntryAdmin(StrictAdminMixin, admin.ModelAdmin):
+class UsageEntryAdmin(RecordAdminMixin, StrictAdminMixin, admin.ModelAdmin):
     """The ledger of spending, one entry per answer: a record, so nobody adds, edits or deletes one.
 
     No transcript text is in it, so it stays visible when transcripts are hidden.
@@ -420,15 +424,6 @@ class UsageEntryAdmin(StrictAdminMixin, admin.ModelAdmin):
     search_fields = ["username", "=message_id"]
     date_hierarchy = "day"
     readonly_fields = [field.name for field in UsageEntry._meta.fields]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 @admin.register(ServerProcess)
