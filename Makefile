@@ -1,6 +1,7 @@
 # `make run`: set everything up and start the site on http://127.0.0.1:8000 (production mode)
 # `make dev`: the same with Django's debug server (auto-reload, debug pages)
 # `make test`: set everything up and run every test, then the suite again on PostgreSQL and Redis
+# `make test-fast`: the unit tests alone (tests/unit: no server, database or threads; seconds)
 # `make run-cluster`: the scaled-out site on one machine (PostgreSQL, Redis, two daphne, nginx)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -9,7 +10,7 @@ BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run dev run-cluster test bench setup system-packages python-packages browser-packages migrate lint format clean
+.PHONY: run dev run-cluster test test-fast bench setup system-packages python-packages browser-packages migrate lint format clean
 
 # Production mode (debug off, whitenoise, generated secret key): scripts/serve.sh says what it does.
 run: setup
@@ -26,6 +27,10 @@ dev: setup migrate
 test: setup
 	$(BIN)/python -m pytest
 	bash scripts/with-services.sh $(BIN)/python -m pytest -q --ignore=tests/browser --ignore=tests/test_scale_out.py
+
+# Only the Python packages: the unit tests need no browser, database or system service.
+test-fast: python-packages
+	$(BIN)/python -m pytest tests/unit -q
 
 # Benchmarks: figures printed and written to docs/benchmarks.md (about 10 minutes on 2 cores).
 bench: setup

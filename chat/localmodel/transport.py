@@ -1,11 +1,11 @@
 """How the site's own worker reaches the local model: in-process, through a requests adapter.
 
-The worker's client (chat/upstream.py) posts to `BASE_URL/responses` as it would to any API; the
-adapter mounted for `BASE_URL` on its session answers from this process's local model service
+The worker's client (chat/upstream/client.py) posts to `BASE_URL/responses` as it would to any
+API; the adapter mounted for `BASE_URL` on its session answers from this process's local model service
 instead of the network. No HTTP server stands in between, so the answer does not depend on the
 host the site is served under (ALLOWED_HOSTS), on HTTPS redirects, on proxies, or on the address
 the server listens on; and the body is the very SSE the HTTP endpoint streams (endpoint.EventWriter),
-so chat/upstream.py parses one format by one path.
+so chat/upstream/ parses one format by one path.
 
 The scheme is not one requests can send over the network: without the adapter mounted, a request
 fails at once rather than leaving the machine.
