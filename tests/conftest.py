@@ -2,6 +2,7 @@
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Permission
 
 from tests.outage import retries, short_busy_timeout  # noqa: F401  (fixtures for every test module)
 from tests.upstream import UpstreamServer
@@ -75,6 +76,19 @@ def alice(db):
 @pytest.fixture
 def bob(db):
     return make_user("bob")
+
+
+@pytest.fixture
+def superuser(db):
+    return make_user("root", is_staff=True, is_superuser=True)
+
+
+@pytest.fixture
+def reviewer(db):
+    """Staff allowed to read transcripts, but not a superuser."""
+    user = make_user("reviewer", is_staff=True)
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_conversation", "view_message"]))
+    return user
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 import json
 
 import pytest
-from django.contrib.auth.models import Permission
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
@@ -11,19 +10,6 @@ from tests.conftest import make_user
 from tests.factories import conversation_with_answer
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def superuser(db):
-    return make_user("root", is_staff=True, is_superuser=True)
-
-
-@pytest.fixture
-def reviewer(db):
-    """Staff allowed to read transcripts, but not a superuser."""
-    user = make_user("reviewer", is_staff=True)
-    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_conversation", "view_message"]))
-    return user
 
 
 @pytest.fixture

@@ -30,19 +30,6 @@ TITLE = "tell me the vault code please"
 
 
 @pytest.fixture
-def superuser(db):
-    return make_user("root", is_staff=True, is_superuser=True)
-
-
-@pytest.fixture
-def reviewer(db):
-    """Staff allowed to read transcripts, but not a superuser."""
-    user = make_user("reviewer", is_staff=True)
-    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_conversation", "view_message"]))
-    return user
-
-
-@pytest.fixture
 def secret(alice):
     """A conversation whose title, answer, reasoning and instructions carry text to protect."""
     conversation = conversation_with_answer(
