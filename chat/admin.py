@@ -19,7 +19,16 @@ from django.urls import path, reverse
 from django.utils import timezone
 
 from chat.admin_guards import StrictAdminMixin
-from chat.models import CHARS_PER_TOKEN, AccountLimits, AuditEvent, Conversation, Message, ServerProcess, UsageEntry
+from chat.models import (
+    CHARS_PER_TOKEN,
+    AccountLimits,
+    AuditEvent,
+    Conversation,
+    Message,
+    ServerProcess,
+    SharedConversation,
+    UsageEntry,
+)
 from chat.transcripts import export
 
 
@@ -156,10 +165,34 @@ class LastAnswerStatusFilter(admin.SimpleListFilter):
         return queryset
 
 
+class FeedbackFilter(admin.SimpleListFilter):
+    """Conversations by their owner's ratings: where transcript review starts."""
+
+    title = "feedback"
+    parameter_name = "feedback"
+
+    def lookups(self, request, model_admin):
+        return [("bad", "With a bad answer"), ("good", "With a good answer"), ("any", "With any feedback")]
+
+    def queryset(self, request, queryset):
+        rated = Message.objects.exclude(feedback="")
+        if self.value() in Message.Feedback.values:
+            rated = rated.filter(feedback=self.value())
+        elif self.value() != "any":
+            return queryset
+        return queryset.filter(pk__in=rated.values("conversation_id"))
+
+
 @admin.register(Conversation)
 class ConversationAdmin(TranscriptAdmin):
     list_display = ["title", "owner", "model", "message_count", "total_tokens", "updated_at", "last_status"]
-    list_filter = [("owner", admin.RelatedOnlyFieldListFilter), "model", LastAnswerStatusFilter, "created_at"]
+    list_filter = [
+        ("owner", admin.RelatedOnlyFieldListFilter),
+        "model",
+        LastAnswerStatusFilter,
+        FeedbackFilter,
+        "created_at",
+    ]
     list_select_related = ["owner"]
     search_fields = ["title", "owner__username", "messages__text"]
     date_hierarchy = "created_at"
@@ -271,9 +304,12 @@ class MessageAdmin(TranscriptAdmin):
         "total_tokens",
         "estimated_tokens",
         "created_at",
+        "feedback",
     ]
     # error_code: staff find the answers that failed one way, e.g. empty_output (the model said nothing).
+    # feedback: the answers their owners rated, to review.
     list_filter = [
+        "feedback",
         "status",
         "error_code",
         "role",
@@ -480,6 +516,89 @@ class ChatGroupAdmin(StrictAdminMixin, GroupAdmin):
     pass
 
 
+class LiveLinkFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request, model_admin):
+        return [("live", "Live"), ("revoked", "Revoked")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "live":
+            return queryset.filter(revoked_at=None)
+        if self.value() == "revoked":
+            return queryset.exclude(revoked_at=None)
+        return queryset
+
+
+@admin.register(SharedConversation)
+class SharedConversationAdmin(TranscriptAdmin):
+    """Shared links and their frozen snapshots: transcript text, so read under the same rules.
+
+    Lists and searches are audited by TranscriptAdmin, the snapshot page here, as `viewed`. Staff
+    who may read transcripts may read these (view_conversation). The token is never shown whole
+    nor looked up piece by piece (SharedConversation.TEXT_FIELDS): with it, the public page would
+    show the snapshot unaudited. A search for a whole token (`=token`) finds a reported link.
+    Superusers may revoke links, e.g. one reported for abuse.
+    """
+
+    list_display = ["token_start", "conversation", "owner", "title", "message_count", "created_at", "revoked_at"]
+    list_filter = [LiveLinkFilter, ("conversation__owner", admin.RelatedOnlyFieldListFilter), "created_at"]
+    list_select_related = ["conversation__owner"]
+    search_fields = ["=token", "conversation__owner__username"]
+    date_hierarchy = "created_at"
+    fields = ["token_start", "conversation", "owner", "title", "model", "created_at", "revoked_at"]
+    readonly_fields = fields
+    change_form_template = "admin/chat/sharedconversation/snapshot.html"
+    actions = ["revoke_selected"]
+
+    def has_view_permission(self, request, obj=None):
+        return bool(settings.CHAT_STAFF_CAN_READ_TRANSCRIPTS) and request.user.has_perm("chat.view_conversation")
+
+    def has_module_permission(self, request):
+        return self.has_view_permission(request)
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # a link is revoked, and goes with its conversation
+
+    def has_revoke_permission(self, request):
+        return bool(settings.CHAT_STAFF_CAN_READ_TRANSCRIPTS) and request.user.is_active and request.user.is_superuser
+
+    def conversations_shown(self, links):
+        return list(dict.fromkeys(link.conversation_id for link in links))
+
+    @staticmethod
+    def is_being_written(link):
+        return False
+
+    @admin.display(description="token")
+    def token_start(self, link):
+        return link.token_start
+
+    @admin.display(description="owner", ordering="conversation__owner__username")
+    def owner(self, link):
+        return link.conversation.owner
+
+    @admin.display(description="messages")
+    def message_count(self, link):
+        return len(link.messages)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        self.refuse_popups(request)
+        link = self.get_object(request, object_id)
+        if link is not None and self.has_view_permission(request, link):
+            AuditEvent.record(
+                request.user, AuditEvent.Action.VIEWED, [link.conversation], detail=f"shared link {link.token_start}"
+            )
+            extra_context = {**(extra_context or {}), "snapshot": link.messages}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @admin.action(description="Revoke selected links", permissions=["revoke"])
+    def revoke_selected(self, request, queryset):
+        revoked = queryset.revoke()
+        self.message_user(request, f"{revoked} link{'' if revoked == 1 else 's'} revoked.")
+
+
 # --- Usage report ---------------------------------------------------------------------------
 
 
@@ -519,14 +638,36 @@ def usage_rows(start, end):
     return list(rows), entries.aggregate(**measures), entries.aggregate(value=estimated)["value"]
 
 
+RATINGS = dict(
+    rated_good=Count("id", filter=Q(feedback=Message.Feedback.GOOD)),
+    rated_bad=Count("id", filter=Q(feedback=Message.Feedback.BAD)),
+)
+
+
+def rating_counts(start, end):
+    """The owners' thumbs up and down per day, user and model (the keys of usage_rows), and in all.
+
+    From the ledger's copy of each answer's rating (Message.give_feedback), like the figures
+    beside them: deleting the conversation later changes no count.
+    """
+    entries = UsageEntry.objects.filter(day__gte=start, day__lte=end)
+    rows = entries.values("day", "username", "model").annotate(**RATINGS).order_by()
+    counts = {(row.pop("day"), row.pop("username"), row.pop("model")): row for row in rows}
+    return counts, entries.aggregate(**RATINGS)
+
+
 def usage_report(request):
     if not request.user.has_perm("chat.view_message"):
         raise PermissionDenied
     today = timezone.localdate()
     form = UsageRangeForm(request.GET or {"start": today - datetime.timedelta(days=6), "end": today})
-    rows, totals, estimated_total = ([], None, 0)
+    rows, totals, estimated_total, rated_totals = ([], None, 0, None)
     if form.is_valid():
-        rows, totals, estimated_total = usage_rows(form.cleaned_data["start"], form.cleaned_data["end"])
+        start, end = form.cleaned_data["start"], form.cleaned_data["end"]
+        rows, totals, estimated_total = usage_rows(start, end)
+        ratings, rated_totals = rating_counts(start, end)
+        none = dict.fromkeys(RATINGS, 0)
+        rows = [row | ratings.get((row["day"], row["username"], row["model"]), none) for row in rows]
     context = {
         **admin.site.each_context(request),
         "title": "Usage report",
@@ -534,6 +675,7 @@ def usage_report(request):
         "rows": rows,
         "totals": totals,
         "estimated_total": estimated_total,
+        "rated_totals": rated_totals,
         "chars_per_token": CHARS_PER_TOKEN,
         "opts": Conversation._meta,
         "changelist_url": reverse("admin:chat_conversation_changelist"),

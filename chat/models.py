@@ -1,6 +1,7 @@
 import datetime
 import logging
 import math
+import secrets
 import uuid
 from collections import defaultdict
 from functools import cached_property
@@ -480,8 +481,14 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
 
     UNFINISHED = (Status.QUEUED, Status.STREAMING)
-    # Transcript text (see Conversation.TEXT_FIELDS).
-    TEXT_FIELDS = ("text", "reasoning", "refusal", "error_message")
+    # Transcript text (see Conversation.TEXT_FIELDS). The owner's feedback comment is their words too.
+    TEXT_FIELDS = ("text", "reasoning", "refusal", "error_message", "feedback_comment")
+
+    class Feedback(models.TextChoices):
+        GOOD = "good"
+        BAD = "bad"
+
+    FEEDBACK_COMMENT_LENGTH = 2000
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="messages")
@@ -532,6 +539,11 @@ class Message(models.Model):
     # the process generating it polls for this (MessageQuerySet.request_stop).
     stop_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
 
+    # The owner's review of a finished answer (give_feedback): for staff reviewing transcripts.
+    feedback = models.CharField(max_length=8, choices=Feedback.choices, blank=True, editable=False)
+    feedback_comment = models.TextField(blank=True, editable=False)
+    feedback_at = models.DateTimeField(null=True, blank=True, editable=False)
+
     objects = MessageQuerySet.as_manager()
 
     class Meta:
@@ -541,6 +553,8 @@ class Message(models.Model):
             models.Index(fields=["conversation", "created_at"], name="message_conversation_order"),
             # The reaper's scan for answers left queued or streaming.
             models.Index(fields=["status"], name="message_status"),
+            # The admin's feedback filters: the few rated answers among all of them.
+            models.Index(fields=["feedback"], condition=~Q(feedback=""), name="message_rated"),
         ]
         constraints = [
             # A retried chat.send finds the first one by its client id.
@@ -647,7 +661,43 @@ class Message(models.Model):
             "estimated_tokens": self.estimated_tokens,
             "error": self.error,
             "incomplete_reason": self.incomplete_reason,
+            "feedback": self.feedback_frame,
         }
+
+    @property
+    def feedback_frame(self):
+        """The owner's feedback as the page and the feedback endpoint give it, or None."""
+        if not self.feedback:
+            return None
+        return {
+            "rating": self.feedback,
+            "comment": self.feedback_comment,
+            "at": self.feedback_at.isoformat() if self.feedback_at else None,
+        }
+
+    @transaction.atomic
+    def give_feedback(self, rating, comment=""):
+        """Store the owner's rating ("good", "bad", or None to take it back) and comment.
+
+        Only for a finished answer: one still being written is not yet what it will be. Raises
+        ValueError otherwise. The ledger's entry gets the rating too, in the same transaction, so
+        that the usage report counts it as it counts everything else: unchanged when the
+        conversation is deleted later.
+        """
+        if self.role != Message.Role.ASSISTANT or not self.is_finished:
+            raise ValueError("Only finished answers can be rated.")
+        if rating is not None and rating not in Message.Feedback.values:
+            raise ValueError("A rating is good, bad or none.")
+        if not isinstance(comment, str) or len(comment) > Message.FEEDBACK_COMMENT_LENGTH:
+            raise ValueError(f"A comment can be at most {Message.FEEDBACK_COMMENT_LENGTH} characters.")
+        # A comment without a rating would say nothing the filters can find: taking the rating back
+        # takes the comment with it.
+        self.feedback = rating or ""
+        self.feedback_comment = comment.strip() if rating else ""
+        self.feedback_at = timezone.now() if rating else None
+        self.save(update_fields=["feedback", "feedback_comment", "feedback_at"])
+        UsageEntry.objects.filter(message_id=self.id).update(feedback=self.feedback)
+        return self.feedback_frame
 
     def owner_budget(self):
         """The owner's daily budget as the page shows it; None once the conversation is gone.
@@ -999,6 +1049,11 @@ class UsageEntry(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     recorded_at = models.DateTimeField(null=True, blank=True, help_text="When the answer ended.")
+    # A copy of Message.feedback (Message.give_feedback writes both): the report counts ratings
+    # per day and model from the ledger, so deleting the conversation leaves the counts alone.
+    feedback = models.CharField(
+        max_length=8, choices=Message.Feedback.choices, blank=True, help_text="The owner's rating of the answer."
+    )
 
     objects = UsageEntryQuerySet.as_manager()
 
@@ -1020,6 +1075,144 @@ class UsageEntry(models.Model):
         return f"{self.username} {self.day} {self.model}: {self.total_tokens} tokens"
 
 
+# --- Shared links -----------------------------------------------------------------------------
+
+# Live links one conversation may have at once: each holds a copy of the path.
+SHARE_LINKS_PER_CONVERSATION = 20
+# secrets.token_urlsafe(32): 256 random bits, 43 characters.
+SHARE_TOKEN_BYTES = 32
+
+
+class TooManyShareLinks(Exception):
+    """The conversation already has SHARE_LINKS_PER_CONVERSATION live links."""
+
+
+class SharedConversationQuerySet(models.QuerySet):
+    def live(self):
+        return self.filter(revoked_at=None)
+
+    def opened(self, token):
+        """The live link with this token; SharedConversation.DoesNotExist for any other."""
+        return self.live().get(token=token)
+
+    @transaction.atomic
+    def share(self, conversation):
+        """A new link to a frozen copy of the conversation's current path, as it is now.
+
+        Only what the owner's page shows of that path: no instructions, no other versions, no
+        ids, no token figures. Raises ConversationBusy while an answer is being written (its text
+        is not yet what it will be) and TooManyShareLinks.
+        """
+        locked = Conversation.objects.select_for_update().get(pk=conversation.pk)
+        if locked.messages.unfinished().exists():
+            raise ConversationBusy
+        if self.live().filter(conversation=locked).count() >= SHARE_LINKS_PER_CONVERSATION:
+            raise TooManyShareLinks
+        return self.create(
+            conversation=locked,
+            token=secrets.token_urlsafe(SHARE_TOKEN_BYTES),
+            title=locked.display_title,
+            model=locked.model,
+            messages=[SharedConversation.snapshot_of(message) for message in locked.path()],
+        )
+
+    def revoke(self):
+        """Close these links for good; how many were live. The frozen copy is dropped with them."""
+        return self.live().update(revoked_at=timezone.now(), messages=[])
+
+
+class SharedConversation(models.Model):
+    """A read-only snapshot of a conversation's path at one moment, opened by an unguessable token.
+
+    Later messages are not added. Revoking it, or deleting the conversation (the rows go with it),
+    makes its address a 404 like any unknown one.
+    """
+
+    conversation = models.ForeignKey(Conversation, models.CASCADE, related_name="shared_links")
+    # Unique: the lookup of every opening.
+    token = models.CharField(max_length=64, unique=True, editable=False)
+    title = models.CharField(max_length=TITLE_LENGTH, blank=True)
+    model = models.CharField(max_length=200, blank=True)
+    messages = models.JSONField(default=list, blank=True, help_text="The path's messages as they were shared.")
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = SharedConversationQuerySet.as_manager()
+
+    # Transcript text, and the token: whoever holds it reads the snapshot unaudited, so the admin
+    # refuses lookups on it (spelling it out one character at a time) and shows only its start.
+    TEXT_FIELDS = ("title", "messages", "token")
+    # What a shared message keeps of Message.as_frame(): what the page renders, nothing that
+    # names other rows.
+    SHARED_FIELDS = ("role", "text", "reasoning", "refusal", "status", "model", "created_at", "incomplete_reason")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            # The owner's list of a conversation's links, newest first.
+            models.Index(fields=["conversation", "-created_at"], name="shared_conversation_recent"),
+        ]
+
+    def __str__(self):
+        # No title, and only the token's start: str() names the row on pages that are not audited.
+        return f"Shared link {self.token_start} of conversation {self.conversation_id}"
+
+    @property
+    def token_start(self):
+        return f"{self.token[:6]}…"
+
+    @property
+    def is_live(self):
+        return self.revoked_at is None
+
+    @staticmethod
+    def snapshot_of(message):
+        frame = message.as_frame()
+        shared = {name: frame[name] for name in SharedConversation.SHARED_FIELDS}
+        shared["error"] = frame["error"] if message.status == Message.Status.FAILED else None
+        return shared
+
+    def as_frames(self):
+        """The snapshot's messages as the chat's renderer takes them, numbered instead of named."""
+        return [
+            {**message, "id": str(index), "parent": None, "versions": None}
+            for index, message in enumerate(self.messages, start=1)
+        ]
+
+    @transaction.atomic
+    def continue_as(self, user):
+        """A new conversation of `user`'s holding a copy of the snapshot, to go on chatting.
+
+        Nothing is spent, so nothing enters the ledger: the copies are records, not answers.
+        """
+        conversation = Conversation.objects.create(
+            owner=user, title=self.title[:TITLE_LENGTH], model=self.model or providers.default_model()
+        )
+        parent = None
+        for shared in self.messages:
+            parent = conversation.messages.create(
+                parent=parent,
+                role=shared["role"],
+                text=shared["text"],
+                reasoning=shared.get("reasoning", ""),
+                refusal=shared.get("refusal", ""),
+                status=shared["status"],
+                model=shared.get("model", ""),
+                incomplete_reason=shared.get("incomplete_reason", ""),
+                error_code=(shared.get("error") or {}).get("code", ""),
+                error_message=(shared.get("error") or {}).get("message", ""),
+                # The original times keep the order, and say when it was said.
+                created_at=datetime.datetime.fromisoformat(shared["created_at"]),
+            )
+        if parent is not None:
+            conversation.move_to(parent)
+        return conversation
+
+
 def transcript_text_fields():
     """The model fields that hold transcript text, across every model that copies some."""
-    return {model._meta.get_field(name) for model in (Conversation, Message, AuditEvent) for name in model.TEXT_FIELDS}
+    return {
+        model._meta.get_field(name)
+        for model in (Conversation, Message, AuditEvent, SharedConversation)
+        for name in model.TEXT_FIELDS
+    }

@@ -1,4 +1,4 @@
-from django.urls import path
+from django.urls import path, re_path
 
 from chat import views
 
@@ -11,4 +11,10 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/instructions/", views.instructions, name="instructions"),
     path("c/<uuid:conversation_id>/delete/", views.delete, name="delete"),
     path("search/", views.search, name="search"),
+    # Shared links: the owner's endpoints, then the public page and its "Continue this chat".
+    path("c/<uuid:conversation_id>/share/", views.share, name="share"),
+    path("c/<uuid:conversation_id>/share/revoke/", views.share_revoke, name="share_revoke"),
+    re_path(r"^s/(?P<token>[A-Za-z0-9_-]{1,64})/$", views.shared, name="shared"),
+    re_path(r"^s/(?P<token>[A-Za-z0-9_-]{1,64})/continue/$", views.shared_continue, name="shared_continue"),
+    path("messages/<uuid:message_id>/feedback/", views.feedback, name="feedback"),
 ]

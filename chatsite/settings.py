@@ -293,6 +293,8 @@ LOGIN_FAILURE_WINDOW = envnumber("LOGIN_FAILURE_WINDOW", 15 * 60)
 CHAT_SIGNUP_OPEN = envbool("CHAT_SIGNUP_OPEN", False)
 # Off: nobody, not even superusers, can read transcripts in the admin (usage figures stay).
 CHAT_STAFF_CAN_READ_TRANSCRIPTS = envbool("CHAT_STAFF_CAN_READ_TRANSCRIPTS", True)
+# Off: no share links are made or opened (their pages answer 404), and the Share control is gone.
+CHAT_SHARING = envbool("CHAT_SHARING", True)
 
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
 EMAIL_HOST = envstr("EMAIL_HOST", "localhost")

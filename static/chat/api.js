@@ -56,3 +56,14 @@ export async function signedIn() {
     return null;
   }
 }
+
+/** A POST with a JSON body (the feedback endpoint), answered JSON. */
+export async function postJson(url, data) {
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { "X-CSRFToken": csrfToken(), "Content-Type": "application/json" },
+    body: JSON.stringify(data),
+    credentials: "same-origin",
+  });
+  return answer(response);
+}

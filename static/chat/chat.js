@@ -7,6 +7,7 @@
 import { ApiError, postForm, signedIn } from "./api.js";
 import { copyCode, copyText } from "./markdown.js";
 import { createView, incompleteReason, UNFINISHED } from "./render.js";
+import { ShareDialog } from "./share-dialog.js";
 import { Sidebar } from "./sidebar.js";
 import { ChatSocket, socketUrl } from "./socket.js";
 
@@ -241,6 +242,7 @@ function setConversation(conversation) {
   showTitle(conversation);
   markCurrentInSidebar(conversation);
   showInstructions(conversation);
+  shareDialog.conversationChanged();
 }
 
 function showTitle(conversation) {
@@ -705,6 +707,10 @@ const sidebar = new Sidebar({
     window.location.assign(next);
   },
 });
+
+// --- sharing ---------------------------------------------------------------------------------
+
+const shareDialog = new ShareDialog({ currentId: () => state.conversation?.id });
 
 // --- sidebar on narrow screens ---------------------------------------------------------------
 

@@ -4,6 +4,7 @@
 // animation frame by chat.js) brings the DOM up to date. Text from the server reaches the page
 // through textContent or, for Markdown, through markdown.js's sanitizer.
 
+import { FeedbackControls } from "./feedback.js";
 import { MarkdownStream } from "./markdown.js";
 
 export const UNFINISHED = new Set(["queued", "streaming"]);
@@ -144,7 +145,8 @@ class VersionNav {
 }
 
 export class UserMessageView {
-  constructor(frame, { onSelect, onEdit, maxChars }) {
+  /** `readOnly` (a shared page): the message can be copied, not edited. */
+  constructor(frame, { onSelect, onEdit, maxChars, readOnly = false }) {
     this.id = frame.id;
     this.role = "user";
     this.text = frame.text;
@@ -162,7 +164,8 @@ export class UserMessageView {
     this.editButton = button("edit-button", "Edit");
     this.editButton.addEventListener("click", () => this.startEditing());
     this.foot = element("div", "message-foot user-foot");
-    this.foot.append(this.nav.element, this.copyButton, this.editButton);
+    this.foot.append(this.nav.element, this.copyButton);
+    if (!readOnly) this.foot.append(this.editButton);
     this.element.append(this.bubble, this.foot);
     this.apply(frame);
   }
@@ -255,7 +258,8 @@ export class UserMessageView {
 }
 
 export class AssistantMessageView {
-  constructor(frame, { onRegenerate, onSelect, seq = null }) {
+  /** `readOnly` (a shared page): no Regenerate, Retry or feedback, only Copy. */
+  constructor(frame, { onRegenerate, onSelect, seq = null, readOnly = false }) {
     this.id = frame.id;
     this.role = "assistant";
     this.retried = false;
@@ -299,17 +303,13 @@ export class AssistantMessageView {
     this.copyButton.type = "button";
     this.copyButton.setAttribute("aria-label", "Copy answer");
     const foot = element("div", "message-foot");
-    foot.append(
-      this.nav.element,
-      this.badge,
-      this.meta,
-      this.timing,
-      this.copyButton,
-      this.regenerateButton,
-      this.retryButton,
-    );
+    foot.append(this.nav.element, this.badge, this.meta, this.timing, this.copyButton);
+    if (!readOnly) foot.append(this.regenerateButton, this.retryButton);
+    this.feedback = readOnly ? null : new FeedbackControls(frame.id);
+    if (this.feedback) foot.append(this.feedback.buttons);
 
     this.element.append(this.thinking, this.placeholder, this.body, this.refusal, this.error, foot);
+    if (this.feedback) this.element.append(this.feedback.form);
     // Deltas go straight to the streams too; they reach the page on render().
     this.textStream = new MarkdownStream(this.body);
     this.reasoningStream = new MarkdownStream(thinkingBody);
@@ -341,6 +341,8 @@ export class AssistantMessageView {
     this.startedAt = frame.started_at || null;
     this.firstTokenAt = frame.first_token_at || null;
     this.finishedAt = frame.finished_at || null;
+    // message.done carries no feedback: an answer just finished has none yet, and keeps any.
+    if (this.feedback && frame.feedback !== undefined) this.feedback.set(frame.feedback);
     this.lastSeq = this.unfinished ? seq : 0;
     this.settled = false;
     this.textStream.set(this.text);
@@ -434,6 +436,7 @@ export class AssistantMessageView {
     this.updateActions();
 
     setHidden(this.copyButton, streaming || !this.text);
+    this.feedback?.setShown(!streaming);
     const timing = streaming ? "" : timingSummary(this.startedAt, this.firstTokenAt, this.finishedAt);
     setText(this.timing, timing);
     setHidden(this.timing, !timing);
