@@ -303,7 +303,9 @@ export class AssistantMessageView {
     this.copyButton.type = "button";
     this.copyButton.setAttribute("aria-label", "Copy answer");
     const foot = element("div", "message-foot");
-    foot.append(this.nav.element, this.badge, this.meta, this.timing, this.copyButton);
+    // A shared page shows one path and no versions: only what can be read and copied.
+    if (!readOnly) foot.append(this.nav.element);
+    foot.append(this.badge, this.meta, this.timing, this.copyButton);
     if (!readOnly) foot.append(this.regenerateButton, this.retryButton);
     this.feedback = readOnly ? null : new FeedbackControls(frame.id);
     if (this.feedback) foot.append(this.feedback.buttons);
