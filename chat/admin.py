@@ -539,7 +539,7 @@ class SharedConversationAdmin(TranscriptAdmin):
     who may read transcripts may read these (view_conversation). The token is never shown whole
     nor looked up piece by piece (SharedConversation.TEXT_FIELDS): with it, the public page would
     show the snapshot unaudited. A search for a whole token (`=token`) finds a reported link.
-    Superusers may revoke links, e.g. one reported for abuse.
+    Superusers may revoke links, e.g. one reported for abuse, or delete them.
     """
 
     list_display = ["token_start", "conversation", "owner", "title", "message_count", "created_at", "revoked_at"]
@@ -558,8 +558,8 @@ class SharedConversationAdmin(TranscriptAdmin):
     def has_module_permission(self, request):
         return self.has_view_permission(request)
 
-    def has_delete_permission(self, request, obj=None):
-        return False  # a link is revoked, and goes with its conversation
+    # Deleting: TranscriptAdmin's rule (superusers). Deleting a conversation or a user deletes
+    # their links, and the admin asks this admin whether it may.
 
     def has_revoke_permission(self, request):
         return bool(settings.CHAT_STAFF_CAN_READ_TRANSCRIPTS) and request.user.is_active and request.user.is_superuser

@@ -1111,7 +1111,8 @@ class SharedConversationQuerySet(models.QuerySet):
         return self.create(
             conversation=locked,
             token=secrets.token_urlsafe(SHARE_TOKEN_BYTES),
-            title=locked.display_title,
+            # The title only, never display_title: that names an untitled conversation by its id.
+            title=locked.title,
             model=locked.model,
             messages=[SharedConversation.snapshot_of(message) for message in locked.path()],
         )
@@ -1185,8 +1186,11 @@ class SharedConversation(models.Model):
 
         Nothing is spent, so nothing enters the ledger: the copies are records, not answers.
         """
+        first = next((shared["text"] for shared in self.messages if shared["role"] == Message.Role.USER), "")
         conversation = Conversation.objects.create(
-            owner=user, title=self.title[:TITLE_LENGTH], model=self.model or providers.default_model()
+            owner=user,
+            title=(self.title or Conversation.title_from(first))[:TITLE_LENGTH],
+            model=self.model or providers.default_model(),
         )
         parent = None
         for shared in self.messages:

@@ -106,6 +106,14 @@ def test_the_share_page_shows_only_the_current_path(alice_client, conversation, 
         assert "usage" not in message
 
 
+def test_an_untitled_conversation_is_shared_without_naming_its_id(alice_client, alice):
+    conversation = conversation_with_answer(alice, "Untitled question")
+    Conversation.objects.filter(pk=conversation.pk).update(title="")
+    page = Client().get(path_of(share(alice_client, Conversation.objects.get(pk=conversation.pk))))
+    assert str(conversation.id) not in page.content.decode()
+    assert "A shared conversation" in page.content.decode()
+
+
 def test_the_snapshot_does_not_follow_later_changes(alice_client, conversation):
     url = path_of(share(alice_client, conversation))
     last = conversation.current
@@ -274,6 +282,7 @@ def test_continue_this_chat_copies_the_snapshot_into_the_visitors_own_conversati
     copy = Conversation.objects.get(owner=bob)
     assert response["Location"] == reverse("chat:conversation", args=[copy.id])
     assert copy.title == "Reversing lists"
+    assert copy.owner == bob
     assert copy.instructions == ""
     assert [(message.role, message.text) for message in copy.path()] == [
         ("user", "How do I reverse a list?"),
@@ -367,6 +376,21 @@ def test_a_superuser_revokes_a_reported_link(client, superuser, reviewer, link):
     client.post(changelist, data)
     assert not SharedConversation.objects.live().exists()
     assert Client().get(f"/s/{link.token}/").status_code == 404
+
+
+def test_a_superuser_deletes_a_shared_conversation_and_its_owner_in_the_admin(client, superuser, link, bob):
+    """The links go with them: the admin's deletion is not blocked by them, nor audited less."""
+    other = SharedConversation.objects.share(conversation_with_answer(bob, "Bob's"))
+    client.force_login(superuser)
+    url = reverse("admin:chat_conversation_delete", args=[link.conversation_id])
+    assert "permission" not in client.get(url).content.decode().lower()
+    assert client.post(url, {"post": "yes"}).status_code == 302
+    assert not SharedConversation.objects.filter(pk=link.pk).exists()
+    assert Client().get(f"/s/{link.token}/").status_code == 404
+    assert AuditEvent.objects.filter(action="deleted").count() == 1
+    assert client.post(reverse("admin:auth_user_delete", args=[bob.pk]), {"post": "yes"}).status_code == 302
+    assert not SharedConversation.objects.exists()
+    assert Client().get(f"/s/{other.token}/").status_code == 404
 
 
 def test_str_of_a_link_names_no_text_and_no_whole_token(link):
