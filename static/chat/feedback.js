@@ -50,7 +50,11 @@ export class FeedbackControls {
     this.status.setAttribute("role", "status");
     this.buttons.append(this.good, this.bad, this.commentButton, this.status);
 
-    this.form = element("form", "feedback-form");
+    // A group, not a <form>: nothing in a message's article is a form that markup could forge
+    // (tests/browser/test_security.py looks for any).
+    this.form = element("div", "feedback-form");
+    this.form.setAttribute("role", "group");
+    this.form.setAttribute("aria-label", "Comment on the answer");
     this.form.hidden = true;
     this.box = element("textarea", "feedback-input");
     this.box.rows = 2;
@@ -58,8 +62,7 @@ export class FeedbackControls {
     this.box.setAttribute("aria-label", "Feedback comment");
     this.box.placeholder = "What was good or bad about this answer? (optional)";
     const close = button("button-quiet", "Close comment", "Close");
-    const save = element("button", "button-primary", "Save comment");
-    save.type = "submit";
+    const save = button("button-primary", "Save comment", "Save comment");
     const bar = element("div", "feedback-form-bar");
     bar.append(close, save);
     this.form.append(this.box, bar);
@@ -71,8 +74,7 @@ export class FeedbackControls {
       this.setOpen(false);
       this.commentButton.focus();
     });
-    this.form.addEventListener("submit", (event) => {
-      event.preventDefault();
+    save.addEventListener("click", () => {
       if (this.value) this.save(this.value.rating, this.box.value, "Comment saved.");
     });
     this.set(null);

@@ -159,3 +159,35 @@ def test_feedback_is_given_by_role_and_name_and_kept_after_a_reload(chat, upstre
     chat.reload()
     expect(answers(chat).first.get_by_role("button", name="Bad answer")).to_have_attribute("aria-pressed", "false")
     expect(answers(chat).first.get_by_role("button", name="Comment on this answer")).to_be_hidden()
+
+
+@pytest.mark.timeout(180)
+def test_the_xss_corpus_runs_nowhere_on_a_shared_page(chat, browser, site_url, upstream):
+    """The shared page renders through the chat's own sanitizing renderer, logged out too."""
+    from tests.browser.test_security import CORPUS, LAST, assert_nothing_ran, watch
+
+    upstream.queue(answer(chunks(CORPUS, 40)))
+    send(chat, CORPUS)
+    wait_until_idle(chat)
+    chat.get_by_role("button", name="Share").click()
+    chat.get_by_role("dialog").get_by_role("button", name="Create link").click()
+    box = chat.get_by_role("textbox", name="Share link")
+    expect(box).to_have_value(re.compile(r"/s/"))
+    url = box.input_value()
+
+    visitor_context = browser.new_context(base_url=site_url)
+    visitor_context.set_default_timeout(BROWSER_TIMEOUT_MS)
+    try:
+        visitor = visitor_context.new_page()
+        foreign = watch(visitor, site_url)
+        visitor.goto(url)
+        expect(answers(visitor).first).to_contain_text(LAST)
+        expect(visitor.get_by_role("article", name="User message")).to_contain_text(LAST)
+        assert_nothing_ran(visitor, foreign)
+        # The policy blocked nothing of ours: only the corpus's own images and links could trip it.
+        assert all(
+            "tracker.example" in violation or "javascript" in violation or "data" in violation
+            for violation in visitor.evaluate("window.violations")
+        )
+    finally:
+        visitor_context.close()
