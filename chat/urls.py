@@ -11,4 +11,9 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/instructions/", views.instructions, name="instructions"),
     path("c/<uuid:conversation_id>/delete/", views.delete, name="delete"),
     path("search/", views.search, name="search"),
+    path("c/<uuid:conversation_id>/pin/", views.pin, name="pin"),
+    path("c/<uuid:conversation_id>/archive/", views.archive, name="archive"),
+    path("c/<uuid:conversation_id>/export.md", views.export_markdown, name="export_markdown"),
+    path("export/", views.export_all, name="export"),
+    path("import/", views.import_chats, name="import"),
 ]
