@@ -280,6 +280,8 @@ class Conversation(models.Model):
             "title": self.display_title,
             "url": reverse("chat:conversation", args=[self.id]),
             "pinned": self.pinned_at is not None,
+            # The sidebar orders pinned rows by it, the last pinned first.
+            "pinned_at": self.pinned_at.isoformat() if self.pinned_at else None,
             "archived": self.archived_at is not None,
             "updated_at": self.updated_at.isoformat(),
         }

@@ -31,14 +31,17 @@ def test_a_pinned_conversation_leads_the_sidebar_and_an_archived_one_leaves_it(a
     oldest = Conversation.objects.get(title="Oldest")
     response = alice_client.post(reverse("chat:pin", args=[oldest.id]), {"pinned": "true"})
     assert response.status_code == 200
-    assert response.json()["conversation"] | {"updated_at": None} == {
+    assert response.json()["conversation"] | {"updated_at": None, "pinned_at": None} == {
         "id": str(oldest.id),
         "title": "Oldest",
         "url": f"/c/{oldest.id}/",
         "pinned": True,
         "archived": False,
         "updated_at": None,
+        "pinned_at": None,
     }
+    oldest.refresh_from_db()
+    assert response.json()["conversation"]["pinned_at"] == oldest.pinned_at.isoformat()
     assert sidebar_titles(alice_client) == (["Oldest", "Newest", "Middle"], [])
     alice_client.post(reverse("chat:pin", args=[Conversation.objects.get(title="Middle").id]))
     assert sidebar_titles(alice_client) == (["Middle", "Oldest", "Newest"], [])  # the last pinned first

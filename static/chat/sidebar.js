@@ -12,6 +12,11 @@ import { ApiError, getJson, postFile, postForm } from "./api.js";
 
 const SEARCH_DELAY_MS = 200;
 
+/** Shown on the page: not hidden, and not inside a closed <details> (which offsetParent misses). */
+function visible(element) {
+  return element.checkVisibility ? element.checkVisibility() : element.offsetParent !== null;
+}
+
 function timeOf(value) {
   const time = Date.parse(value || "");
   return Number.isNaN(time) ? 0 : time;
@@ -149,6 +154,10 @@ export class Sidebar {
   /** Puts a row where a reload would show it: pinned ones first, newest pin first, then by activity. */
   place(item) {
     if (item === this.menuRow) this.closeMenu(false);
+    // Moving a node drops its focus: it is given back, or, when the row goes out of sight (into
+    // the closed "Archived" list), to a neighbour. Focus never lands on something invisible.
+    const focused = item.contains(document.activeElement) ? document.activeElement : null;
+    const neighbour = focused ? this.neighbourOf(item) : null;
     if (item.hasAttribute("data-archived")) {
       if (item.parentElement !== this.archivedList) this.archivedList.prepend(item);
     } else {
@@ -164,6 +173,15 @@ export class Sidebar {
       else this.list.append(item);
     }
     this.showArchivedCount();
+    if (focused !== null) (visible(focused) ? focused : neighbour).focus();
+  }
+
+  /** The visible row link after (else before) `item`'s, or the search box. */
+  neighbourOf(item) {
+    const links = [...this.nav.querySelectorAll(".conversation-item > a")].filter(visible);
+    const own = item.querySelector("a");
+    const here = links.indexOf(own);
+    return links[here + 1] || links[here - 1] || this.searchInput;
   }
 
   showArchivedCount() {
@@ -205,7 +223,7 @@ export class Sidebar {
       event.preventDefault();
       this.openMenu(item, { from: link });
     } else if (event.key === "ArrowDown" || event.key === "ArrowUp") {
-      const links = [...this.nav.querySelectorAll(".conversation-item > a")].filter((each) => each.offsetParent);
+      const links = [...this.nav.querySelectorAll(".conversation-item > a")].filter(visible);
       const next = links[links.indexOf(link) + (event.key === "ArrowDown" ? 1 : -1)];
       if (next) {
         event.preventDefault();
@@ -351,16 +369,11 @@ export class Sidebar {
 
   async archive(item, archived) {
     const title = item.querySelector("a").textContent;
-    // Focus must not follow the row into the closed "Archived" list: it goes to a neighbour.
-    const links = [...this.nav.querySelectorAll(".conversation-item > a")].filter((link) => link.offsetParent);
-    const here = links.indexOf(item.querySelector("a"));
-    const neighbour = links[here + 1] || links[here - 1] || this.searchInput;
     try {
       const { conversation } = await postForm(`/c/${item.dataset.id}/archive/`, { archived });
-      this.apply(conversation);
+      this.apply(conversation); // an archived row's focus goes to a neighbour (place)
       const moved = this.find(conversation.id)?.querySelector("a");
-      if (moved?.offsetParent) moved.focus();
-      else (neighbour.isConnected && neighbour.offsetParent ? neighbour : this.searchInput).focus();
+      if (!archived && moved && visible(moved)) moved.focus();
       this.announce(archived ? `Archived ${title}.` : `Restored ${title}.`);
     } catch (error) {
       window.alert(error instanceof ApiError ? error.message : "That could not be saved.");
