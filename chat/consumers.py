@@ -563,7 +563,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         await self.end(event["code"])
 
     async def conversation_updated(self, event):
-        """A row of the owner's sidebar changed in some tab (chat/signals.py): forward it."""
+        """A conversation of the owner was pinned, archived or restored (chat/signals.py): forward it."""
         if self.ended or not self.counted:
             return
         await self.send(text_data=event["frame"])

@@ -270,8 +270,10 @@ class Conversation(models.Model):
             "updated_at": self.updated_at.isoformat(),
         }
 
-    # The fields the sidebar shows: a change to any is sent to every tab of the owner (chat/signals.py).
-    SIDEBAR_FIELDS = frozenset({"title", "pinned_at", "archived_at"})
+    # The organising a change of which is sent to every tab of the owner (chat/signals.py). Not the
+    # title: a title saved from an answer's worker thread would reach the channel layer from a
+    # thread of its own, which the in-memory layer does not allow (DESIGN.md).
+    SIDEBAR_FIELDS = frozenset({"pinned_at", "archived_at"})
 
     def sidebar_item(self):
         """The conversation as a sidebar row: the page, search, import and live updates use it."""

@@ -118,7 +118,7 @@ def session_check_event():
 
 # --- The sidebar's rows, on every socket of their owner ---------------------------------------
 
-# Server to client: a conversation was pinned, archived, restored or renamed in some tab.
+# Server to client: a conversation was pinned, archived or restored in some tab.
 CONVERSATION_UPDATED = "conversation.updated"
 # The channel-layer event that carries it (ChatConsumer.conversation_updated forwards it).
 EVENT_CONVERSATION_UPDATED = "conversation.updated"

@@ -66,7 +66,7 @@ def stop_everything_of_a_deactivated_user(sender, instance, created, **kwargs):
 
 @receiver(post_save, sender=Conversation)
 def show_a_changed_row_in_every_tab(sender, instance, created, update_fields=None, **kwargs):
-    """Pinned, archived, restored or renamed: every tab of the owner moves or relabels the row.
+    """Pinned, archived or restored: every tab of the owner moves the row.
     Saves that change nothing the sidebar shows (a new message's touch, the current path) send
     nothing; a new conversation reaches the tab that made it through its own frames."""
     if created or (update_fields is not None and not Conversation.SIDEBAR_FIELDS & set(update_fields)):

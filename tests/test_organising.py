@@ -99,7 +99,7 @@ def test_pinning_and_archiving_are_the_owners_only_with_a_post_a_value_and_the_c
 
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
-async def test_every_tab_of_the_owner_hears_of_a_pin_an_archive_and_a_rename_at_once(alice, bob):
+async def test_every_tab_of_the_owner_hears_of_a_pin_an_archive_and_a_restore_at_once(alice, bob):
     conversation = await sync_to_async(conversation_with_answer)(alice, title="Shared")
     first, connected, _ = await connect(alice)
     second, connected_too, _ = await connect(alice)
@@ -117,7 +117,6 @@ async def test_every_tab_of_the_owner_hears_of_a_pin_an_archive_and_a_rename_at_
         ("chat:pin", {"pinned": "true"}, {"pinned": True, "archived": False}),
         ("chat:archive", {"archived": "true"}, {"pinned": False, "archived": True}),
         ("chat:archive", {"archived": "false"}, {"pinned": False, "archived": False}),
-        ("chat:rename", {"title": "Renamed"}, {"title": "Renamed"}),
     ):
         await post(name, data)
         for socket in (first, second):
@@ -140,8 +139,9 @@ async def test_saves_that_change_nothing_in_the_sidebar_send_nothing(alice):
     assert connected
     await sync_to_async(conversation.touch)()
     await sync_to_async(conversation.set_instructions)("Be brief.")
+    await sync_to_async(conversation.rename)("A title of its own")
     await sync_to_async(conversation.pin)()
     frames = await receive_until(socket, "conversation.updated")
-    # The first frame the socket gets is the pin's: the touch and the instructions sent none.
+    # The first frame the socket gets is the pin's: the touch, the instructions and the title sent none.
     assert [(frame["type"], frame["conversation"]["pinned"]) for frame in frames] == [("conversation.updated", True)]
     await socket.disconnect()

@@ -357,7 +357,7 @@ const handlers = {
   },
 
   "conversation.updated"(frame) {
-    // Pinned, archived, restored or renamed, in this tab or another.
+    // Pinned, archived or restored, in this tab or another.
     sidebar.apply(frame.conversation);
   },
 
