@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.test_sidebar import sidebar, start_conversation
+from tests.browser.conftest import sidebar
+from tests.browser.test_sidebar import start_conversation
 
 pytestmark = pytest.mark.browser
 

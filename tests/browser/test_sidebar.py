@@ -7,22 +7,10 @@ import uuid
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import send, wait_until_idle
+from tests.browser.conftest import row_action, send, sidebar, wait_until_idle
 from tests.upstream import answer
 
 pytestmark = pytest.mark.browser
-
-
-def sidebar(page):
-    return page.get_by_role("navigation", name="Conversations")
-
-
-def row_action(page, title, action):
-    """Opens the row's menu with the pointer and picks `action`."""
-    link = sidebar(page).get_by_role("link", name=title, exact=True)
-    link.hover()
-    sidebar(page).get_by_role("button", name=f"Actions for {title}").click()
-    page.get_by_role("menu", name=f"Actions for {title}").get_by_role("menuitem", name=action, exact=True).click()
 
 
 def start_conversation(page, upstream, question, reply=None):
