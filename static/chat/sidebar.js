@@ -547,6 +547,7 @@ export class Sidebar {
         error instanceof ApiError ? error.message : "The file could not be sent."
       }`;
     } finally {
+      this.announce(this.importStatus.textContent); // the page's one live region
       this.importButton.disabled = false;
       this.importFile.value = "";
     }

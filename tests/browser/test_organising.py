@@ -145,6 +145,8 @@ def test_import_through_the_control_reports_what_it_did(chat, tmp_path):
     report = sidebar(chat).locator(".import-result")
     expect(report).to_contain_text("Imported 1 conversation from open-webui-chats.json.")
     expect(report.get_by_role("listitem")).to_have_text("Capital of Australia: Left out: 1 attached files and images.")
+    # Screen readers hear it through the page's live region.
+    expect(chat.locator("#announcer")).to_contain_text("Imported 1 conversation from open-webui-chats.json.")
     imported = sidebar(chat).get_by_role("link", name="Capital of Australia")
     # It was pinned in Open WebUI: it is pinned here.
     expect(sidebar(chat).locator("#conversation-list > li").first).to_contain_text("Capital of Australia")
