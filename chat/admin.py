@@ -183,6 +183,28 @@ class FeedbackFilter(admin.SimpleListFilter):
         return queryset.filter(pk__in=rated.values("conversation_id"))
 
 
+class ImportedFilter(admin.SimpleListFilter):
+    """Conversations brought in from a file (by source) or chatted here. Imported answers never
+    went upstream from this site: they are not in the usage ledger."""
+
+    title = "origin"
+    parameter_name = "origin"
+    CHATTED_HERE = "here"
+
+    def lookups(self, request, model_admin):
+        return [
+            (self.CHATTED_HERE, "chatted here"),
+            *((value, f"imported: {label}") for value, label in Conversation.Source.choices),
+        ]
+
+    def queryset(self, request, queryset):
+        if self.value() == self.CHATTED_HERE:
+            return queryset.filter(imported_at=None)
+        if self.value() in Conversation.Source.values:
+            return queryset.filter(import_source=self.value())
+        return queryset
+
+
 @admin.register(Conversation)
 class ConversationAdmin(TranscriptAdmin):
     list_display = ["title", "owner", "model", "message_count", "total_tokens", "updated_at", "last_status"]
@@ -191,13 +213,27 @@ class ConversationAdmin(TranscriptAdmin):
         "model",
         LastAnswerStatusFilter,
         FeedbackFilter,
+        ImportedFilter,
         "created_at",
     ]
     list_select_related = ["owner"]
     search_fields = ["title", "owner__username", "messages__text"]
     date_hierarchy = "created_at"
     raw_id_fields = ["owner"]
-    fields = ["id", "title", "owner", "model", "instructions", "created_at", "updated_at"]
+    fields = [
+        "id",
+        "title",
+        "owner",
+        "model",
+        "instructions",
+        "created_at",
+        "updated_at",
+        "pinned_at",
+        "archived_at",
+        "imported_at",
+        "import_source",
+        "import_key",
+    ]
     readonly_fields = fields
     change_form_template = "admin/chat/conversation/transcript.html"
     change_list_template = "admin/chat/conversation/change_list.html"

@@ -562,6 +562,12 @@ class ChatConsumer(AsyncWebsocketConsumer):
         """Logged out: this socket may no longer act."""
         await self.end(event["code"])
 
+    async def conversation_updated(self, event):
+        """A conversation of the owner was pinned, archived or restored (chat/signals.py): forward it."""
+        if self.ended or not self.counted:
+            return
+        await self.send(text_data=event["frame"])
+
     async def session_check(self, event):
         """The account changed, or the periodic check is due (watch_session)."""
         if self.ended or not self.counted:

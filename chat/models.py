@@ -11,6 +11,7 @@ from django.contrib.auth import get_user_model
 from django.db import connections, models, transaction
 from django.db.models import F, Q, Sum
 from django.db.models.functions import Coalesce
+from django.urls import reverse
 from django.utils import timezone
 
 from chat import providers
@@ -83,6 +84,14 @@ class ConversationQuerySet(models.QuerySet):
             matching = Message.objects.filter(text__icontains=query).values("conversation_id")
             found = found.filter(Q(title__icontains=query) | Q(pk__in=matching))
         return found
+
+    def in_sidebar(self):
+        """The conversations the sidebar lists: not archived, pinned ones first (last pinned
+        first), then the most recently active."""
+        return self.filter(archived_at=None).order_by(F("pinned_at").desc(nulls_last=True), "-updated_at")
+
+    def archived(self):
+        return self.exclude(archived_at=None).order_by("-archived_at")
 
     def idle_for_update(self, conversation_id, model=None):
         """A conversation locked until the transaction ends, with no answer being written.
@@ -192,6 +201,24 @@ class Conversation(models.Model):
     # and a new message follows it. Versions off that path stay stored (see MessageTree).
     current = models.ForeignKey("Message", models.SET_NULL, null=True, blank=True, related_name="+", editable=False)
 
+    # The owner's organising: pinned to the top of the sidebar, or archived out of it (listed
+    # under "Archived", still searchable). Never both: each clears the other.
+    pinned_at = models.DateTimeField(null=True, blank=True, editable=False)
+    archived_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    # Brought in from a file (chat/importers.py) rather than chatted here: no answer of it went
+    # upstream from this site, so none is in the usage ledger. `import_key` names the source
+    # conversation (its format and id, or a digest of it), so the same file imported twice adds
+    # nothing the second time.
+    class Source(models.TextChoices):
+        CHAT = "chat", "this site's export"
+        CHATGPT = "chatgpt", "ChatGPT"
+        OPEN_WEBUI = "open-webui", "Open WebUI"
+
+    imported_at = models.DateTimeField(null=True, blank=True, editable=False)
+    import_source = models.CharField(max_length=16, choices=Source.choices, blank=True, editable=False)
+    import_key = models.CharField(max_length=200, blank=True, editable=False)
+
     objects = ConversationQuerySet.as_manager()
 
     class Meta:
@@ -199,6 +226,12 @@ class Conversation(models.Model):
         indexes = [
             # The sidebar: one user's conversations, most recently active first.
             models.Index(fields=["owner", "-updated_at"], name="conversation_owner_recent"),
+        ]
+        constraints = [
+            # An import skips the conversations it brought in before (its index serves that lookup).
+            models.UniqueConstraint(
+                fields=["owner", "import_key"], condition=~Q(import_key=""), name="conversation_unique_import"
+            ),
         ]
 
     # Transcript text: what the owner wrote or the model answered. The admin refuses lookups on
@@ -237,6 +270,38 @@ class Conversation(models.Model):
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
         }
+
+    # The organising a change of which is sent to every tab of the owner (chat/signals.py). Not the
+    # title: a title saved from an answer's worker thread would reach the channel layer from a
+    # thread of its own, which the in-memory layer does not allow (DESIGN.md).
+    SIDEBAR_FIELDS = frozenset({"pinned_at", "archived_at"})
+
+    def sidebar_item(self):
+        """The conversation as a sidebar row: the page, search, import and live updates use it."""
+        return {
+            "id": str(self.id),
+            "title": self.display_title,
+            "url": reverse("chat:conversation", args=[self.id]),
+            "pinned": self.pinned_at is not None,
+            # The sidebar orders pinned rows by it, the last pinned first.
+            "pinned_at": self.pinned_at.isoformat() if self.pinned_at else None,
+            "archived": self.archived_at is not None,
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+    def pin(self, pinned=True):
+        """Pin to the top of the sidebar (which also brings it back from the archive), or unpin."""
+        self.pinned_at = timezone.now() if pinned else None
+        if pinned:
+            self.archived_at = None
+        self.save(update_fields=["pinned_at", "archived_at"])
+
+    def archive(self, archived=True):
+        """Move out of the sidebar into "Archived" (unpinning it), or restore it."""
+        self.archived_at = timezone.now() if archived else None
+        if archived:
+            self.pinned_at = None
+        self.save(update_fields=["pinned_at", "archived_at"])
 
     def touch(self):
         self.updated_at = timezone.now()

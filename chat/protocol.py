@@ -114,3 +114,19 @@ def account_closed_event(code):
 def session_check_event():
     """Something about the account changed: each socket re-checks its own session."""
     return {"type": EVENT_SESSION_CHECK}
+
+
+# --- The sidebar's rows, on every socket of their owner ---------------------------------------
+
+# Server to client: a conversation was pinned, archived or restored in some tab.
+CONVERSATION_UPDATED = "conversation.updated"
+# The channel-layer event that carries it (ChatConsumer.conversation_updated forwards it).
+EVENT_CONVERSATION_UPDATED = "conversation.updated"
+
+
+def conversation_updated_event(item):
+    """`item` is Conversation.sidebar_item(); the frame is encoded once for every socket."""
+    return {
+        "type": EVENT_CONVERSATION_UPDATED,
+        "frame": json.dumps({"type": CONVERSATION_UPDATED, "conversation": item}),
+    }

@@ -14,7 +14,7 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
 from chat import protocol
-from chat.models import Message
+from chat.models import Conversation, Message
 
 
 def tell_sockets_after_commit(group, event):
@@ -62,3 +62,14 @@ def stop_everything_of_a_deactivated_user(sender, instance, created, **kwargs):
     # and no worker started. Should the request fail, the generating process still stops them:
     # it also stops the answers of inactive owners (MessageQuerySet.stop_requested).
     transaction.on_commit(lambda: request_stop(Message.objects.owned_by(instance)), robust=True)
+
+
+@receiver(post_save, sender=Conversation)
+def show_a_changed_row_in_every_tab(sender, instance, created, update_fields=None, **kwargs):
+    """Pinned, archived or restored: every tab of the owner moves the row.
+    Saves that change nothing the sidebar shows (a new message's touch, the current path) send
+    nothing; a new conversation reaches the tab that made it through its own frames."""
+    if created or (update_fields is not None and not Conversation.SIDEBAR_FIELDS & set(update_fields)):
+        return
+    event = protocol.conversation_updated_event(instance.sidebar_item())
+    tell_sockets_after_commit(protocol.user_group(instance.owner_id), event)

@@ -17,4 +17,9 @@ urlpatterns = [
     re_path(r"^s/(?P<token>[A-Za-z0-9_-]{1,64})/$", views.shared, name="shared"),
     re_path(r"^s/(?P<token>[A-Za-z0-9_-]{1,64})/continue/$", views.shared_continue, name="shared_continue"),
     path("messages/<uuid:message_id>/feedback/", views.feedback, name="feedback"),
+    path("c/<uuid:conversation_id>/pin/", views.pin, name="pin"),
+    path("c/<uuid:conversation_id>/archive/", views.archive, name="archive"),
+    path("c/<uuid:conversation_id>/export.md", views.export_markdown, name="export_markdown"),
+    path("export/", views.export_all, name="export"),
+    path("import/", views.import_chats, name="import"),
 ]

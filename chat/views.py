@@ -1,15 +1,19 @@
 import json
+import logging
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, JsonResponse
+from django.core.files.uploadhandler import FileUploadHandler, StopUpload
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.templatetags.static import static
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from chat import limits, providers
+from chat import importers, limits, providers, transcripts
 from chat.models import (
     SHARE_LINKS_PER_CONVERSATION,
     Conversation,
@@ -19,16 +23,19 @@ from chat.models import (
     TooManyShareLinks,
 )
 
+logger = logging.getLogger(__name__)
+
 
 def page_context(request, conversation=None):
-    conversations = Conversation.objects.owned_by(request.user).only("id", "title", "updated_at")
+    mine = Conversation.objects.owned_by(request.user).only("id", "title", "updated_at", "pinned_at", "archived_at")
     # The path last shown or added to; the other versions are a chat.select away.
     messages = [message.as_frame() for message in conversation.path()] if conversation else []
     offered = providers.providers()
     budget = limits.budget_status(request.user)
     return {
         "budget": budget,
-        "conversations": conversations,
+        "conversations": mine.in_sidebar(),
+        "archived": mine.archived(),
         "conversation": conversation,
         "page_data": {
             "conversation": conversation.as_frame() if conversation else None,
@@ -65,14 +72,6 @@ def owned_or_404(request, conversation_id):
         raise Http404("No such conversation.") from None
 
 
-def sidebar_item(conversation):
-    return {
-        "id": str(conversation.id),
-        "title": conversation.display_title,
-        "url": reverse("chat:conversation", args=[conversation.id]),
-    }
-
-
 def invalid(message):
     return JsonResponse({"error": {"code": "invalid", "message": message}}, status=400)
 
@@ -81,8 +80,8 @@ def invalid(message):
 @require_GET
 def search(request):
     found = Conversation.objects.search(request.user, request.GET.get("q", ""))
-    found = found.only("id", "title", "updated_at")[:SEARCH_LIMIT]
-    return JsonResponse({"conversations": [sidebar_item(item) for item in found]})
+    found = found.only("id", "title", "updated_at", "pinned_at", "archived_at")[:SEARCH_LIMIT]
+    return JsonResponse({"conversations": [item.sidebar_item() for item in found]})
 
 
 @login_required
@@ -117,6 +116,128 @@ def delete(request, conversation_id):
         message = "An answer is still being written; stop it before deleting the conversation."
         return JsonResponse({"error": {"code": "busy", "message": message}}, status=409)
     return JsonResponse({"deleted": str(conversation_id), "next": reverse("chat:home")})
+
+
+def flag(request, name):
+    """A boolean form field: "1"/"true" or "0"/"false"; anything else is None."""
+    return {"1": True, "true": True, "0": False, "false": False}.get(request.POST.get(name, "1").lower())
+
+
+@login_required
+@require_POST
+def pin(request, conversation_id):
+    found = owned_or_404(request, conversation_id)
+    pinned = flag(request, "pinned")
+    if pinned is None:
+        return invalid("`pinned` must be true or false.")
+    found.pin(pinned)
+    return JsonResponse({"conversation": found.sidebar_item()})
+
+
+@login_required
+@require_POST
+def archive(request, conversation_id):
+    found = owned_or_404(request, conversation_id)
+    archived = flag(request, "archived")
+    if archived is None:
+        return invalid("`archived` must be true or false.")
+    found.archive(archived)
+    return JsonResponse({"conversation": found.sidebar_item()})
+
+
+def attachment(text, content_type, filename):
+    response = HttpResponse(text, content_type=f"{content_type}; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return response
+
+
+@login_required
+@require_GET
+def export_all(request):
+    """All of the user's conversations as one JSON file, in the admin export's schema
+    (docs/export.schema.json); /import/ reads it back."""
+    text, _ = transcripts.export(Conversation.objects.owned_by(request.user).order_by("created_at"), "json")
+    stamp = timezone.now().strftime("%Y%m%d-%H%M%S")
+    return attachment(text, "application/json", f"chats-{stamp}.json")
+
+
+@login_required
+@require_GET
+def export_markdown(request, conversation_id):
+    found = owned_or_404(request, conversation_id)
+    text, _ = transcripts.export(Conversation.objects.filter(pk=found.pk), "markdown")
+    return attachment(text, "text/markdown", f"conversation-{found.pk}.md")
+
+
+class LimitedUpload(FileUploadHandler):
+    """Stops reading an upload once it passes `limit` bytes; the view then refuses it. Placed
+    before Django's own handlers, which keep what it lets through."""
+
+    def __init__(self, request, limit):
+        super().__init__(request)
+        self.limit = limit
+        self.exceeded = False
+
+    def receive_data_chunk(self, raw_data, start):
+        if start + len(raw_data) > self.limit:
+            self.exceeded = True
+            raise StopUpload(connection_reset=False)
+        return raw_data
+
+    def file_complete(self, file_size):
+        return None
+
+
+def import_error(code, message, status=400):
+    return JsonResponse({"error": {"code": code, "message": message}}, status=status)
+
+
+def too_large():
+    limit = settings.CHAT_MAX_IMPORT_BYTES
+    size = f"{limit / (1024 * 1024):g} MB" if limit >= 1024 * 1024 else f"{limit} bytes"
+    return import_error("too_large", f"The file is larger than the {size} an import may be.", 413)
+
+
+# Room for the multipart wrapping around the file (boundaries, headers, the CSRF field).
+MULTIPART_SLACK = 64 * 1024
+
+
+@csrf_exempt  # the CSRF check is made by import_upload, after the upload's limit is in place
+@login_required
+@require_POST
+def import_chats(request):
+    """POST /import/ with a file in `file`: our export, ChatGPT's or Open WebUI's (chat/importers.py)."""
+    try:
+        length = int(request.META.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    if length > settings.CHAT_MAX_IMPORT_BYTES + MULTIPART_SLACK:
+        return too_large()  # said before the body is parsed
+    # Upload handlers can only change before the body is read, and the CSRF check reads it.
+    limit = LimitedUpload(request, settings.CHAT_MAX_IMPORT_BYTES)
+    request.upload_handlers.insert(0, limit)
+    return import_upload(request, limit)
+
+
+@csrf_protect
+def import_upload(request, limit):
+    upload = request.FILES.get("file")
+    if limit.exceeded:
+        return too_large()
+    if upload is None:
+        return import_error("no_file", "Choose a file to import (the form field `file`).")
+    try:
+        result = importers.import_file(request.user, upload.read())
+    except importers.ImportRefused as refusal:
+        return import_error(refusal.code, refusal.message, 409 if refusal.code == "conflict" else 400)
+    logger.info("User %s imported %s conversations", request.user.pk, len(result.conversations))
+    return JsonResponse(
+        {
+            "imported": len(result.conversations),
+            "skipped": result.skipped,
+            "conversations": [conversation.sidebar_item() for conversation in result.conversations],
+        }
+    )
 
 
 def favicon(request):

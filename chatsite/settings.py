@@ -250,6 +250,9 @@ OPENRESPONSES_CONNECT_TIMEOUT = envnumber("OPENRESPONSES_CONNECT_TIMEOUT", 10.0,
 CHAT_MAX_MESSAGE_CHARS = envnumber("CHAT_MAX_MESSAGE_CHARS", 32_000)
 # Largest websocket frame accepted from a browser, in bytes (a full message plus JSON escaping).
 CHAT_MAX_FRAME_BYTES = envnumber("CHAT_MAX_FRAME_BYTES", 256 * 1024)
+# Largest file a user may import (POST /import/), in bytes: the whole file is parsed in memory,
+# which takes several times its size. A ChatGPT export of a long history runs to tens of MB.
+CHAT_MAX_IMPORT_BYTES = envnumber("CHAT_MAX_IMPORT_BYTES", 32 * 1024 * 1024)
 # Websockets one user may hold open in one server process (tabs, devices).
 CHAT_MAX_SOCKETS_PER_USER = envnumber("CHAT_MAX_SOCKETS_PER_USER", 20)
 # How often (seconds) an open websocket checks again that its session still lets it act. Every

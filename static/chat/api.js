@@ -33,6 +33,19 @@ export async function postForm(url, fields = {}) {
   return answer(response);
 }
 
+/** A file sent as the multipart form field `file` (an import). */
+export async function postFile(url, file) {
+  const body = new FormData();
+  body.append("file", file);
+  const response = await fetch(url, {
+    method: "POST",
+    headers: { "X-CSRFToken": csrfToken() },
+    body,
+    credentials: "same-origin",
+  });
+  return answer(response);
+}
+
 export async function getJson(url, params = {}) {
   const query = new URLSearchParams(params).toString();
   const response = await fetch(query ? `${url}?${query}` : url, { credentials: "same-origin" });

@@ -250,22 +250,9 @@ function showTitle(conversation) {
   dom.title.textContent = conversation.title || "Conversation";
 }
 
-function markCurrentInSidebar(conversation) {
-  const path = `/c/${conversation.id}/`;
-  let link = null;
-  for (const candidate of dom.conversationList.querySelectorAll("a")) {
-    if (candidate.getAttribute("href") === path) link = candidate;
-    candidate.removeAttribute("aria-current");
-  }
-  if (link === null) {
-    const item = sidebar.item({ id: conversation.id, title: conversation.title, url: path });
-    link = item.querySelector("a");
-    dom.conversationList.prepend(item);
-  } else {
-    // The most recently active conversation leads the list, as it will after a reload.
-    dom.conversationList.prepend(link.parentElement);
-  }
-  link.setAttribute("aria-current", "page");
+function markCurrentInSidebar(conversation, options) {
+  // The most recently active conversation leads the unpinned ones, as it will after a reload.
+  sidebar.markCurrent(conversation, options);
 }
 
 // --- frames from the server ------------------------------------------------------------------
@@ -321,7 +308,7 @@ const handlers = {
       // Acknowledged. Another tab's send into this conversation while ours is unacknowledged
       // would make the server refuse ours as busy, with an error naming our client_id.
       state.pendingSend = null;
-      markCurrentInSidebar(state.conversation);
+      markCurrentInSidebar(state.conversation, { active: true });
     }
     if (state.views.has(message.id) || state.resubscribing) return;
     if (!makeRoomFor(message)) {
@@ -369,6 +356,11 @@ const handlers = {
     scheduleRender(view);
     updateComposer();
     announce(doneAnnouncement(frame));
+  },
+
+  "conversation.updated"(frame) {
+    // Pinned, archived or restored, in this tab or another.
+    sidebar.apply(frame.conversation);
   },
 
   error(frame) {
@@ -706,6 +698,7 @@ const sidebar = new Sidebar({
     // The conversation is gone: start afresh on a new chat, as the New chat link would.
     window.location.assign(next);
   },
+  announce,
 });
 
 // --- sharing ---------------------------------------------------------------------------------

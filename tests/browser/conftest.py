@@ -231,6 +231,18 @@ def chunks(text, size=12):
     return [text[index : index + size] for index in range(0, len(text), size)]
 
 
+def sidebar(page):
+    return page.get_by_role("navigation", name="Conversations")
+
+
+def row_action(page, title, action):
+    """Opens the row's menu with the pointer and picks `action`."""
+    link = sidebar(page).get_by_role("link", name=title, exact=True)
+    link.hover()
+    sidebar(page).get_by_role("button", name=f"Actions for {title}").click()
+    page.get_by_role("menu", name=f"Actions for {title}").get_by_role("menuitem", name=action, exact=True).click()
+
+
 def wait_until_idle(page):
     from playwright.sync_api import expect
 

@@ -6,7 +6,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import composer, send, serve_site
+from tests.browser.conftest import composer, row_action, send, serve_site
 from tests.upstream import answer, usage_object
 
 pytestmark = pytest.mark.browser
@@ -56,7 +56,7 @@ def test_the_composer_shows_the_spent_budget_live_on_load_and_after_deleting_the
     expect(notice).to_be_visible()
 
     # Deleting the conversation gives nothing back.
-    chat.get_by_role("navigation", name="Conversations").get_by_role("button", name="Delete Spend it all").click()
+    row_action(chat, "Spend it all", "Delete")
     chat.get_by_role("dialog", name="Delete “Spend it all”?").get_by_role("button", name="Delete", exact=True).click()
     expect(chat).to_have_url(re.compile(r"/$"))
     expect(chat.get_by_text("What can I help with?")).to_be_visible()

@@ -1,4 +1,5 @@
-"""The sidebar's conversation list in real Chromium: search, rename and delete."""
+"""The sidebar's conversation list in real Chromium: search, rename and delete, the last two from
+each row's menu (tests/browser/test_organising.py has the menu's keyboard, pins and archive)."""
 
 import re
 import uuid
@@ -6,14 +7,10 @@ import uuid
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import send, wait_until_idle
+from tests.browser.conftest import row_action, send, sidebar, wait_until_idle
 from tests.upstream import answer
 
 pytestmark = pytest.mark.browser
-
-
-def sidebar(page):
-    return page.get_by_role("navigation", name="Conversations")
 
 
 def start_conversation(page, upstream, question, reply=None):
@@ -52,15 +49,18 @@ def test_search_finds_conversations_by_title_and_by_message_text(chat, upstream)
 
 def test_a_conversation_is_renamed_in_place(chat, upstream):
     start_conversation(chat, upstream, "Name me later")
-    sidebar(chat).get_by_role("button", name="Rename Name me later").click()
+    row_action(chat, "Name me later", "Rename")
     title = sidebar(chat).get_by_role("textbox", name="Conversation title")
     expect(title).to_have_value("Name me later")
+    # While renaming, the field has the row: no link and no menu button beside it.
+    expect(sidebar(chat).get_by_role("button", name="Actions for Name me later")).to_be_hidden()
+    expect(sidebar(chat).get_by_role("link", name="Name me later")).to_be_hidden()
     title.fill("Renamed for good")
     title.press("Enter")
     expect(sidebar(chat).get_by_role("link", name="Renamed for good")).to_have_attribute("aria-current", "page")
     expect(chat).to_have_title("Renamed for good · Chat")
 
-    sidebar(chat).get_by_role("button", name="Rename Renamed for good").click()
+    row_action(chat, "Renamed for good", "Rename")
     title.fill("Not this one")
     title.press("Escape")
     expect(sidebar(chat).get_by_role("link", name="Renamed for good")).to_be_visible()
@@ -74,21 +74,25 @@ def test_deleting_asks_first_and_deleting_the_open_one_starts_a_new_chat(chat, u
     start_conversation(chat, upstream, "Delete me in the background")
     start_conversation(chat, upstream, "Delete me while open")
 
-    # Another conversation's actions show when its row is pointed at (or its link focused).
+    # Another conversation's menu button shows when its row is pointed at (or its link focused).
     background = sidebar(chat).get_by_role("link", name="Delete me in the background")
-    delete = sidebar(chat).get_by_role("button", name="Delete Delete me in the background")
-    expect(delete).to_be_hidden()
+    menu_button = sidebar(chat).get_by_role("button", name="Actions for Delete me in the background")
+    expect(menu_button).to_be_hidden()
     background.hover()
-    delete.click()
+    menu_button.click()
+    chat.get_by_role("menuitem", name="Delete").click()
     dialog = chat.get_by_role("dialog", name="Delete “Delete me in the background”?")
     expect(dialog).to_be_visible()
     dialog.get_by_role("button", name="Cancel").click()
     expect(dialog).to_be_hidden()
     expect(sidebar(chat).get_by_role("link", name="Delete me in the background")).to_be_visible()
 
-    background.focus()  # from the keyboard: Tab from the link reaches its buttons
-    chat.keyboard.press("Tab")
-    chat.keyboard.press("Tab")
+    background.focus()  # from the keyboard: Shift+F10 on the link opens its menu
+    chat.keyboard.press("Shift+F10")
+    delete = chat.get_by_role("menu", name="Actions for Delete me in the background").get_by_role(
+        "menuitem", name="Delete"
+    )
+    chat.keyboard.press("End")
     expect(delete).to_be_focused()
     chat.keyboard.press("Enter")
     dialog.get_by_role("button", name="Delete", exact=True).click()
@@ -97,7 +101,7 @@ def test_deleting_asks_first_and_deleting_the_open_one_starts_a_new_chat(chat, u
     expect(chat.get_by_role("article", name="User message")).to_contain_text("Delete me while open")
 
     current = chat.url
-    sidebar(chat).get_by_role("button", name="Delete Delete me while open").click()
+    row_action(chat, "Delete me while open", "Delete")
     chat.get_by_role("dialog", name="Delete “Delete me while open”?").get_by_role(
         "button", name="Delete", exact=True
     ).click()
