@@ -1,10 +1,12 @@
 // Markdown for model output: marked parses, DOMPurify sanitizes before anything reaches the
-// document, highlight.js colours fenced code. Raw HTML in model output is shown as text, not
-// interpreted: a model quoting `<img onerror=...>` means the characters, not an image.
+// document, highlight.js colours fenced code, KaTeX typesets math (math.js). Raw HTML in model
+// output is shown as text, not interpreted: a model quoting `<img onerror=...>` means the
+// characters, not an image.
 
 import { Marked } from "../vendor/marked.esm.js";
 import DOMPurify from "../vendor/purify.es.mjs";
 import hljs from "../vendor/highlight.min.js";
+import { mathExtensions, typeset } from "./math.js";
 
 // Beyond these sizes a code block is shown without colours: highlighting is linear in the text
 // and runs again on every animation frame while the block is still streaming.
@@ -17,6 +19,7 @@ function escapeHtml(text) {
 
 const marked = new Marked({ gfm: true, breaks: false });
 marked.use({ renderer: { html: ({ text }) => escapeHtml(text) } });
+marked.use({ extensions: mathExtensions });
 
 // Markdown makes no media, SVG or MathML, and only <img> may fetch anything on its own: every other
 // way of loading a URL (srcset, poster, <source>, SVG <image>…) is forbidden outright.
@@ -156,6 +159,8 @@ function blockImages(fragment) {
 
 function decorate(fragment, options) {
   blockImages(fragment);
+  // After sanitizing: KaTeX's own nodes (MathML for screen readers among them) are trusted.
+  typeset(fragment);
   for (const pre of fragment.querySelectorAll("pre")) decorateCodeBlock(pre, options);
   for (const table of fragment.querySelectorAll("table")) {
     const wrap = document.createElement("div");
