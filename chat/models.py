@@ -8,7 +8,7 @@ from functools import cached_property
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections, models, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -120,6 +120,7 @@ class ConversationQuerySet(models.QuerySet):
                 owner=user,
                 title=Conversation.title_from(text),
                 model=model or providers.default_model(),
+                instructions=AccountSettings.of(user).default_instructions,
             )
         else:
             conversation = self.owned_by(user).idle_for_update(conversation_id, model)
@@ -128,6 +129,20 @@ class ConversationQuerySet(models.QuerySet):
             parent = conversation.messages.get(pk=parent_id, role=Message.Role.ASSISTANT)
         user_message, answer = conversation.start_exchange(text, client_id=client_id, worker_id=worker_id, after=parent)
         return conversation, created, (user_message, answer), True
+
+    def start_empty(self, user, *, instructions, model=None, first_message=""):
+        """A conversation with no message yet, for instructions given before the first message:
+        the first answer then follows them. `first_message`, about to be sent to it, names it as
+        it names a conversation a chat.send starts. ValueError when the instructions are too long
+        or the model is not offered."""
+        if model and model not in providers.model_names():
+            raise ValueError("That model is not offered.")
+        return self.create(
+            owner=user,
+            title=Conversation.title_from(first_message),
+            model=model or providers.default_model(),
+            instructions=Conversation.clean_instructions(instructions),
+        )
 
 
 class MessageTree:
@@ -251,12 +266,17 @@ class Conversation(models.Model):
         self.title = title
         self.save(update_fields=["title"])
 
-    def set_instructions(self, instructions):
-        """The system prompt sent upstream with every later answer; ValueError if too long."""
+    @staticmethod
+    def clean_instructions(instructions):
+        """Instructions as stored; ValueError if too long."""
         instructions = instructions.strip()
         if len(instructions) > INSTRUCTIONS_LENGTH:
             raise ValueError(f"Instructions can be at most {INSTRUCTIONS_LENGTH} characters.")
-        self.instructions = instructions
+        return instructions
+
+    def set_instructions(self, instructions):
+        """The system prompt sent upstream with every later answer; ValueError if too long."""
+        self.instructions = self.clean_instructions(instructions)
         self.save(update_fields=["instructions"])
 
     @transaction.atomic
@@ -313,6 +333,10 @@ class Conversation(models.Model):
             after_id = after.id
         else:
             after_id = self.current_id or self.messages.values_list("id", flat=True).last()
+        if not self.title and after_id is None:
+            # Started empty (start_empty): the first message names it, as a new conversation's does.
+            self.title = Conversation.title_from(text)
+            self.save(update_fields=["title"])
         user_message = self.messages.create(
             role=Message.Role.USER, text=text, status=Message.Status.COMPLETED, client_id=client_id, parent_id=after_id
         )
@@ -792,6 +816,49 @@ class AccountLimits(models.Model):
         return override if override is not None else settings.CHAT_DAILY_TOKEN_BUDGET
 
 
+class AccountSettings(models.Model):
+    """What a user chose on the settings page: defaults for new chats and the theme."""
+
+    class Theme(models.TextChoices):
+        SYSTEM = "", "Follow the system"
+        LIGHT = "light", "Light"
+        DARK = "dark", "Dark"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, related_name="chat_settings")
+    default_model = models.CharField(
+        max_length=200, blank=True, help_text="The model a new chat starts with; empty: the site's default."
+    )
+    default_instructions = models.TextField(
+        blank=True, max_length=INSTRUCTIONS_LENGTH, help_text="The instructions a new chat starts with."
+    )
+    theme = models.CharField(max_length=8, choices=Theme.choices, default=Theme.SYSTEM, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    # Transcript-like text the owner wrote; the admin shows none of it (chat/admin.py registers no
+    # admin for this model).
+    TEXT_FIELDS = ("default_instructions",)
+
+    class Meta:
+        verbose_name = "chat settings"
+        verbose_name_plural = "chat settings"
+        ordering = ["user"]
+
+    def __str__(self):
+        return f"Settings of {self.user}"
+
+    @classmethod
+    def of(cls, user):
+        """The user's settings; unsaved defaults for a user who never saved any."""
+        found = cls.objects.filter(user_id=user.pk).first()
+        return found if found is not None else cls(user_id=user.pk)
+
+    @property
+    def model_for_new_chats(self):
+        """The default model if it is still offered, else the site's default."""
+        offered = providers.model_names()
+        return self.default_model if self.default_model in offered else offered[0]
+
+
 def next_midnight():
     """When today ends in the site's time zone: when daily budgets start afresh."""
     tomorrow = timezone.localdate() + datetime.timedelta(days=1)
@@ -824,6 +891,15 @@ class UsageEntryQuerySet(models.QuerySet):
             "resets_at": next_midnight().isoformat(),
             "zone": timezone.get_current_timezone_name(),
         }
+
+    def usage_by_model(self, user_id, day):
+        """[{model, answers, tokens}] the user's answers of `day` spent, per model, for the settings page."""
+        return list(
+            self.filter(user_id=user_id, day=day)
+            .values("model")
+            .annotate(answers=Count("id"), tokens=Coalesce(Sum("total_tokens"), 0))
+            .order_by("model")
+        )
 
     def reserve(self, answer, conversation):
         """Admit the queued `answer` against its owner's send rate and budget, and hold an
@@ -1022,4 +1098,8 @@ class UsageEntry(models.Model):
 
 def transcript_text_fields():
     """The model fields that hold transcript text, across every model that copies some."""
-    return {model._meta.get_field(name) for model in (Conversation, Message, AuditEvent) for name in model.TEXT_FIELDS}
+    return {
+        model._meta.get_field(name)
+        for model in (Conversation, Message, AuditEvent, AccountSettings)
+        for name in model.TEXT_FIELDS
+    }

@@ -6,6 +6,7 @@ app_name = "chat"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("c/new/", views.start, name="start"),
     path("c/<uuid:conversation_id>/", views.conversation, name="conversation"),
     path("c/<uuid:conversation_id>/rename/", views.rename, name="rename"),
     path("c/<uuid:conversation_id>/instructions/", views.instructions, name="instructions"),

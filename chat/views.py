@@ -7,7 +7,7 @@ from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from chat import limits, providers
-from chat.models import Conversation, ConversationBusy
+from chat.models import AccountSettings, Conversation, ConversationBusy
 
 
 def page_context(request, conversation=None):
@@ -16,10 +16,12 @@ def page_context(request, conversation=None):
     messages = [message.as_frame() for message in conversation.path()] if conversation else []
     offered = providers.providers()
     budget = limits.budget_status(request.user)
+    preferences = AccountSettings.of(request.user)
     return {
         "budget": budget,
         "conversations": conversations,
         "conversation": conversation,
+        "new_chat_instructions": preferences.default_instructions,
         "page_data": {
             "conversation": conversation.as_frame() if conversation else None,
             "messages": messages,
@@ -28,6 +30,9 @@ def page_context(request, conversation=None):
             "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
             "image_hosts": settings.CHAT_IMAGE_HOSTS,
             "budget": budget,
+            # What a new chat starts with (the settings page).
+            "default_model": preferences.model_for_new_chats,
+            "default_instructions": preferences.default_instructions,
         },
     }
 
@@ -94,6 +99,23 @@ def instructions(request, conversation_id):
     except ValueError as error:
         return invalid(str(error))
     return JsonResponse({"conversation": found.as_frame()})
+
+
+@login_required
+@require_POST
+def start(request):
+    """A new chat given its instructions before its first message: the conversation is made now,
+    empty, so that the first answer follows them (the first message is sent to it next)."""
+    try:
+        found = Conversation.objects.start_empty(
+            request.user,
+            instructions=request.POST.get("instructions", ""),
+            model=request.POST.get("model") or None,
+            first_message=request.POST.get("first_message", ""),
+        )
+    except ValueError as error:
+        return invalid(str(error))
+    return JsonResponse({"conversation": found.as_frame()}, status=201)
 
 
 @login_required

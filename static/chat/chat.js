@@ -34,6 +34,7 @@ const dom = {
   instructions: document.getElementById("instructions"),
   instructionsHint: document.getElementById("instructions-hint"),
   saveInstructions: document.getElementById("save-instructions"),
+  conversationSettings: document.getElementById("conversation-settings"),
   budgetNotice: document.getElementById("budget-notice"),
   budgetLine: document.getElementById("budget"), // only when the account has a budget
 };
@@ -57,6 +58,8 @@ const state = {
   budget: page.budget,
   // Why the server ended the socket's session, until the socket knows whether to reconnect.
   sessionEnding: null,
+  // A new chat with its own instructions is being made (POST /c/new/) before its first message.
+  starting: false,
 };
 
 // --- helpers ---------------------------------------------------------------------------------
@@ -500,7 +503,8 @@ function showBudget() {
 // --- the composer ----------------------------------------------------------------------------
 
 function fillModels() {
-  const preferred = state.conversation?.model;
+  // A new chat starts with the model chosen on the settings page.
+  const preferred = state.conversation?.model ?? page.default_model;
   for (const name of page.models) {
     const option = document.createElement("option");
     option.value = name;
@@ -508,9 +512,17 @@ function fillModels() {
     dom.model.append(option);
   }
   if (preferred && page.models.includes(preferred)) dom.model.value = preferred;
+  showModelTitle();
   // With one model the picker still names it (e.g. "Local model: SmolLM2-135M, offline").
   dom.model.disabled = page.models.length < 2;
 }
+
+/** The chosen model's whole name, for a picker too narrow to show it (a phone). */
+function showModelTitle() {
+  dom.model.title = dom.model.selectedOptions[0]?.textContent || "";
+}
+
+dom.model.addEventListener("change", showModelTitle);
 
 function resizeInput() {
   dom.input.style.height = "auto";
@@ -528,7 +540,7 @@ function updateComposer() {
   dom.stop.disabled = busy && state.stopping === answer.id;
   // What is typed stays in the disabled box: it can be sent once the budget resets.
   dom.input.disabled = spent;
-  dom.send.disabled = spent || !dom.input.value.trim() || tooLong || state.pendingSend !== null;
+  dom.send.disabled = spent || !dom.input.value.trim() || tooLong || state.pendingSend !== null || state.starting;
   dom.charCount.hidden = length < page.max_message_chars * 0.9;
   dom.charCount.textContent = `${length.toLocaleString()} / ${page.max_message_chars.toLocaleString()}`;
   dom.charCount.classList.toggle("is-over", tooLong);
@@ -566,12 +578,35 @@ function isLocked() {
   return activeAnswer() !== null || state.pendingSend !== null;
 }
 
-function submit() {
+async function submit() {
   const text = dom.input.value;
   if (!text.trim() || activeAnswer() !== null || state.pendingSend !== null || budgetSpent()) return;
-  if (text.length > page.max_message_chars) return;
+  if (text.length > page.max_message_chars || state.starting) return;
   dom.input.value = "";
   resizeInput();
+  // The settings panel has done its part; the conversation is what matters now.
+  dom.conversationSettings.open = false;
+  if (state.conversation === null && dom.instructions.value.trim() !== (page.default_instructions || "").trim()) {
+    // Instructions of its own for a new chat: the conversation is made with them first, so that
+    // the first answer follows them (a chat.send makes a new chat with the default ones).
+    state.starting = true;
+    updateComposer();
+    try {
+      const { conversation } = await postForm("/c/new/", {
+        instructions: dom.instructions.value,
+        model: dom.model.value,
+        first_message: text,
+      });
+      setConversation(conversation);
+    } catch (error) {
+      giveBack({ frame: { text } });
+      showError(error instanceof ApiError ? error.message : "Could not start the conversation.");
+      return;
+    } finally {
+      state.starting = false;
+      updateComposer();
+    }
+  }
   sendText(text);
 }
 
@@ -665,13 +700,20 @@ let instructionsSaved = dom.instructions.value;
 
 /** Fills the Instructions field from the server, unless the user is editing it. */
 function showInstructions(conversation) {
-  dom.instructions.disabled = false;
-  dom.saveInstructions.disabled = false;
+  dom.saveInstructions.hidden = false;
   dom.instructionsHint.textContent = "Sent to the model with every answer in this conversation.";
   const server = conversation.instructions ?? instructionsSaved;
   if (dom.instructions.value === instructionsSaved) dom.instructions.value = server;
   instructionsSaved = server;
+  updateSaveInstructions();
 }
+
+/** Save is offered only for a change: a button that would save nothing is disabled. */
+function updateSaveInstructions() {
+  dom.saveInstructions.disabled = state.conversation === null || dom.instructions.value === instructionsSaved;
+}
+
+dom.instructions.addEventListener("input", updateSaveInstructions);
 
 dom.saveInstructions.addEventListener("click", async () => {
   if (!state.conversation) return;
@@ -688,7 +730,7 @@ dom.saveInstructions.addEventListener("click", async () => {
   } catch (error) {
     dom.instructionsHint.textContent = error instanceof ApiError ? error.message : "Could not save.";
   } finally {
-    dom.saveInstructions.disabled = false;
+    updateSaveInstructions();
   }
 });
 
