@@ -7,6 +7,7 @@
 import { ApiError, postForm, signedIn } from "./api.js";
 import { copyCode, copyText } from "./markdown.js";
 import { createView, incompleteReason, UNFINISHED } from "./render.js";
+import { fillShortcutsDialog, installShortcuts } from "./shortcuts.js";
 import { Sidebar } from "./sidebar.js";
 import { ChatSocket, socketUrl } from "./socket.js";
 
@@ -37,6 +38,10 @@ const dom = {
   conversationSettings: document.getElementById("conversation-settings"),
   budgetNotice: document.getElementById("budget-notice"),
   budgetLine: document.getElementById("budget"), // only when the account has a budget
+  searchInput: document.getElementById("search-input"),
+  shortcutsDialog: document.getElementById("shortcuts-dialog"),
+  shortcutList: document.getElementById("shortcut-list"),
+  showShortcuts: document.getElementById("show-shortcuts"),
 };
 
 const state = {
@@ -667,13 +672,6 @@ dom.input.addEventListener("input", () => {
   updateComposer();
 });
 
-document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && activeAnswer() !== null) {
-    event.preventDefault();
-    stop();
-  }
-});
-
 dom.stop.addEventListener("click", stop);
 
 dom.messages.addEventListener("click", (event) => {
@@ -764,6 +762,49 @@ document.addEventListener("click", (event) => {
   if (dom.sidebar.contains(event.target) || dom.sidebarToggle.contains(event.target)) return;
   setSidebar(false);
 });
+
+// --- keyboard shortcuts (shortcuts.js) -------------------------------------------------------
+
+function lastAnswer() {
+  for (let index = state.order.length - 1; index >= 0; index -= 1) {
+    const view = state.order[index];
+    if (view.role === "assistant") return view;
+  }
+  return null;
+}
+
+function showShortcuts() {
+  fillShortcutsDialog(dom.shortcutList);
+  dom.shortcutsDialog.showModal();
+}
+
+installShortcuts({
+  newChat() {
+    window.location.assign("/");
+  },
+  search() {
+    // On a phone the list is behind the menu button: open it first, so focus lands on something seen.
+    if (window.getComputedStyle(dom.sidebarToggle).display !== "none") setSidebar(true);
+    dom.searchInput.focus();
+    dom.searchInput.select();
+  },
+  focusComposer() {
+    if (dom.input.disabled) return false;
+    dom.input.focus();
+  },
+  stop() {
+    if (activeAnswer() === null) return false;
+    stop();
+  },
+  copyLastAnswer() {
+    const view = lastAnswer();
+    if (!view?.text || view.unfinished) return false;
+    copyText(view.text).then((copied) => announce(copied ? "Last answer copied." : "Could not copy the answer."));
+  },
+  showShortcuts,
+});
+
+dom.showShortcuts.addEventListener("click", showShortcuts);
 
 // --- the socket ------------------------------------------------------------------------------
 

@@ -161,8 +161,12 @@ export class UserMessageView {
     this.copyButton = button("copy-message-button", "Copy", "Copy message");
     this.editButton = button("edit-button", "Edit");
     this.editButton.addEventListener("click", () => this.startEditing());
+    // Copy and Edit together, so that what reveals them (chat.css) is apart from what dims a
+    // disabled button: both apply, and a disabled Edit stays as hidden as an enabled one.
+    const actions = element("span", "user-actions");
+    actions.append(this.copyButton, this.editButton);
     this.foot = element("div", "message-foot user-foot");
-    this.foot.append(this.nav.element, this.copyButton, this.editButton);
+    this.foot.append(this.nav.element, actions);
     this.element.append(this.bubble, this.foot);
     this.apply(frame);
   }
