@@ -8,12 +8,13 @@ from django.views.decorators.http import require_GET, require_POST
 
 from chat import limits, providers
 from chat.models import AccountSettings, Conversation, ConversationBusy
+from chat.worker import read_snapshot
 
 
 def page_context(request, conversation=None):
     conversations = Conversation.objects.owned_by(request.user).only("id", "title", "updated_at")
     # The path last shown or added to; the other versions are a chat.select away.
-    messages = [message.as_frame() for message in conversation.path()] if conversation else []
+    messages = [page_frame(message) for message in conversation.path()] if conversation else []
     offered = providers.providers()
     budget = limits.budget_status(request.user)
     preferences = AccountSettings.of(request.user)
@@ -35,6 +36,18 @@ def page_context(request, conversation=None):
             "default_instructions": preferences.default_instructions,
         },
     }
+
+
+def page_frame(message):
+    """A message as the page starts with it. An answer still being written shows the freshest
+    text there is, its snapshot (with its `seq`), rather than the last checkpoint, which can be
+    a second older: a reload mid-answer then never shows less than the tab showed before it."""
+    frame = message.as_frame()
+    if not message.is_finished:
+        snapshot = read_snapshot(message.id)
+        if snapshot is not None:
+            frame.update({key: snapshot[key] for key in ("seq", "status", "text", "reasoning", "refusal")})
+    return frame
 
 
 @login_required

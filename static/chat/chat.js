@@ -840,7 +840,8 @@ const socket = new ChatSocket(socketUrl("/ws/chat/"), {
 // --- start -----------------------------------------------------------------------------------
 
 fillModels();
-for (const message of page.messages) addView(message);
+// An answer being written comes with the `seq` of its text (chat/views.py page_frame).
+for (const message of page.messages) addView(message, message.seq ?? null);
 setBudget(page.budget);
 scrollToBottom();
 socket.start();

@@ -30,6 +30,7 @@ export class Sidebar {
     this.dialog = document.getElementById("delete-dialog");
     this.dialogTitle = document.getElementById("delete-dialog-title");
     this.dialogError = document.getElementById("delete-dialog-error");
+    this.dialogText = document.getElementById("delete-dialog-text");
     this.confirmDelete = document.getElementById("confirm-delete");
     this.deleting = null; // the list item the dialog asks about
     this.searchTimer = null;
@@ -141,7 +142,10 @@ export class Sidebar {
 
   askDelete(item) {
     this.deleting = item;
-    this.dialogTitle.textContent = `Delete “${item.querySelector("a").textContent}”?`;
+    // The title is quoted in a sentence of its own: a title with its own punctuation ("Hi! Who
+    // are you?") inside the question read "…you?”?".
+    this.dialogTitle.textContent = "Delete this conversation?";
+    this.dialogText.textContent = `“${item.querySelector("a").textContent}” and its messages will be deleted; this cannot be undone.`;
     this.dialogError.hidden = true;
     this.dialog.showModal();
   }

@@ -57,7 +57,9 @@ def test_the_composer_shows_the_spent_budget_live_on_load_and_after_deleting_the
 
     # Deleting the conversation gives nothing back.
     chat.get_by_role("navigation", name="Conversations").get_by_role("button", name="Delete Spend it all").click()
-    chat.get_by_role("dialog", name="Delete “Spend it all”?").get_by_role("button", name="Delete", exact=True).click()
+    dialog = chat.get_by_role("dialog", name="Delete this conversation?")
+    expect(dialog).to_contain_text("“Spend it all”")
+    dialog.get_by_role("button", name="Delete", exact=True).click()
     expect(chat).to_have_url(re.compile(r"/$"))
     expect(chat.get_by_text("What can I help with?")).to_be_visible()
     expect(composer(chat)).to_be_disabled()

@@ -1,0 +1,90 @@
+"""Rough edges a newcomer met (issue 17), each reproduced in Chromium and found by role and name."""
+
+import re
+
+import pytest
+from playwright.sync_api import expect
+
+from tests.browser.conftest import answers, send, wait_until_idle
+from tests.upstream import Gate, answer
+
+pytestmark = pytest.mark.browser
+
+# Records the length of the first answer's text at every change from the page's first script on.
+RECORD_LENGTHS = """
+window.answerLengths = [];
+const record = () => {
+  const body = document.querySelector('article[aria-label="Assistant message"] .message-body');
+  if (body) window.answerLengths.push(body.textContent.length);
+};
+new MutationObserver(record).observe(document, { subtree: true, childList: true, characterData: true });
+"""
+
+
+def test_a_reload_mid_answer_never_shows_less_than_before(chat, upstream):
+    """Rough edge 5: the page rendered the last checkpoint (up to a second old) before the snapshot."""
+    parts = [f"piece{number:03} " for number in range(120)]
+    upstream.queue(answer(parts, pause=0.05))
+    send(chat, "A long answer to reload in")
+    reply = answers(chat).first
+    expect(reply).to_contain_text("piece030")
+    expect(chat).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
+    before = len(reply.locator(".message-body").text_content())
+    chat.add_init_script(RECORD_LENGTHS)
+    chat.reload()
+    wait_until_idle(chat)
+    expect(answers(chat).first).to_contain_text("piece119")
+    lengths = [length for length in chat.evaluate("window.answerLengths") if length]
+    assert lengths, "the answer was never drawn"
+    assert lengths[0] >= before, (before, lengths[:5])
+    assert lengths == sorted(lengths), "the answer went backwards"
+
+
+def test_the_login_page_offers_password_reset_once(page):
+    """Rough edge 3."""
+    page.goto("/accounts/login/")
+    expect(page.get_by_role("link", name="Forgot your password?")).to_have_count(1)
+
+
+def test_edit_stays_out_of_sight_while_an_answer_streams(chat, upstream):
+    """Rough edge 4: the disabled Edit's dimming outranked the rule that hides it until hover."""
+    gate = Gate()
+    steps = answer(["Streaming ", "slowly."])
+    steps.insert(len(steps) // 2, gate)
+    upstream.queue(steps)
+    send(chat, "Watch the Edit button")
+    expect(chat.get_by_role("button", name="Stop")).to_be_visible()
+    question = chat.get_by_role("article", name="User message")
+    edit = question.get_by_role("button", name="Edit")
+    expect(edit).to_be_disabled()
+    chat.mouse.move(5, 400)  # away from the message
+    shown = "button => button.checkVisibility({ opacityProperty: true })"
+    assert edit.evaluate(shown) is False
+    gate.event.set()
+    wait_until_idle(chat)
+    question.hover()
+    expect(edit).to_be_enabled()
+    assert edit.evaluate(shown) is True
+
+
+def test_the_delete_dialog_quotes_a_title_with_its_own_punctuation(chat, upstream):
+    """Rough edge 10: Delete “Hi! Who are you?”? read the question mark twice."""
+    send(chat, "Hi! Who are you?")
+    expect(answers(chat).first).to_have_attribute("data-status", "completed")
+    sidebar = chat.get_by_role("navigation", name="Conversations")
+    sidebar.get_by_role("link", name="Hi! Who are you?").hover()
+    sidebar.get_by_role("button", name="Delete Hi! Who are you?").click()
+    dialog = chat.get_by_role("dialog", name="Delete this conversation?")
+    expect(dialog).to_contain_text("“Hi! Who are you?” and its messages will be deleted; this cannot be undone.")
+    assert "?”?" not in dialog.text_content()
+    dialog.get_by_role("button", name="Cancel").click()
+    expect(dialog).to_be_hidden()
+
+
+def test_the_conversation_settings_close_after_sending(chat, upstream):
+    """Rough edge 10: the settings panel stayed open after sending, over the conversation."""
+    chat.get_by_text("Conversation settings").click()
+    expect(chat.get_by_role("textbox", name="Instructions")).to_be_visible()
+    send(chat, "Close the panel")
+    wait_until_idle(chat)
+    expect(chat.get_by_role("textbox", name="Instructions")).to_be_hidden()
