@@ -1,6 +1,7 @@
 import datetime
 import logging
 import math
+import re
 import uuid
 from collections import defaultdict
 from functools import cached_property
@@ -66,6 +67,33 @@ class BudgetSpent(SendRefused):
         self.budget = budget
 
 
+# A search result's snippet: this many characters of context before and after the match.
+SNIPPET_BEFORE = 40
+SNIPPET_AFTER = 80
+
+
+def snippet_around(text, query):
+    """{before, match, after} around the first case-insensitive occurrence of `query` in `text`,
+    whitespace collapsed and cuts marked with "…"; None when it does not occur (the database's
+    case folding can differ from Python's)."""
+    found = re.search(re.escape(query), text, re.IGNORECASE)
+    if found is None:
+        return None
+    start, end = found.span()
+
+    def tidy(part):
+        # Runs of whitespace (line breaks among them) read as one space, kept at the edges.
+        return re.sub(r"\s+", " ", part)
+
+    before = tidy(text[max(0, start - SNIPPET_BEFORE) : start]).lstrip()
+    after = tidy(text[end : end + SNIPPET_AFTER]).rstrip()
+    return {
+        "before": ("…" if start > SNIPPET_BEFORE else "") + before,
+        "match": found.group(),
+        "after": after + ("…" if end + SNIPPET_AFTER < len(text) else ""),
+    }
+
+
 class ConversationQuerySet(models.QuerySet):
     def owned_by(self, user):
         return self.filter(owner=user)
@@ -82,6 +110,26 @@ class ConversationQuerySet(models.QuerySet):
             matching = Message.objects.filter(text__icontains=query).values("conversation_id")
             found = found.filter(Q(title__icontains=query) | Q(pk__in=matching))
         return found
+
+    def search_snippets(self, conversation_ids, query):
+        """{conversation id: {before, match, after}}: where `query` first occurs in the messages
+        of each conversation, for the sidebar's search results. One query for them all;
+        conversations found by their title only have none."""
+        query = query.strip()
+        if not query:
+            return {}
+        snippets = {}
+        texts = (
+            Message.objects.filter(conversation_id__in=conversation_ids, text__icontains=query)
+            .order_by("conversation_id", "created_at")
+            .values_list("conversation_id", "text")
+        )
+        for conversation_id, text in texts.iterator():
+            if conversation_id not in snippets:
+                found = snippet_around(text, query)
+                if found is not None:
+                    snippets[conversation_id] = found
+        return snippets
 
     def idle_for_update(self, conversation_id, model=None):
         """A conversation locked until the transaction ends, with no answer being written.

@@ -87,9 +87,12 @@ def invalid(message):
 @login_required
 @require_GET
 def search(request):
-    found = Conversation.objects.search(request.user, request.GET.get("q", ""))
-    found = found.only("id", "title", "updated_at")[:SEARCH_LIMIT]
-    return JsonResponse({"conversations": [sidebar_item(item) for item in found]})
+    query = request.GET.get("q", "")
+    found = list(Conversation.objects.search(request.user, query).only("id", "title", "updated_at")[:SEARCH_LIMIT])
+    # Where the words matched, shown under each result (a conversation found by its title has none).
+    snippets = Conversation.objects.search_snippets([item.id for item in found], query)
+    items = [{**sidebar_item(item), "snippet": snippets.get(item.id)} for item in found]
+    return JsonResponse({"conversations": items})
 
 
 @login_required

@@ -136,7 +136,9 @@ function decorateCodeBlock(pre, options) {
   head.className = "code-head";
   const label = document.createElement("span");
   label.className = "code-language";
-  label.textContent = match ? match[1] : "code";
+  // A fence whose opening line is still streaming may be naming its language ("pyt…"): no
+  // label until that line ends, rather than "code" or half a name.
+  label.textContent = options.openingLine ? "" : match ? match[1] : "code";
   const copy = document.createElement("button");
   copy.type = "button";
   copy.className = "copy-button";
@@ -161,7 +163,11 @@ function decorate(fragment, options) {
   blockImages(fragment);
   // After sanitizing: KaTeX's own nodes (MathML for screen readers among them) are trusted.
   typeset(fragment);
-  for (const pre of fragment.querySelectorAll("pre")) decorateCodeBlock(pre, options);
+  const blocks = [...fragment.querySelectorAll("pre")];
+  blocks.forEach((pre, index) => {
+    const last = index === blocks.length - 1;
+    decorateCodeBlock(pre, { ...options, openingLine: last && options.openingLine });
+  });
   for (const table of fragment.querySelectorAll("table")) {
     const wrap = document.createElement("div");
     wrap.className = "table-wrap";
@@ -171,8 +177,14 @@ function decorate(fragment, options) {
   return fragment;
 }
 
+// A fenced code block whose opening line (the fence and its language) has not ended yet.
+const OPENING_FENCE = /^ {0,3}(?:`{3,}|~{3,})[^\n]*$/;
+
 function renderTokens(tokens, options) {
-  return decorate(sanitize(marked.parser(tokens)), options);
+  // Only the last block of a streaming text can still be opening its fence.
+  const last = tokens.findLast((token) => token.type !== "space");
+  const openingLine = Boolean(options.streaming && last?.type === "code" && OPENING_FENCE.test(last.raw));
+  return decorate(sanitize(marked.parser(tokens)), { ...options, openingLine });
 }
 
 /** Markdown source to a sanitized, decorated DocumentFragment, in MarkdownStream's chunks. */

@@ -193,6 +193,7 @@ export class Sidebar {
     const items = found.conversations.map((conversation) => {
       const item = this.item(conversation);
       if (conversation.id === current) item.querySelector("a").setAttribute("aria-current", "page");
+      if (conversation.snippet) showSnippet(item, conversation.snippet);
       return item;
     });
     this.list.replaceChildren(...items);
@@ -200,4 +201,19 @@ export class Sidebar {
     this.searchStatus.textContent = none ? "No conversations found." : "";
     this.searchStatus.hidden = !none;
   }
+}
+
+/**
+ * Under a search result, the words around the match, the match highlighted (<mark>); the link
+ * is described by it. Text goes in through textContent only.
+ */
+function showSnippet(item, { before, match, after }) {
+  const snippet = document.createElement("p");
+  snippet.className = "search-snippet";
+  snippet.id = `snippet-${item.dataset.id}`;
+  const mark = document.createElement("mark");
+  mark.textContent = match;
+  snippet.append(before, mark, after);
+  item.append(snippet);
+  item.querySelector("a").setAttribute("aria-describedby", snippet.id);
 }

@@ -88,3 +88,48 @@ def test_the_conversation_settings_close_after_sending(chat, upstream):
     send(chat, "Close the panel")
     wait_until_idle(chat)
     expect(chat.get_by_role("textbox", name="Instructions")).to_be_hidden()
+
+
+def test_a_long_code_blocks_header_stays_in_sight_and_waits_for_its_language(chat, upstream):
+    """Rough edge 9: the Copy header scrolled away with long code, and a streaming block read
+    "code" (or half its language's name) until its opening line ended."""
+    gate = Gate()
+    lines = "".join(f"print({number})\n" for number in range(150))
+    steps = answer(["Here:\n\n```pyt", f"hon\n{lines}```\n\nDone."], pause=0.05)
+    marker = next(index for index, step in enumerate(steps) if isinstance(step, bytes) and b"```pyt" in step)
+    steps.insert(marker + 1, gate)
+    upstream.queue(steps)
+    send(chat, "Long code please")
+    reply = answers(chat).first
+    expect(reply.get_by_role("button", name="Copy", exact=True)).to_be_visible()
+    label = reply.locator(".code-language")
+    expect(label).to_have_text("")
+    gate.event.set()
+    wait_until_idle(chat)
+    expect(label).to_have_text("python")
+
+    scroller = chat.locator("#scroller")
+    scroller.evaluate(
+        """scroller => {
+          const block = scroller.querySelector(".code-block");
+          scroller.scrollTop += block.getBoundingClientRect().top - scroller.getBoundingClientRect().top + 1200;
+        }"""
+    )
+    view = scroller.bounding_box()
+    block = reply.locator(".code-block").bounding_box()
+    copy = reply.get_by_role("button", name="Copy", exact=True).bounding_box()
+    assert block["y"] < view["y"] - 1000, "the block's top should be scrolled out of sight"
+    assert view["y"] <= copy["y"] <= view["y"] + 60, (view, copy)
+
+
+def test_search_results_show_the_matching_words_highlighted(chat, upstream):
+    """Rough edge 8: results gave no hint of where the word matched."""
+    upstream.queue(answer(["Sea otters hold hands ", "while they sleep, so they do not drift apart."]))
+    send(chat, "Tell me something about animals")
+    expect(answers(chat).first).to_have_attribute("data-status", "completed")
+    chat.get_by_role("searchbox", name="Search conversations").fill("drift")
+    sidebar = chat.get_by_role("navigation", name="Conversations")
+    result = sidebar.get_by_role("link", name="Tell me something about animals")
+    expect(result).to_have_accessible_description(re.compile(r"so they do not drift apart\."))
+    expect(sidebar.locator("mark")).to_have_text("drift")
+    expect(sidebar.locator("mark")).to_be_visible()
