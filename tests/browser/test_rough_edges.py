@@ -5,7 +5,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import answers, send, wait_until_idle
+from tests.browser.conftest import answers, log_in, send, wait_until_idle
 from tests.upstream import Gate, answer
 
 pytestmark = pytest.mark.browser
@@ -133,3 +133,42 @@ def test_search_results_show_the_matching_words_highlighted(chat, upstream):
     expect(result).to_have_accessible_description(re.compile(r"so they do not drift apart\."))
     expect(sidebar.locator("mark")).to_have_text("drift")
     expect(sidebar.locator("mark")).to_be_visible()
+
+
+def test_the_admin_list_fits_at_1280_px_keeps_the_theme_and_names_the_budget(page, upstream, screenshots):
+    """Rough edge 6: "Last answer" clipped and titles on 8 lines at 1280 px, the dark theme
+    not carried into the admin, and "Add another Chat limits" on the user form."""
+    page.set_viewport_size({"width": 1280, "height": 800})
+    log_in(page, "root")
+    expect(page.get_by_role("status").filter(has_text="Connected")).to_be_visible()
+    send(page, "A question long enough to wrap onto several lines in a narrow column")
+    expect(answers(page).first).to_have_attribute("data-status", "completed")
+    if page.locator("html").get_attribute("data-theme") != "dark":
+        page.get_by_role("button", name="Theme").click()
+    expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+
+    try:
+        page.goto("/admin/chat/conversation/")
+        expect(page.locator("html")).to_have_attribute("data-theme", "dark")
+        results = page.locator("#changelist .results").bounding_box()
+        last = page.get_by_role("columnheader", name="Last answer").bounding_box()
+        assert last["x"] + last["width"] <= results["x"] + results["width"] + 1, (last, results)
+        title = page.get_by_role("link", name=re.compile("^A question long enough")).bounding_box()
+        assert title["height"] < 70, title  # two or three lines, not eight
+        page.screenshot(path=screenshots / "admin-conversations-1280.png", full_page=True)
+
+        page.goto("/admin/auth/user/")
+        page.get_by_role("link", name="alice").click()
+        expect(page.get_by_role("heading", name="Daily token budget", exact=True)).to_be_visible()
+        # A tabular inline's field is named by its column header, which the admin does not link.
+        expect(page.locator("input[name='chat_limits-0-daily_token_budget']")).to_be_visible()
+        group = page.locator("#chat_limits-group")
+        # The admin's script keeps a hidden add link for any inline; none is shown here.
+        expect(group.get_by_text(re.compile("Add another", re.IGNORECASE))).to_be_hidden()
+        expect(group.get_by_text("Remove")).to_be_hidden()
+    finally:
+        # root's theme is kept with the account; the session's other tests expect the system's.
+        page.goto("/accounts/settings/")
+        page.get_by_role("radio", name="Follow the system").check()
+        page.get_by_role("button", name="Save settings").click()
+        expect(page.get_by_role("status").filter(has_text="Settings saved.")).to_be_visible()
