@@ -12,4 +12,5 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/instructions/", views.instructions, name="instructions"),
     path("c/<uuid:conversation_id>/delete/", views.delete, name="delete"),
     path("search/", views.search, name="search"),
+    path("budget/", views.budget, name="budget"),
 ]

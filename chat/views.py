@@ -118,6 +118,14 @@ def instructions(request, conversation_id):
 
 
 @login_required
+@require_GET
+def budget(request):
+    """Today's usage against the budget: a tab asks when it is shown again or a send was refused,
+    since answers in its other conversations (and other tabs) spend the same budget unheard."""
+    return JsonResponse({"budget": limits.budget_status(request.user)})
+
+
+@login_required
 @require_POST
 def start(request):
     """A new chat given its instructions before its first message: the conversation is made now,

@@ -151,3 +151,14 @@ def test_the_favicon_address_leads_to_the_icon(client):
     response = client.get("/favicon.ico")
     assert response.status_code == 301
     assert response["Location"].endswith("chat/favicon.svg")
+
+
+def test_the_budget_endpoint_answers_todays_figures_of_ones_own_account(alice_client, alice, bob, settings):
+    settings.CHAT_DAILY_TOKEN_BUDGET = 100
+    conversation_with_answer(alice, tokens=(30, 10))
+    conversation_with_answer(bob, tokens=(50, 50))
+    budget = alice_client.get(reverse("chat:budget")).json()["budget"]
+    assert (budget["used"], budget["budget"], budget["exhausted"]) == (40, 100, False)
+    assert alice_client.post(reverse("chat:budget")).status_code == 405
+    alice_client.logout()
+    assert alice_client.get(reverse("chat:budget")).status_code == 302

@@ -4,7 +4,7 @@
 // through markup built from strings. Frames update message views and mark them dirty; one
 // requestAnimationFrame callback renders whatever changed, so a burst of deltas costs one render.
 
-import { ApiError, postForm, signedIn } from "./api.js";
+import { ApiError, getJson, postForm, signedIn } from "./api.js";
 import { copyCode, copyText } from "./markdown.js";
 import { createView, incompleteReason, UNFINISHED } from "./render.js";
 import { fillShortcutsDialog, installShortcuts } from "./shortcuts.js";
@@ -389,6 +389,8 @@ const handlers = {
       giveBack(pending);
     }
     showError(frame.message || "Something went wrong.");
+    // Spent elsewhere (another conversation, another tab): the composer follows the server's figures.
+    if (frame.code === "quota_exceeded") refreshBudget();
     updateComposer();
   },
 };
@@ -493,6 +495,25 @@ function setBudget(budget) {
   showBudget();
   updateComposer();
 }
+
+/**
+ * Asks the server for today's figures. This tab hears the end of its own conversation's answers
+ * only; answers elsewhere spend the same budget, so it asks when shown again and when a send is
+ * refused for the budget.
+ */
+async function refreshBudget() {
+  try {
+    const { budget } = await getJson("/budget/");
+    setBudget(budget);
+  } catch {
+    // Offline or signed out: the socket says so; the figures stay as they were.
+  }
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") refreshBudget();
+});
+window.addEventListener("focus", refreshBudget);
 
 function showBudget() {
   const budget = state.budget;

@@ -128,6 +128,15 @@ def test_the_settings_page_is_reached_from_the_name_on_a_phone(browser, site_url
         expect(link).to_be_visible()
         box = link.bounding_box()
         assert box["width"] >= 24 and box["height"] >= 24, box
+        # A model's name too long for the picker ends in "…", not mid-word, and is whole in its title.
+        picker = page.get_by_role("combobox", name="Model")
+        expect(picker).to_have_value("test-model")
+        picker.evaluate(
+            "select => { select.options[0].textContent = 'Local model: SmolLM2-135M, offline';"
+            " select.dispatchEvent(new Event('change')); }"
+        )
+        expect(picker).to_have_attribute("title", "Local model: SmolLM2-135M, offline")
+        assert picker.evaluate("select => getComputedStyle(select).textOverflow") == "ellipsis"
         page.screenshot(path=screenshots / "chat-phone.png")
         link.click()
         expect(page.get_by_role("heading", name="Settings", level=1)).to_be_visible()
