@@ -1,4 +1,4 @@
-"""Account pages beyond Django's own views: throttled password checks and optional sign-up.
+"""Account pages beyond Django's own views: throttled password checks, optional sign-up, settings.
 
 Every form here that checks a password goes through authenticate(), where chat.login_throttle
 counts and refuses attempts; the forms only turn a refusal into its sentence.
@@ -6,14 +6,18 @@ counts and refuses attempts; the forms only turn a refusal into its sentence.
 
 from django import forms
 from django.conf import settings
+from django.contrib import messages
 from django.contrib.admin.forms import AdminAuthenticationForm, AdminPasswordChangeForm
 from django.contrib.auth import authenticate, login
+from django.contrib.auth.decorators import login_required
 from django.contrib.auth.forms import AuthenticationForm, PasswordChangeForm, UserCreationForm
 from django.contrib.auth.views import LoginView, PasswordChangeView
-from django.http import Http404
+from django.http import Http404, JsonResponse
 from django.shortcuts import redirect, render
+from django.views.decorators.http import require_POST
 
-from chat import login_throttle
+from chat import limits, login_throttle, providers
+from chat.models import AccountSettings, Conversation
 
 
 class ThrottledLoginMixin:
@@ -92,3 +96,63 @@ def signup(request):
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect("chat:home")
     return render(request, "registration/signup.html", {"form": form})
+
+
+class SettingsForm(forms.ModelForm):
+    """The settings page: defaults for new chats and the theme (chat.models.AccountSettings)."""
+
+    class Meta:
+        model = AccountSettings
+        fields = ["default_model", "default_instructions", "theme"]
+        labels = {"default_instructions": "Instructions for new chats", "default_model": "Model for new chats"}
+        widgets = {
+            "default_instructions": forms.Textarea(
+                attrs={"rows": 4, "placeholder": "e.g. Answer briefly, in British English."}
+            ),
+            "theme": forms.RadioSelect,
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # Only the models offered now; a default that is no longer offered reads as the site's.
+        offered = providers.providers()
+        self.fields["default_model"] = forms.ChoiceField(
+            label="Model for new chats",
+            choices=[(provider.model, provider.label) for provider in offered],
+            initial=self.instance.model_for_new_chats,
+        )
+        self.initial["default_model"] = self.instance.model_for_new_chats
+        self.fields[
+            "default_instructions"
+        ].help_text = "Sent to the model with every answer of a new chat; each chat can change its own."
+
+    def clean_default_instructions(self):
+        try:
+            return Conversation.clean_instructions(self.cleaned_data["default_instructions"])
+        except ValueError as error:
+            raise forms.ValidationError(str(error)) from None
+
+
+@login_required
+def settings_page(request):
+    form = SettingsForm(request.POST or None, instance=AccountSettings.of(request.user))
+    if request.method == "POST" and form.is_valid():
+        form.save()
+        messages.success(request, "Settings saved.")
+        return redirect("settings")
+    return render(
+        request,
+        "registration/settings.html",
+        {"form": form, "budget": limits.budget_status(request.user), "usage": limits.usage_today(request.user)},
+    )
+
+
+@login_required
+@require_POST
+def theme(request):
+    """The header's Theme button, for a signed-in user: the choice is kept with the account."""
+    chosen = request.POST.get("theme", "")
+    if chosen not in AccountSettings.Theme.values:
+        return JsonResponse({"error": {"code": "invalid", "message": "No such theme."}}, status=400)
+    AccountSettings.objects.update_or_create(user=request.user, defaults={"theme": chosen})
+    return JsonResponse({"theme": chosen})

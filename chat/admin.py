@@ -510,12 +510,15 @@ class ServerProcessAdmin(StrictAdminMixin, admin.ModelAdmin):
         return False
 
 
-class AccountLimitsInline(admin.StackedInline):
+class AccountLimitsInline(admin.TabularInline):
     model = AccountLimits
     fields = ["daily_token_budget"]
+    # The one form is always there, empty until a budget is set (an unchanged form saves nothing):
+    # no "Add another Chat limits" link, nor a Remove, for what a user has at most one of.
     extra = 0
-    max_num = 1
+    min_num = max_num = 1
     can_delete = False
+    verbose_name = verbose_name_plural = "daily token budget"
 
 
 User = get_user_model()

@@ -29,3 +29,8 @@ def tokens_used_today(user):
 def budget_status(user):
     """Today's usage against the budget, for the page (see UsageEntryQuerySet.budget_status)."""
     return UsageEntry.objects.budget_status(user.pk)
+
+
+def usage_today(user):
+    """Today's answers and tokens per model, from the ledger, for the settings page."""
+    return UsageEntry.objects.usage_by_model(user.pk, timezone.localdate())

@@ -1,6 +1,7 @@
 import datetime
 import logging
 import math
+import re
 import secrets
 import uuid
 from collections import defaultdict
@@ -9,7 +10,7 @@ from functools import cached_property
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections, models, transaction
-from django.db.models import F, Q, Sum
+from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
@@ -68,6 +69,33 @@ class BudgetSpent(SendRefused):
         self.budget = budget
 
 
+# A search result's snippet: this many characters of context before and after the match.
+SNIPPET_BEFORE = 40
+SNIPPET_AFTER = 80
+
+
+def snippet_around(text, query):
+    """{before, match, after} around the first case-insensitive occurrence of `query` in `text`,
+    whitespace collapsed and cuts marked with "…"; None when it does not occur (the database's
+    case folding can differ from Python's)."""
+    found = re.search(re.escape(query), text, re.IGNORECASE)
+    if found is None:
+        return None
+    start, end = found.span()
+
+    def tidy(part):
+        # Runs of whitespace (line breaks among them) read as one space, kept at the edges.
+        return re.sub(r"\s+", " ", part)
+
+    before = tidy(text[max(0, start - SNIPPET_BEFORE) : start]).lstrip()
+    after = tidy(text[end : end + SNIPPET_AFTER]).rstrip()
+    return {
+        "before": ("…" if start > SNIPPET_BEFORE else "") + before,
+        "match": found.group(),
+        "after": after + ("…" if end + SNIPPET_AFTER < len(text) else ""),
+    }
+
+
 class ConversationQuerySet(models.QuerySet):
     def owned_by(self, user):
         return self.filter(owner=user)
@@ -92,6 +120,26 @@ class ConversationQuerySet(models.QuerySet):
 
     def archived(self):
         return self.exclude(archived_at=None).order_by("-archived_at")
+
+    def search_snippets(self, conversation_ids, query):
+        """{conversation id: {before, match, after}}: where `query` first occurs in the messages
+        of each conversation, for the sidebar's search results. One query for them all;
+        conversations found by their title only have none."""
+        query = query.strip()
+        if not query:
+            return {}
+        snippets = {}
+        texts = (
+            Message.objects.filter(conversation_id__in=conversation_ids, text__icontains=query)
+            .order_by("conversation_id", "created_at")
+            .values_list("conversation_id", "text")
+        )
+        for conversation_id, text in texts.iterator():
+            if conversation_id not in snippets:
+                found = snippet_around(text, query)
+                if found is not None:
+                    snippets[conversation_id] = found
+        return snippets
 
     def idle_for_update(self, conversation_id, model=None):
         """A conversation locked until the transaction ends, with no answer being written.
@@ -130,6 +178,7 @@ class ConversationQuerySet(models.QuerySet):
                 owner=user,
                 title=Conversation.title_from(text),
                 model=model or providers.default_model(),
+                instructions=AccountSettings.of(user).default_instructions,
             )
         else:
             conversation = self.owned_by(user).idle_for_update(conversation_id, model)
@@ -138,6 +187,20 @@ class ConversationQuerySet(models.QuerySet):
             parent = conversation.messages.get(pk=parent_id, role=Message.Role.ASSISTANT)
         user_message, answer = conversation.start_exchange(text, client_id=client_id, worker_id=worker_id, after=parent)
         return conversation, created, (user_message, answer), True
+
+    def start_empty(self, user, *, instructions, model=None, first_message=""):
+        """A conversation with no message yet, for instructions given before the first message:
+        the first answer then follows them. `first_message`, about to be sent to it, names it as
+        it names a conversation a chat.send starts. ValueError when the instructions are too long
+        or the model is not offered."""
+        if model and model not in providers.model_names():
+            raise ValueError("That model is not offered.")
+        return self.create(
+            owner=user,
+            title=Conversation.title_from(first_message),
+            model=model or providers.default_model(),
+            instructions=Conversation.clean_instructions(instructions),
+        )
 
 
 class MessageTree:
@@ -317,12 +380,17 @@ class Conversation(models.Model):
         self.title = title
         self.save(update_fields=["title"])
 
-    def set_instructions(self, instructions):
-        """The system prompt sent upstream with every later answer; ValueError if too long."""
+    @staticmethod
+    def clean_instructions(instructions):
+        """Instructions as stored; ValueError if too long."""
         instructions = instructions.strip()
         if len(instructions) > INSTRUCTIONS_LENGTH:
             raise ValueError(f"Instructions can be at most {INSTRUCTIONS_LENGTH} characters.")
-        self.instructions = instructions
+        return instructions
+
+    def set_instructions(self, instructions):
+        """The system prompt sent upstream with every later answer; ValueError if too long."""
+        self.instructions = self.clean_instructions(instructions)
         self.save(update_fields=["instructions"])
 
     @transaction.atomic
@@ -379,6 +447,10 @@ class Conversation(models.Model):
             after_id = after.id
         else:
             after_id = self.current_id or self.messages.values_list("id", flat=True).last()
+        if not self.title and after_id is None:
+            # Started empty (start_empty): the first message names it, as a new conversation's does.
+            self.title = Conversation.title_from(text)
+            self.save(update_fields=["title"])
         user_message = self.messages.create(
             role=Message.Role.USER, text=text, status=Message.Status.COMPLETED, client_id=client_id, parent_id=after_id
         )
@@ -907,6 +979,49 @@ class AccountLimits(models.Model):
         return override if override is not None else settings.CHAT_DAILY_TOKEN_BUDGET
 
 
+class AccountSettings(models.Model):
+    """What a user chose on the settings page: defaults for new chats and the theme."""
+
+    class Theme(models.TextChoices):
+        SYSTEM = "", "Follow the system"
+        LIGHT = "light", "Light"
+        DARK = "dark", "Dark"
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, models.CASCADE, related_name="chat_settings")
+    default_model = models.CharField(
+        max_length=200, blank=True, help_text="The model a new chat starts with; empty: the site's default."
+    )
+    default_instructions = models.TextField(
+        blank=True, max_length=INSTRUCTIONS_LENGTH, help_text="The instructions a new chat starts with."
+    )
+    theme = models.CharField(max_length=8, choices=Theme.choices, default=Theme.SYSTEM, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    # Transcript-like text the owner wrote; the admin shows none of it (chat/admin.py registers no
+    # admin for this model).
+    TEXT_FIELDS = ("default_instructions",)
+
+    class Meta:
+        verbose_name = "chat settings"
+        verbose_name_plural = "chat settings"
+        ordering = ["user"]
+
+    def __str__(self):
+        return f"Settings of {self.user}"
+
+    @classmethod
+    def of(cls, user):
+        """The user's settings; unsaved defaults for a user who never saved any."""
+        found = cls.objects.filter(user_id=user.pk).first()
+        return found if found is not None else cls(user_id=user.pk)
+
+    @property
+    def model_for_new_chats(self):
+        """The default model if it is still offered, else the site's default."""
+        offered = providers.model_names()
+        return self.default_model if self.default_model in offered else offered[0]
+
+
 def next_midnight():
     """When today ends in the site's time zone: when daily budgets start afresh."""
     tomorrow = timezone.localdate() + datetime.timedelta(days=1)
@@ -939,6 +1054,15 @@ class UsageEntryQuerySet(models.QuerySet):
             "resets_at": next_midnight().isoformat(),
             "zone": timezone.get_current_timezone_name(),
         }
+
+    def usage_by_model(self, user_id, day):
+        """[{model, answers, tokens}] the user's answers of `day` spent, per model, for the settings page."""
+        return list(
+            self.filter(user_id=user_id, day=day)
+            .values("model")
+            .annotate(answers=Count("id"), tokens=Coalesce(Sum("total_tokens"), 0))
+            .order_by("model")
+        )
 
     def reserve(self, answer, conversation):
         """Admit the queued `answer` against its owner's send rate and budget, and hold an
@@ -1282,6 +1406,6 @@ def transcript_text_fields():
     """The model fields that hold transcript text, across every model that copies some."""
     return {
         model._meta.get_field(name)
-        for model in (Conversation, Message, AuditEvent, SharedConversation)
+        for model in (Conversation, Message, AuditEvent, SharedConversation, AccountSettings)
         for name in model.TEXT_FIELDS
     }

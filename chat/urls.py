@@ -6,6 +6,7 @@ app_name = "chat"
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("c/new/", views.start, name="start"),
     path("c/<uuid:conversation_id>/", views.conversation, name="conversation"),
     path("c/<uuid:conversation_id>/rename/", views.rename, name="rename"),
     path("c/<uuid:conversation_id>/instructions/", views.instructions, name="instructions"),
@@ -22,4 +23,5 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/export.md", views.export_markdown, name="export_markdown"),
     path("export/", views.export_all, name="export"),
     path("import/", views.import_chats, name="import"),
+    path("budget/", views.budget, name="budget"),
 ]

@@ -16,12 +16,14 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from chat import importers, limits, providers, transcripts
 from chat.models import (
     SHARE_LINKS_PER_CONVERSATION,
+    AccountSettings,
     Conversation,
     ConversationBusy,
     Message,
     SharedConversation,
     TooManyShareLinks,
 )
+from chat.worker import read_snapshot
 
 logger = logging.getLogger(__name__)
 
@@ -29,14 +31,16 @@ logger = logging.getLogger(__name__)
 def page_context(request, conversation=None):
     mine = Conversation.objects.owned_by(request.user).only("id", "title", "updated_at", "pinned_at", "archived_at")
     # The path last shown or added to; the other versions are a chat.select away.
-    messages = [message.as_frame() for message in conversation.path()] if conversation else []
+    messages = [page_frame(message) for message in conversation.path()] if conversation else []
     offered = providers.providers()
     budget = limits.budget_status(request.user)
+    preferences = AccountSettings.of(request.user)
     return {
         "budget": budget,
         "conversations": mine.in_sidebar(),
         "archived": mine.archived(),
         "conversation": conversation,
+        "new_chat_instructions": preferences.default_instructions,
         "page_data": {
             "conversation": conversation.as_frame() if conversation else None,
             "messages": messages,
@@ -46,8 +50,23 @@ def page_context(request, conversation=None):
             "image_hosts": settings.CHAT_IMAGE_HOSTS,
             "budget": budget,
             "sharing": settings.CHAT_SHARING,
+            # What a new chat starts with (the settings page).
+            "default_model": preferences.model_for_new_chats,
+            "default_instructions": preferences.default_instructions,
         },
     }
+
+
+def page_frame(message):
+    """A message as the page starts with it. An answer still being written shows the freshest
+    text there is, its snapshot (with its `seq`), rather than the last checkpoint, which can be
+    a second older: a reload mid-answer then never shows less than the tab showed before it."""
+    frame = message.as_frame()
+    if not message.is_finished:
+        snapshot = read_snapshot(message.id)
+        if snapshot is not None:
+            frame.update({key: snapshot[key] for key in ("seq", "status", "text", "reasoning", "refusal")})
+    return frame
 
 
 @login_required
@@ -79,9 +98,13 @@ def invalid(message):
 @login_required
 @require_GET
 def search(request):
-    found = Conversation.objects.search(request.user, request.GET.get("q", ""))
-    found = found.only("id", "title", "updated_at", "pinned_at", "archived_at")[:SEARCH_LIMIT]
-    return JsonResponse({"conversations": [item.sidebar_item() for item in found]})
+    query = request.GET.get("q", "")
+    found = Conversation.objects.search(request.user, query)
+    found = list(found.only("id", "title", "updated_at", "pinned_at", "archived_at")[:SEARCH_LIMIT])
+    # Where the words matched, shown under each result (a conversation found by its title has none).
+    snippets = Conversation.objects.search_snippets([item.id for item in found], query)
+    items = [{**item.sidebar_item(), "snippet": snippets.get(item.id)} for item in found]
+    return JsonResponse({"conversations": items})
 
 
 @login_required
@@ -104,6 +127,31 @@ def instructions(request, conversation_id):
     except ValueError as error:
         return invalid(str(error))
     return JsonResponse({"conversation": found.as_frame()})
+
+
+@login_required
+@require_GET
+def budget(request):
+    """Today's usage against the budget: a tab asks when it is shown again or a send was refused,
+    since answers in its other conversations (and other tabs) spend the same budget unheard."""
+    return JsonResponse({"budget": limits.budget_status(request.user)})
+
+
+@login_required
+@require_POST
+def start(request):
+    """A new chat given its instructions before its first message: the conversation is made now,
+    empty, so that the first answer follows them (the first message is sent to it next)."""
+    try:
+        found = Conversation.objects.start_empty(
+            request.user,
+            instructions=request.POST.get("instructions", ""),
+            model=request.POST.get("model") or None,
+            first_message=request.POST.get("first_message", ""),
+        )
+    except ValueError as error:
+        return invalid(str(error))
+    return JsonResponse({"conversation": found.as_frame()}, status=201)
 
 
 @login_required

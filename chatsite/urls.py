@@ -12,6 +12,8 @@ urlpatterns = [
     path("accounts/signup/", accounts.signup, name="signup"),
     # The old password is checked under the login throttle, like a login.
     path("accounts/password_change/", accounts.ThrottledPasswordChangeView.as_view(), name="password_change"),
+    path("accounts/settings/", accounts.settings_page, name="settings"),
+    path("accounts/settings/theme/", accounts.theme, name="settings-theme"),
     # Logout, the rest of password change and password reset are Django's own views.
     path("accounts/", include("django.contrib.auth.urls")),
     path("admin/", admin.site.urls),

@@ -110,6 +110,28 @@ def test_search_matches_titles_and_message_text_of_ones_own_conversations(alice_
     assert {item["url"] for item in found} == {f"/c/{by_title.id}/", f"/c/{by_answer.id}/"}
 
 
+def test_search_results_show_where_the_words_matched(alice_client, alice, bob):
+    """Rough edge 8: a snippet around the first match in the messages, the match as written."""
+    long_answer = (
+        "Rivers flow downhill. " * 5 + "Sea OTTERS hold\nhands while asleep, " + "so they drift apart less. " * 5
+    )
+    by_answer = conversation_with_answer(alice, "Which animals hold hands?", long_answer)
+    by_title = conversation_with_answer(alice, "Tell me", "They swim.", title="Otters")
+    conversation_with_answer(bob, "Otters again", "Bob's otters hold hands too.")
+
+    found = {
+        item["id"]: item for item in alice_client.get(reverse("chat:search"), {"q": "otters"}).json()["conversations"]
+    }
+    assert set(found) == {str(by_answer.id), str(by_title.id)}
+    snippet = found[str(by_answer.id)]["snippet"]
+    assert snippet["match"] == "OTTERS"
+    assert snippet["before"].startswith("…") and snippet["before"].endswith("downhill. Sea ")
+    assert snippet["after"].startswith(" hold hands while asleep")  # the line break reads as a space
+    assert snippet["after"].endswith("…")
+    assert found[str(by_title.id)]["snippet"] is None  # its title is what matched, and it is shown
+    assert alice_client.get(reverse("chat:search"), {"q": ""}).json()["conversations"][0]["snippet"] is None
+
+
 def test_a_blank_search_lists_every_own_conversation(alice_client, alice, bob):
     conversation_with_answer(alice, "One")
     conversation_with_answer(alice, "Two")
@@ -129,3 +151,14 @@ def test_the_favicon_address_leads_to_the_icon(client):
     response = client.get("/favicon.ico")
     assert response.status_code == 301
     assert response["Location"].endswith("chat/favicon.svg")
+
+
+def test_the_budget_endpoint_answers_todays_figures_of_ones_own_account(alice_client, alice, bob, settings):
+    settings.CHAT_DAILY_TOKEN_BUDGET = 100
+    conversation_with_answer(alice, tokens=(30, 10))
+    conversation_with_answer(bob, tokens=(50, 50))
+    budget = alice_client.get(reverse("chat:budget")).json()["budget"]
+    assert (budget["used"], budget["budget"], budget["exhausted"]) == (40, 100, False)
+    assert alice_client.post(reverse("chat:budget")).status_code == 405
+    alice_client.logout()
+    assert alice_client.get(reverse("chat:budget")).status_code == 302

@@ -4,10 +4,11 @@
 // through markup built from strings. Frames update message views and mark them dirty; one
 // requestAnimationFrame callback renders whatever changed, so a burst of deltas costs one render.
 
-import { ApiError, postForm, signedIn } from "./api.js";
+import { ApiError, getJson, postForm, signedIn } from "./api.js";
 import { copyCode, copyText } from "./markdown.js";
 import { createView, incompleteReason, UNFINISHED } from "./render.js";
 import { ShareDialog } from "./share-dialog.js";
+import { fillShortcutsDialog, installShortcuts } from "./shortcuts.js";
 import { Sidebar } from "./sidebar.js";
 import { ChatSocket, socketUrl } from "./socket.js";
 
@@ -35,8 +36,13 @@ const dom = {
   instructions: document.getElementById("instructions"),
   instructionsHint: document.getElementById("instructions-hint"),
   saveInstructions: document.getElementById("save-instructions"),
+  conversationSettings: document.getElementById("conversation-settings"),
   budgetNotice: document.getElementById("budget-notice"),
   budgetLine: document.getElementById("budget"), // only when the account has a budget
+  searchInput: document.getElementById("search-input"),
+  shortcutsDialog: document.getElementById("shortcuts-dialog"),
+  shortcutList: document.getElementById("shortcut-list"),
+  showShortcuts: document.getElementById("show-shortcuts"),
 };
 
 const state = {
@@ -58,6 +64,8 @@ const state = {
   budget: page.budget,
   // Why the server ended the socket's session, until the socket knows whether to reconnect.
   sessionEnding: null,
+  // A new chat with its own instructions is being made (POST /c/new/) before its first message.
+  starting: false,
 };
 
 // --- helpers ---------------------------------------------------------------------------------
@@ -375,6 +383,8 @@ const handlers = {
       giveBack(pending);
     }
     showError(frame.message || "Something went wrong.");
+    // Spent elsewhere (another conversation, another tab): the composer follows the server's figures.
+    if (frame.code === "quota_exceeded") refreshBudget();
     updateComposer();
   },
 };
@@ -480,6 +490,25 @@ function setBudget(budget) {
   updateComposer();
 }
 
+/**
+ * Asks the server for today's figures. This tab hears the end of its own conversation's answers
+ * only; answers elsewhere spend the same budget, so it asks when shown again and when a send is
+ * refused for the budget.
+ */
+async function refreshBudget() {
+  try {
+    const { budget } = await getJson("/budget/");
+    setBudget(budget);
+  } catch {
+    // Offline or signed out: the socket says so; the figures stay as they were.
+  }
+}
+
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") refreshBudget();
+});
+window.addEventListener("focus", refreshBudget);
+
 function showBudget() {
   const budget = state.budget;
   if (dom.budgetLine && budget?.budget) {
@@ -494,7 +523,8 @@ function showBudget() {
 // --- the composer ----------------------------------------------------------------------------
 
 function fillModels() {
-  const preferred = state.conversation?.model;
+  // A new chat starts with the model chosen on the settings page.
+  const preferred = state.conversation?.model ?? page.default_model;
   for (const name of page.models) {
     const option = document.createElement("option");
     option.value = name;
@@ -502,9 +532,17 @@ function fillModels() {
     dom.model.append(option);
   }
   if (preferred && page.models.includes(preferred)) dom.model.value = preferred;
+  showModelTitle();
   // With one model the picker still names it (e.g. "Local model: SmolLM2-135M, offline").
   dom.model.disabled = page.models.length < 2;
 }
+
+/** The chosen model's whole name, for a picker too narrow to show it (a phone). */
+function showModelTitle() {
+  dom.model.title = dom.model.selectedOptions[0]?.textContent || "";
+}
+
+dom.model.addEventListener("change", showModelTitle);
 
 function resizeInput() {
   dom.input.style.height = "auto";
@@ -522,7 +560,7 @@ function updateComposer() {
   dom.stop.disabled = busy && state.stopping === answer.id;
   // What is typed stays in the disabled box: it can be sent once the budget resets.
   dom.input.disabled = spent;
-  dom.send.disabled = spent || !dom.input.value.trim() || tooLong || state.pendingSend !== null;
+  dom.send.disabled = spent || !dom.input.value.trim() || tooLong || state.pendingSend !== null || state.starting;
   dom.charCount.hidden = length < page.max_message_chars * 0.9;
   dom.charCount.textContent = `${length.toLocaleString()} / ${page.max_message_chars.toLocaleString()}`;
   dom.charCount.classList.toggle("is-over", tooLong);
@@ -560,12 +598,35 @@ function isLocked() {
   return activeAnswer() !== null || state.pendingSend !== null;
 }
 
-function submit() {
+async function submit() {
   const text = dom.input.value;
   if (!text.trim() || activeAnswer() !== null || state.pendingSend !== null || budgetSpent()) return;
-  if (text.length > page.max_message_chars) return;
+  if (text.length > page.max_message_chars || state.starting) return;
   dom.input.value = "";
   resizeInput();
+  // The settings panel has done its part; the conversation is what matters now.
+  dom.conversationSettings.open = false;
+  if (state.conversation === null && dom.instructions.value.trim() !== (page.default_instructions || "").trim()) {
+    // Instructions of its own for a new chat: the conversation is made with them first, so that
+    // the first answer follows them (a chat.send makes a new chat with the default ones).
+    state.starting = true;
+    updateComposer();
+    try {
+      const { conversation } = await postForm("/c/new/", {
+        instructions: dom.instructions.value,
+        model: dom.model.value,
+        first_message: text,
+      });
+      setConversation(conversation);
+    } catch (error) {
+      giveBack({ frame: { text } });
+      showError(error instanceof ApiError ? error.message : "Could not start the conversation.");
+      return;
+    } finally {
+      state.starting = false;
+      updateComposer();
+    }
+  }
   sendText(text);
 }
 
@@ -626,13 +687,6 @@ dom.input.addEventListener("input", () => {
   updateComposer();
 });
 
-document.addEventListener("keydown", (event) => {
-  if (event.key === "Escape" && activeAnswer() !== null) {
-    event.preventDefault();
-    stop();
-  }
-});
-
 dom.stop.addEventListener("click", stop);
 
 dom.messages.addEventListener("click", (event) => {
@@ -659,13 +713,20 @@ let instructionsSaved = dom.instructions.value;
 
 /** Fills the Instructions field from the server, unless the user is editing it. */
 function showInstructions(conversation) {
-  dom.instructions.disabled = false;
-  dom.saveInstructions.disabled = false;
+  dom.saveInstructions.hidden = false;
   dom.instructionsHint.textContent = "Sent to the model with every answer in this conversation.";
   const server = conversation.instructions ?? instructionsSaved;
   if (dom.instructions.value === instructionsSaved) dom.instructions.value = server;
   instructionsSaved = server;
+  updateSaveInstructions();
 }
+
+/** Save is offered only for a change: a button that would save nothing is disabled. */
+function updateSaveInstructions() {
+  dom.saveInstructions.disabled = state.conversation === null || dom.instructions.value === instructionsSaved;
+}
+
+dom.instructions.addEventListener("input", updateSaveInstructions);
 
 dom.saveInstructions.addEventListener("click", async () => {
   if (!state.conversation) return;
@@ -682,7 +743,7 @@ dom.saveInstructions.addEventListener("click", async () => {
   } catch (error) {
     dom.instructionsHint.textContent = error instanceof ApiError ? error.message : "Could not save.";
   } finally {
-    dom.saveInstructions.disabled = false;
+    updateSaveInstructions();
   }
 });
 
@@ -722,6 +783,49 @@ document.addEventListener("click", (event) => {
   setSidebar(false);
 });
 
+// --- keyboard shortcuts (shortcuts.js) -------------------------------------------------------
+
+function lastAnswer() {
+  for (let index = state.order.length - 1; index >= 0; index -= 1) {
+    const view = state.order[index];
+    if (view.role === "assistant") return view;
+  }
+  return null;
+}
+
+function showShortcuts() {
+  fillShortcutsDialog(dom.shortcutList);
+  dom.shortcutsDialog.showModal();
+}
+
+installShortcuts({
+  newChat() {
+    window.location.assign("/");
+  },
+  search() {
+    // On a phone the list is behind the menu button: open it first, so focus lands on something seen.
+    if (window.getComputedStyle(dom.sidebarToggle).display !== "none") setSidebar(true);
+    dom.searchInput.focus();
+    dom.searchInput.select();
+  },
+  focusComposer() {
+    if (dom.input.disabled) return false;
+    dom.input.focus();
+  },
+  stop() {
+    if (activeAnswer() === null) return false;
+    stop();
+  },
+  copyLastAnswer() {
+    const view = lastAnswer();
+    if (!view?.text || view.unfinished) return false;
+    copyText(view.text).then((copied) => announce(copied ? "Last answer copied." : "Could not copy the answer."));
+  },
+  showShortcuts,
+});
+
+dom.showShortcuts.addEventListener("click", showShortcuts);
+
 // --- the socket ------------------------------------------------------------------------------
 
 const CONNECTION_LABELS = {
@@ -756,7 +860,8 @@ const socket = new ChatSocket(socketUrl("/ws/chat/"), {
 // --- start -----------------------------------------------------------------------------------
 
 fillModels();
-for (const message of page.messages) addView(message);
+// An answer being written comes with the `seq` of its text (chat/views.py page_frame).
+for (const message of page.messages) addView(message, message.seq ?? null);
 setBudget(page.budget);
 scrollToBottom();
 socket.start();

@@ -1,10 +1,12 @@
 // Markdown for model output: marked parses, DOMPurify sanitizes before anything reaches the
-// document, highlight.js colours fenced code. Raw HTML in model output is shown as text, not
-// interpreted: a model quoting `<img onerror=...>` means the characters, not an image.
+// document, highlight.js colours fenced code, KaTeX typesets math (math.js). Raw HTML in model
+// output is shown as text, not interpreted: a model quoting `<img onerror=...>` means the
+// characters, not an image.
 
 import { Marked } from "../vendor/marked.esm.js";
 import DOMPurify from "../vendor/purify.es.mjs";
 import hljs from "../vendor/highlight.min.js";
+import { mathExtensions, typeset } from "./math.js";
 
 // Beyond these sizes a code block is shown without colours: highlighting is linear in the text
 // and runs again on every animation frame while the block is still streaming.
@@ -17,6 +19,7 @@ function escapeHtml(text) {
 
 const marked = new Marked({ gfm: true, breaks: false });
 marked.use({ renderer: { html: ({ text }) => escapeHtml(text) } });
+marked.use({ extensions: mathExtensions });
 
 // Markdown makes no media, SVG or MathML, and only <img> may fetch anything on its own: every other
 // way of loading a URL (srcset, poster, <source>, SVG <image>…) is forbidden outright.
@@ -133,7 +136,9 @@ function decorateCodeBlock(pre, options) {
   head.className = "code-head";
   const label = document.createElement("span");
   label.className = "code-language";
-  label.textContent = match ? match[1] : "code";
+  // A fence whose opening line is still streaming may be naming its language ("pyt…"): no
+  // label until that line ends, rather than "code" or half a name.
+  label.textContent = options.openingLine ? "" : match ? match[1] : "code";
   const copy = document.createElement("button");
   copy.type = "button";
   copy.className = "copy-button";
@@ -156,7 +161,13 @@ function blockImages(fragment) {
 
 function decorate(fragment, options) {
   blockImages(fragment);
-  for (const pre of fragment.querySelectorAll("pre")) decorateCodeBlock(pre, options);
+  // After sanitizing: KaTeX's own nodes (MathML for screen readers among them) are trusted.
+  typeset(fragment);
+  const blocks = [...fragment.querySelectorAll("pre")];
+  blocks.forEach((pre, index) => {
+    const last = index === blocks.length - 1;
+    decorateCodeBlock(pre, { ...options, openingLine: last && options.openingLine });
+  });
   for (const table of fragment.querySelectorAll("table")) {
     const wrap = document.createElement("div");
     wrap.className = "table-wrap";
@@ -166,8 +177,14 @@ function decorate(fragment, options) {
   return fragment;
 }
 
+// A fenced code block whose opening line (the fence and its language) has not ended yet.
+const OPENING_FENCE = /^ {0,3}(?:`{3,}|~{3,})[^\n]*$/;
+
 function renderTokens(tokens, options) {
-  return decorate(sanitize(marked.parser(tokens)), options);
+  // Only the last block of a streaming text can still be opening its fence.
+  const last = tokens.findLast((token) => token.type !== "space");
+  const openingLine = Boolean(options.streaming && last?.type === "code" && OPENING_FENCE.test(last.raw));
+  return decorate(sanitize(marked.parser(tokens)), { ...options, openingLine });
 }
 
 /** Markdown source to a sanitized, decorated DocumentFragment, in MarkdownStream's chunks. */

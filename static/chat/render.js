@@ -163,9 +163,13 @@ export class UserMessageView {
     this.copyButton = button("copy-message-button", "Copy", "Copy message");
     this.editButton = button("edit-button", "Edit");
     this.editButton.addEventListener("click", () => this.startEditing());
+    // Copy and Edit together, so that what reveals them (chat.css) is apart from what dims a
+    // disabled button: both apply, and a disabled Edit stays as hidden as an enabled one.
+    const actions = element("span", "user-actions");
+    actions.append(this.copyButton);
+    if (!readOnly) actions.append(this.editButton);
     this.foot = element("div", "message-foot user-foot");
-    this.foot.append(this.nav.element, this.copyButton);
-    if (!readOnly) this.foot.append(this.editButton);
+    this.foot.append(this.nav.element, actions);
     this.element.append(this.bubble, this.foot);
     this.apply(frame);
   }
@@ -330,10 +334,23 @@ export class AssistantMessageView {
   apply(frame, seq = null) {
     if (frame.versions) this.nav.update(frame.versions);
     if (frame.parent !== undefined) this.parent = frame.parent;
+    // The same answer still in flight, described by its checkpoint (conversation.subscribed after
+    // a reconnect): what is shown is newer, so it stays; the snapshot that follows brings the rest.
+    const behind =
+      this.unfinished &&
+      UNFINISHED.has(frame.status) &&
+      this.text.length > (frame.text || "").length &&
+      this.text.startsWith(frame.text || "");
     this.status = frame.status;
-    this.text = frame.text || "";
-    this.reasoning = frame.reasoning || "";
-    this.refusalValue = frame.refusal || "";
+    if (!behind) {
+      this.text = frame.text || "";
+      this.reasoning = frame.reasoning || "";
+      this.refusalValue = frame.refusal || "";
+      // The seq of the text shown, when known: a snapshot older than it is not applied.
+      this.textSeq = this.unfinished ? seq : null;
+      this.textStream.set(this.text);
+      this.reasoningStream.set(this.reasoning);
+    }
     this.model = frame.model || "";
     this.usage = frame.usage || null;
     this.estimatedTokens = frame.estimated_tokens ?? null;
@@ -347,12 +364,17 @@ export class AssistantMessageView {
     if (this.feedback && frame.feedback !== undefined) this.feedback.set(frame.feedback);
     this.lastSeq = this.unfinished ? seq : 0;
     this.settled = false;
-    this.textStream.set(this.text);
-    this.reasoningStream.set(this.reasoning);
     this.dirty = true;
   }
 
   applySnapshot(frame) {
+    if (this.textSeq != null && frame.seq < this.textSeq) {
+      // Older than what is shown (another process's copy can lag): the page never goes back;
+      // deltas after what is shown still apply.
+      if (this.lastSeq === null) this.lastSeq = this.textSeq;
+      return;
+    }
+    this.textSeq = frame.seq;
     this.status = frame.status || this.status;
     this.text = frame.text || "";
     this.reasoning = frame.reasoning || "";
@@ -370,6 +392,7 @@ export class AssistantMessageView {
     if (frame.seq <= this.lastSeq) return "duplicate";
     if (frame.seq !== this.lastSeq + 1) return "gap";
     this.lastSeq = frame.seq;
+    this.textSeq = frame.seq;
     if (kind === "reasoning") {
       this.reasoning += frame.delta;
       this.reasoningStream.append(frame.delta);

@@ -46,6 +46,7 @@ export class Sidebar {
     this.dialog = document.getElementById("delete-dialog");
     this.dialogTitle = document.getElementById("delete-dialog-title");
     this.dialogError = document.getElementById("delete-dialog-error");
+    this.dialogText = document.getElementById("delete-dialog-text");
     this.confirmDelete = document.getElementById("confirm-delete");
     this.importButton = document.getElementById("import-button");
     this.importFile = document.getElementById("import-file");
@@ -434,7 +435,10 @@ export class Sidebar {
 
   askDelete(item, returnTo) {
     this.deleting = item;
-    this.dialogTitle.textContent = `Delete “${item.querySelector("a").textContent}”?`;
+    // The title is quoted in a sentence of its own: a title with its own punctuation ("Hi! Who
+    // are you?") inside the question read "…you?”?".
+    this.dialogTitle.textContent = "Delete this conversation?";
+    this.dialogText.textContent = `“${item.querySelector("a").textContent}” and its messages will be deleted; this cannot be undone.`;
     this.dialogError.hidden = true;
     this.dialog.showModal();
     this.dialog.addEventListener(
@@ -502,6 +506,7 @@ export class Sidebar {
     const items = found.conversations.map((conversation) => {
       const item = this.item(conversation);
       if (conversation.id === current) item.querySelector("a").setAttribute("aria-current", "page");
+      if (conversation.snippet) showSnippet(item, conversation.snippet);
       return item;
     });
     this.results.replaceChildren(...items);
@@ -552,4 +557,19 @@ export class Sidebar {
       this.importFile.value = "";
     }
   }
+}
+
+/**
+ * Under a search result, the words around the match, the match highlighted (<mark>); the link
+ * is described by it. Text goes in through textContent only.
+ */
+function showSnippet(item, { before, match, after }) {
+  const snippet = document.createElement("p");
+  snippet.className = "search-snippet";
+  snippet.id = `snippet-${item.dataset.id}`;
+  const mark = document.createElement("mark");
+  mark.textContent = match;
+  snippet.append(before, mark, after);
+  item.append(snippet);
+  item.querySelector("a").setAttribute("aria-describedby", snippet.id);
 }

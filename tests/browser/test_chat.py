@@ -534,11 +534,15 @@ def test_conversation_instructions_are_saved_and_sent_upstream(chat, upstream):
     settings = chat.get_by_text("Conversation settings")
     settings.click()
     instructions = chat.get_by_role("textbox", name="Instructions")
-    expect(instructions).to_be_disabled()  # a new chat has nowhere to keep them yet
+    # A new chat takes instructions before its first message (tests/browser/test_settings.py);
+    # left empty, none are sent.
+    expect(instructions).to_be_enabled()
 
     send(chat, "Hello there")
+    expect(answers(chat).first).to_have_attribute("data-status", "completed")
     wait_until_idle(chat)
     assert "instructions" not in upstream.requests[-1]["body"]
+    settings.click()  # sending closed the panel
     expect(instructions).to_be_enabled()
     instructions.fill("Answer like a pirate.")
     chat.get_by_role("button", name="Save instructions").click()
@@ -574,6 +578,13 @@ def test_the_theme_button_switches_and_remembers_the_colour_scheme(chat):
     assert chat.evaluate(background) == "rgb(255, 255, 255)"
     chat.emulate_media(color_scheme="dark")
     assert chat.evaluate(background) == "rgb(255, 255, 255)", "a chosen theme outlasts the system's"
+    # The choice is kept with alice's account now: back to the system's for the other tests.
+    chat.evaluate(
+        """() => fetch("/accounts/settings/theme/", {method: "POST", body: new URLSearchParams({theme: ""}),
+             headers: {"X-CSRFToken": document.cookie.match(/csrftoken=([^;]+)/)[1]}}).then((r) => r.status)"""
+    )
+    chat.reload()
+    expect(chat.locator("html")).not_to_have_attribute("data-theme", re.compile("."))
 
 
 @pytest.mark.parametrize("step", [5, 40])

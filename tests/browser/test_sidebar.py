@@ -81,8 +81,9 @@ def test_deleting_asks_first_and_deleting_the_open_one_starts_a_new_chat(chat, u
     background.hover()
     menu_button.click()
     chat.get_by_role("menuitem", name="Delete").click()
-    dialog = chat.get_by_role("dialog", name="Delete “Delete me in the background”?")
+    dialog = chat.get_by_role("dialog", name="Delete this conversation?")
     expect(dialog).to_be_visible()
+    expect(dialog).to_contain_text("“Delete me in the background” and its messages will be deleted")
     dialog.get_by_role("button", name="Cancel").click()
     expect(dialog).to_be_hidden()
     expect(sidebar(chat).get_by_role("link", name="Delete me in the background")).to_be_visible()
@@ -102,9 +103,9 @@ def test_deleting_asks_first_and_deleting_the_open_one_starts_a_new_chat(chat, u
 
     current = chat.url
     row_action(chat, "Delete me while open", "Delete")
-    chat.get_by_role("dialog", name="Delete “Delete me while open”?").get_by_role(
-        "button", name="Delete", exact=True
-    ).click()
+    dialog = chat.get_by_role("dialog", name="Delete this conversation?")
+    expect(dialog).to_contain_text("“Delete me while open”")
+    dialog.get_by_role("button", name="Delete", exact=True).click()
     expect(chat).to_have_url(re.compile(r"/$"))
     expect(chat.get_by_text("What can I help with?")).to_be_visible()
     expect(sidebar(chat).get_by_role("link", name="Delete me while open")).to_have_count(0)
