@@ -5,7 +5,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import answers, log_in, send, wait_until_idle
+from tests.browser.conftest import answers, log_in, row_action, send, wait_until_idle
 from tests.upstream import Gate, answer
 
 pytestmark = pytest.mark.browser
@@ -71,9 +71,7 @@ def test_the_delete_dialog_quotes_a_title_with_its_own_punctuation(chat, upstrea
     """Rough edge 10: Delete “Hi! Who are you?”? read the question mark twice."""
     send(chat, "Hi! Who are you?")
     expect(answers(chat).first).to_have_attribute("data-status", "completed")
-    sidebar = chat.get_by_role("navigation", name="Conversations")
-    sidebar.get_by_role("link", name="Hi! Who are you?").hover()
-    sidebar.get_by_role("button", name="Delete Hi! Who are you?").click()
+    row_action(chat, "Hi! Who are you?", "Delete")
     dialog = chat.get_by_role("dialog", name="Delete this conversation?")
     expect(dialog).to_contain_text("“Hi! Who are you?” and its messages will be deleted; this cannot be undone.")
     assert "?”?" not in dialog.text_content()
