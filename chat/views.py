@@ -13,7 +13,7 @@ from chat.models import Conversation, ConversationBusy
 def page_context(request, conversation=None):
     conversations = Conversation.objects.owned_by(request.user).only("id", "title", "updated_at")
     # The path last shown or added to; the other versions are a chat.select away.
-    messages = [message.as_frame() for message in conversation.path()] if conversation else []
+    messages = conversation.path_frames() if conversation else []
     offered = providers.providers()
     budget = limits.budget_status(request.user)
     return {
