@@ -5,11 +5,9 @@ thread, returning frames), refused through chat/errors.py; the followed conversa
 reach the socket through its chat/follower.py Follower, which the relay calls directly.
 """
 
-import asyncio
 import collections
 import json
 import logging
-import random
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -17,22 +15,14 @@ from django.conf import settings
 from django.db import DatabaseError, InterfaceError
 
 from chat import frames, protocol, providers
-from chat.authority import session_ending
 from chat.errors import INTERNAL_ERROR, ClientError, answered
 from chat.follower import Follower, FollowState
 from chat.models import Conversation, Message
 from chat.relay import relay_for
+from chat.session_socket import SessionBoundMixin, SessionEnded
 from chat.worker import current_loop, get_worker, read_snapshot, request_stop
 
 logger = logging.getLogger(__name__)
-
-
-class SessionEnded(Exception):
-    """The socket's session no longer lets it act; `code` is one of protocol.SESSION_ENDINGS."""
-
-    def __init__(self, code):
-        super().__init__(code)
-        self.code = code
 
 
 # Open sockets per user in this process: a bound per process (docs/security.md). A socket holds its
@@ -94,11 +84,8 @@ def stop_answer(user, message_id):
         raise ClientError("not_running", "That answer has already finished.")
 
 
-class ChatConsumer(AsyncWebsocketConsumer):
-    counted = False  # accepted and counted in OPEN_SOCKETS; frames of a refused socket are ignored
-    ended = False  # its session ended: told so and closing; nothing more goes either way
-    account_groups = ()
-    watcher = None
+class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
+    # `counted`: accepted and counted in OPEN_SOCKETS; the frames of a refused socket are ignored.
     follower = None
 
     async def __call__(self, scope, receive, send):
@@ -107,9 +94,8 @@ class ChatConsumer(AsyncWebsocketConsumer):
         finally:
             # disconnect() is not reached when a handler raised or the task was cancelled: the
             # place, the timer and the groups are given back here, whatever ended the socket.
-            self.give_back_place()
             try:
-                await self.leave()
+                await self.closing()
             except Exception:
                 logger.warning("A closed socket could not leave its groups", exc_info=True)
 
@@ -128,34 +114,22 @@ class ChatConsumer(AsyncWebsocketConsumer):
         self.counted = True
         self.relay = relay_for(current_loop())
         self.follower = Follower(self.relay, self.send_text, self.read_state)
-        # The socket acts for as long as this session lets it (chat/authority.py). The groups make
-        # its end prompt: logout tells the session's sockets, account changes all of the user's.
-        self.session_key = self.scope["session"].session_key
-        self.account_groups = [protocol.user_group(self.user.pk), protocol.session_group(self.session_key)]
-        for group in self.account_groups:
-            await self.channel_layer.group_add(group, self.channel_name)
+        await self.join_account_groups()  # it acts for as long as its session lets it
         await self.accept()
-        self.watcher = asyncio.get_running_loop().create_task(self.watch_session())
+        self.start_watching()
 
     async def disconnect(self, code):
-        self.give_back_place()
-        await self.leave()
+        await self.closing()
 
-    def give_back_place(self):
-        if self.watcher is not None:
-            self.watcher.cancel()
-            self.watcher = None
+    async def closing(self):
+        """Give back the place, the timer and the groups (once, however the socket ends)."""
+        self.stop_watching()
         if self.counted:
             self.counted = False
             give_back_socket_place(self.user.pk)
-
-    async def leave(self):
-        """Stop following the conversation and leave the account groups (once)."""
         if self.follower is not None:
             await self.follower.close()
-        groups, self.account_groups = self.account_groups, ()
-        for name in groups:
-            await self.channel_layer.group_discard(name, self.channel_name)
+        await self.leave_account_groups()
 
     async def send_text(self, text):
         await self.send(text_data=text)
@@ -248,51 +222,3 @@ class ChatConsumer(AsyncWebsocketConsumer):
         for event in stored.created:
             self.relay.publish(stored.group, event)
         worker.submit(stored.answer, stored.group, current_loop())
-
-    # --- the session's authority, and account events through the channel layer -------------
-
-    async def watch_session(self):
-        """Ask for a check of the session every CHAT_SESSION_CHECK_INTERVAL seconds, so that a
-        socket that only listens ends with its session too (expiry, a row deleted by
-        `clearsessions` or in another process: nothing announces those). The check goes through the
-        socket's own channel, so it runs in turn with frames and events, never in the middle of one."""
-        interval = settings.CHAT_SESSION_CHECK_INTERVAL
-        # Sockets opened together (every tab reconnecting after a restart) spread their checks.
-        await asyncio.sleep(interval * random.uniform(0.5, 1.0))
-        while True:
-            try:
-                await self.channel_layer.send(self.channel_name, protocol.session_check_event())
-            except Exception:
-                logger.warning("Could not schedule a session check; trying again later", exc_info=True)
-            await asyncio.sleep(interval)
-
-    async def check_session(self):
-        code = await database_sync_to_async(session_ending)(self.session_key, self.user.pk)
-        if code is not None:
-            raise SessionEnded(code)
-
-    async def end(self, code):
-        """Tell the browser why its session ended and close (docs/protocol.md, "The session's end")."""
-        if self.ended:
-            return
-        self.ended = True
-        self.give_back_place()
-        await self.leave()
-        await self.send_json(protocol.session_ended_frame(code))
-        await self.close(code=protocol.CLOSE_SESSION_ENDED)
-
-    async def account_closed(self, event):
-        """Logged out: this socket may no longer act."""
-        await self.end(event["code"])
-
-    async def session_check(self, event):
-        """The account changed, or the periodic check is due (watch_session)."""
-        if self.ended or not self.counted:
-            return
-        try:
-            await self.check_session()
-        except SessionEnded as ended:
-            await self.end(ended.code)
-        except Exception:
-            # The database is unavailable for a while: the next check, or the next frame, decides.
-            logger.warning("Could not check a socket's session (user %s)", self.user.pk, exc_info=True)
