@@ -102,80 +102,74 @@ def clean_client_id(content):
     return require_storable(client_id, "client_id")
 
 
-# --- the frames, each parsed in the order its fields are checked ----------------------------------
+# --- the frames ----------------------------------------------------------------------------------
+
+CLEANERS = {"text": clean_text, "model": clean_model, "client_id": clean_client_id}
 
 
 @dataclasses.dataclass(frozen=True)
-class Send:
+class Frame:
+    """A parsed client frame. Its fields are checked in the order they are declared, so that a
+    frame wrong in several ways is answered about the first; the others are ids."""
+
+    optional = ()  # the id fields that may be null
+
+    @classmethod
+    def parse(cls, content):
+        values = {}
+        for field in dataclasses.fields(cls):
+            if field.name in CLEANERS:
+                values[field.name] = CLEANERS[field.name](content)
+            elif field.name in cls.optional:
+                values[field.name] = clean_optional_id(content, field.name)
+            else:
+                values[field.name] = clean_id(content, field.name)
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Send(Frame):
     text: str
     model: str | None
     client_id: str
     conversation: uuid.UUID | None
     parent: uuid.UUID | None
 
-    @classmethod
-    def parse(cls, content):
-        frame = cls(
-            text=clean_text(content),
-            model=clean_model(content),
-            client_id=clean_client_id(content),
-            conversation=clean_optional_id(content, "conversation"),
-            parent=clean_optional_id(content, "parent"),
-        )
-        if frame.parent is not None and frame.conversation is None:
+    optional = ("conversation", "parent")
+
+    def __post_init__(self):
+        if self.parent is not None and self.conversation is None:
             raise ClientError("invalid_field", "`parent` needs a `conversation`.")
-        return frame
 
 
 @dataclasses.dataclass(frozen=True)
-class Subscribe:
+class Subscribe(Frame):
     conversation: uuid.UUID
 
-    @classmethod
-    def parse(cls, content):
-        return cls(clean_id(content, "conversation"))
-
 
 @dataclasses.dataclass(frozen=True)
-class OnMessage:
-    """chat.stop and chat.select: a frame about one message."""
-
+class Stop(Frame):
     message: uuid.UUID
 
-    @classmethod
-    def parse(cls, content):
-        return cls(clean_id(content, "message"))
 
-
-class Stop(OnMessage):
-    pass
-
-
-class Select(OnMessage):
-    pass
+@dataclasses.dataclass(frozen=True)
+class Select(Frame):
+    message: uuid.UUID
 
 
 @dataclasses.dataclass(frozen=True)
-class Regenerate:
+class Regenerate(Frame):
     message: uuid.UUID
     model: str | None
     client_id: str
 
-    @classmethod
-    def parse(cls, content):
-        return cls(clean_id(content, "message"), clean_model(content), clean_client_id(content))
-
 
 @dataclasses.dataclass(frozen=True)
-class Edit:
+class Edit(Frame):
     message: uuid.UUID
     text: str
     model: str | None
     client_id: str
-
-    @classmethod
-    def parse(cls, content):
-        return cls(clean_id(content, "message"), clean_text(content), clean_model(content), clean_client_id(content))
 
 
 PARSERS = {
