@@ -1,3 +1,4 @@
+import dataclasses
 import datetime
 import logging
 import math
@@ -5,7 +6,6 @@ import re
 import secrets
 import uuid
 from collections import defaultdict
-from functools import cached_property
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -15,7 +15,7 @@ from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import providers
+from chat import protocol, providers
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ def tokens_for(characters):
 
 class ConversationBusy(Exception):
     """The conversation already has an answer queued or streaming."""
+
+
+class WrongMessage(ValueError):
+    """The message a frame names cannot take that action (regenerating a user message...)."""
 
 
 class SendRefused(Exception):
@@ -155,23 +159,24 @@ class ConversationQuerySet(models.QuerySet):
             conversation.save(update_fields=["model"])
         return conversation
 
+    # --- the client's actions: one verb each (chat.consumers calls them in the ORM's thread) ----
+    #
+    # Each does the idempotency check, the lock, the tree and the write, in one transaction, and
+    # returns frames built here: no model instance crosses to the event loop. They raise
+    # Conversation.DoesNotExist or Message.DoesNotExist for what is unknown or another user's,
+    # WrongMessage, ConversationBusy while an answer is being written, and SendRefused when the
+    # owner's limits do not admit the send (chat/errors.py names each for the client).
+
     @transaction.atomic
-    def start_exchange_for(
-        self, user, conversation_id, text, *, model=None, client_id="", worker_id=None, parent_id=None
-    ):
+    def send(self, user, conversation_id, text, *, model=None, client_id="", worker_id=None, parent_id=None):
         """Store a user's message and its queued answer, in a new or an owned conversation.
 
         The message follows the answer `parent_id` when given (the end of the path the person
-        sees), else the conversation's current path. Returns (conversation, created,
-        (user_message, answer), is_new); `is_new` is False when `client_id` names a frame already
-        stored, whose messages are then returned instead of new ones. Raises
-        Conversation.DoesNotExist for an unknown or another user's conversation,
-        Message.DoesNotExist for a `parent_id` that is not an answer in it, and ConversationBusy
-        while an answer is still being written.
+        sees), else the conversation's current path.
         """
-        earlier = Message.objects.sent_with(user, client_id)
+        earlier = Stored.replayed(user, client_id)
         if earlier is not None:
-            return earlier[0].conversation, False, earlier, False
+            return earlier
         created = conversation_id is None
         if created:
             conversation = self.create(
@@ -185,8 +190,94 @@ class ConversationQuerySet(models.QuerySet):
         parent = None
         if parent_id is not None:
             parent = conversation.messages.get(pk=parent_id, role=Message.Role.ASSISTANT)
-        user_message, answer = conversation.start_exchange(text, client_id=client_id, worker_id=worker_id, after=parent)
-        return conversation, created, (user_message, answer), True
+        messages = conversation.start_exchange(text, client_id=client_id, worker_id=worker_id, after=parent)
+        return Stored.of(conversation, messages, created=created)
+
+    @transaction.atomic
+    def regenerate(self, user, answer_id, *, model=None, client_id="", worker_id=None):
+        """A new queued version of the user's answer `answer_id`, beside it."""
+        earlier = Stored.replayed(user, client_id)
+        if earlier is not None:
+            return earlier
+        answer = Message.objects.target(user, answer_id, Message.Role.ASSISTANT)
+        conversation = answer.conversation
+        return Stored.of(
+            conversation, conversation.regenerate(answer, model=model, client_id=client_id, worker_id=worker_id)
+        )
+
+    @transaction.atomic
+    def edit(self, user, message_id, text, *, model=None, client_id="", worker_id=None):
+        """A new version of the user's message `message_id` with `text`, and its queued answer."""
+        earlier = Stored.replayed(user, client_id)
+        if earlier is not None:
+            return earlier
+        message = Message.objects.target(user, message_id, Message.Role.USER)
+        conversation = message.conversation
+        stored = conversation.edit(message, text, model=model, client_id=client_id, worker_id=worker_id)
+        return Stored.of(conversation, stored)
+
+    @transaction.atomic
+    def select(self, user, message_id):
+        """Make the versions through the user's message `message_id` the current path; returns
+        the `conversation.path` frame."""
+        message = Message.objects.target(user, message_id)
+        conversation = message.conversation
+        return {
+            "type": protocol.CONVERSATION_PATH,
+            "conversation": str(conversation.id),
+            "messages": conversation.select(message),
+        }
+
+    def locate(self, user, conversation_id):
+        """Where the user's conversation is (Conversation.DoesNotExist for another user's)."""
+        return Located.of(self.owned_by(user).get(pk=conversation_id))
+
+
+@dataclasses.dataclass(frozen=True)
+class Located:
+    """A conversation a frame names, as the consumer needs it on the event loop."""
+
+    conversation: str  # its id
+    group: str  # the relay group of its sockets
+    model: str
+
+    @classmethod
+    def of(cls, conversation):
+        return cls(str(conversation.id), conversation.group_name, conversation.model)
+
+
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """What a send, regenerate or edit stored, as the frames that announce it."""
+
+    conversation_id: str
+    group: str  # the relay group of the conversation's sockets
+    created_conversation: dict | None  # the conversation's frame, when the send started it
+    created: tuple  # the message.created relay events, in order
+    answer: str | None  # the answer to generate; None when a retried frame was answered
+
+    @classmethod
+    def of(cls, conversation, messages, *, created=False, replayed=False):
+        tree = MessageTree.versions_of(conversation, messages)
+        return cls(
+            conversation_id=str(conversation.id),
+            group=conversation.group_name,
+            created_conversation=conversation.as_frame() if created else None,
+            created=tuple(protocol.created_event(frame) for frame in tree.frames(messages)),
+            answer=None if replayed else str(messages[-1].id),
+        )
+
+    @classmethod
+    def replayed(cls, user, client_id):
+        """What the user's earlier frame with this client id stored, or None.
+
+        A retried chat.send or chat.edit finds its user message and that message's first answer,
+        a retried chat.regenerate its answer: the frame is answered, not repeated.
+        """
+        earlier = Message.objects.sent_with(user, client_id)
+        if earlier is None:
+            return None
+        return cls.of(earlier[0].conversation, earlier, replayed=True)
 
     def start_empty(self, user, *, instructions, model=None, first_message=""):
         """A conversation with no message yet, for instructions given before the first message:
@@ -218,10 +309,23 @@ class MessageTree:
         self.children = defaultdict(list)
         for message in self.messages:
             self.children[message.parent_id].append(message)
-        for message in self.messages:
-            message.version_ids = [
-                sibling.id for sibling in self.children[message.parent_id] if sibling.role == message.role
-            ]
+
+    @classmethod
+    def versions_of(cls, conversation, messages):
+        """A tree of `messages`' versions only (one query): enough for their frames."""
+        parents = {message.parent_id for message in messages}
+        beside = Q(parent__in=[parent for parent in parents if parent is not None])
+        if None in parents:
+            beside |= Q(parent__isnull=True)
+        return cls(conversation.messages.filter(beside).only("id", "parent_id", "role", "created_at"))
+
+    def version_ids(self, message):
+        """Ids of `message`'s versions, itself included, oldest first."""
+        return [sibling.id for sibling in self.children[message.parent_id] if sibling.role == message.role]
+
+    def frames(self, messages):
+        """The frames of `messages` (of this tree's conversation), with their versions."""
+        return [message.as_frame(self.version_ids(message)) for message in messages]
 
     def ancestors(self, message):
         """The messages before `message` on its path, first message first."""
@@ -314,7 +418,7 @@ class Conversation(models.Model):
 
     @property
     def group_name(self):
-        """The channel-layer group of every socket following this conversation."""
+        """The relay group of every socket following this conversation (chat/relay.py)."""
         return f"chat.conversation.{self.id.hex}"
 
     @staticmethod
@@ -325,14 +429,7 @@ class Conversation(models.Model):
         return first_line[:59].rstrip() + "…"
 
     def as_frame(self):
-        return {
-            "id": str(self.id),
-            "title": self.title,
-            "model": self.model,
-            "instructions": self.instructions,
-            "created_at": self.created_at.isoformat(),
-            "updated_at": self.updated_at.isoformat(),
-        }
+        return protocol.conversation_frame(self)
 
     # The organising a change of which is sent to every tab of the owner (chat/signals.py). Not the
     # title: a title saved from an answer's worker thread would reach the channel layer from a
@@ -365,10 +462,6 @@ class Conversation(models.Model):
         if archived:
             self.pinned_at = None
         self.save(update_fields=["pinned_at", "archived_at"])
-
-    def touch(self):
-        self.updated_at = timezone.now()
-        self.save(update_fields=["updated_at"])
 
     def rename(self, title):
         """Give the conversation a title of the user's choosing; ValueError if it is blank."""
@@ -408,11 +501,18 @@ class Conversation(models.Model):
         return MessageTree(self.messages.all())
 
     def path(self):
-        """The messages of the current path, in order, ready for as_frame()."""
-        tree = self.tree()
+        """The messages of the current path, in order."""
+        return self.current_path(self.tree())
+
+    def current_path(self, tree):
         # Without a current message (rows saved before versions existed), the newest one ends it.
         leaf = tree.by_id.get(self.current_id) or (tree.messages[-1] if tree.messages else None)
         return tree.path(leaf)
+
+    def path_frames(self):
+        """The frames of the current path's messages, as the page and conversation.subscribed show them."""
+        tree = self.tree()
+        return tree.frames(self.current_path(tree))
 
     def upstream_input(self, before):
         """The path to `before` (exclusive) as Open Responses message items.
@@ -455,8 +555,6 @@ class Conversation(models.Model):
             role=Message.Role.USER, text=text, status=Message.Status.COMPLETED, client_id=client_id, parent_id=after_id
         )
         answer = self.queue_answer(user_message, worker_id=worker_id)
-        answer.version_ids = [answer.id]  # the first answer to a new message
-        Message.objects.with_versions(user_message)
         return user_message, answer
 
     @transaction.atomic
@@ -491,12 +589,11 @@ class Conversation(models.Model):
         """
         conversation = Conversation.objects.idle_for_update(self.pk, model)
         if answer.role != Message.Role.ASSISTANT:
-            raise ValueError("Only answers can be regenerated.")
+            raise WrongMessage(WRONG_ROLE[Message.Role.ASSISTANT])
         if answer.parent_id is None:
-            raise ValueError("That answer has no question to answer again.")
+            raise WrongMessage("That answer has no question to answer again.")
         question = conversation.messages.get(pk=answer.parent_id)
-        new_answer = conversation.queue_answer(question, client_id=client_id, worker_id=worker_id)
-        return Message.objects.with_versions(new_answer)
+        return [conversation.queue_answer(question, client_id=client_id, worker_id=worker_id)]
 
     @transaction.atomic
     def edit(self, message, text, *, model=None, client_id="", worker_id=None):
@@ -507,7 +604,7 @@ class Conversation(models.Model):
         """
         conversation = Conversation.objects.idle_for_update(self.pk, model)
         if message.role != Message.Role.USER:
-            raise ValueError("Only your own messages can be edited.")
+            raise WrongMessage(WRONG_ROLE[Message.Role.USER])
         user_message = conversation.messages.create(
             role=Message.Role.USER,
             text=text,
@@ -516,13 +613,13 @@ class Conversation(models.Model):
             parent_id=message.parent_id,
         )
         answer = conversation.queue_answer(user_message, worker_id=worker_id)
-        return Message.objects.with_versions(user_message, answer)
+        return [user_message, answer]
 
     @transaction.atomic
     def select(self, message):
         """Show the versions through `message`: the path now ends at its newest leaf.
 
-        Returns that path. Raises ConversationBusy while an answer is being written: the answer
+        Returns that path's frames. Raises ConversationBusy while an answer is being written: the answer
         being written is always on the current path, where the page can show and stop it.
         """
         conversation = Conversation.objects.idle_for_update(self.pk)
@@ -530,7 +627,7 @@ class Conversation(models.Model):
         leaf = tree.newest_leaf(tree.by_id[message.id])
         conversation.move_to(leaf, touch=False)
         self.current = leaf
-        return tree.path(leaf)
+        return tree.frames(tree.path(leaf))
 
 
 class MessageQuerySet(models.QuerySet):
@@ -579,8 +676,7 @@ class MessageQuerySet(models.QuerySet):
     def sent_with(self, user, client_id):
         """The messages a user's earlier frame with this client id stored, or None.
 
-        A retried chat.send or chat.edit finds its user message and that message's first answer,
-        a retried chat.regenerate its answer: the frame is answered, not repeated.
+        (See Stored.replayed.)
         """
         if not client_id:
             return None
@@ -594,13 +690,19 @@ class MessageQuerySet(models.QuerySet):
                 messages.append(answer)
         for message in messages:
             message.conversation = earlier.conversation
-        return self.with_versions(*messages)
-
-    def with_versions(self, *messages):
-        """The messages with their versions loaded for as_frame(), which runs where the ORM may not."""
-        for message in messages:
-            message.version_ids = message.read_version_ids()
         return messages
+
+    def target(self, user, message_id, role=None):
+        """The user's message `message_id` with its conversation, of `role` when given; another
+        user's is refused like an unknown one (Message.DoesNotExist)."""
+        message = self.owned_by(user).select_related("conversation").get(pk=message_id)
+        if role is not None and message.role != role:
+            raise WrongMessage(WRONG_ROLE[role])
+        return message
+
+    def locate(self, user, message_id, role=None):
+        """Where the conversation of the user's message is (see target)."""
+        return Located.of(self.target(user, message_id, role).conversation)
 
 
 class Message(models.Model):
@@ -756,50 +858,10 @@ class Message(models.Model):
             return None
         return {"code": self.error_code, "message": self.error_message}
 
-    @cached_property
-    def version_ids(self):
-        """Ids of this message's versions, itself included, oldest first.
-
-        Set in bulk by MessageTree and MessageQuerySet.with_versions; reading it otherwise queries.
-        """
-        return self.read_version_ids()
-
-    def read_version_ids(self):
-        return list(
-            Message.objects.filter(
-                conversation_id=self.conversation_id, parent_id=self.parent_id, role=self.role
-            ).values_list("id", flat=True)
-        )
-
-    @property
-    def versions(self):
-        """`{index, count, ids}`: where this message is among its versions (index from 0)."""
-        ids = [str(version) for version in self.version_ids]
-        return {"index": ids.index(str(self.id)), "count": len(ids), "ids": ids}
-
-    def as_frame(self):
-        """The message as the websocket protocol and the page describe it."""
-        return {
-            "id": str(self.id),
-            "conversation": str(self.conversation_id),
-            "parent": str(self.parent_id) if self.parent_id else None,
-            "versions": self.versions,
-            "role": self.role,
-            "text": self.text,
-            "reasoning": self.reasoning,
-            "refusal": self.refusal,
-            "status": self.status,
-            "model": self.model,
-            "created_at": self.created_at.isoformat(),
-            "started_at": self.started_at.isoformat() if self.started_at else None,
-            "first_token_at": self.first_token_at.isoformat() if self.first_token_at else None,
-            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
-            "usage": self.usage,
-            "estimated_tokens": self.estimated_tokens,
-            "error": self.error,
-            "incomplete_reason": self.incomplete_reason,
-            "feedback": self.feedback_frame,
-        }
+    def as_frame(self, version_ids):
+        """The message as the websocket protocol and the page describe it; never queries.
+        `version_ids` come from MessageTree.version_ids (MessageTree.frames)."""
+        return protocol.message_frame(self, version_ids)
 
     @property
     def feedback_frame(self):
@@ -854,6 +916,13 @@ class Message(models.Model):
         if claimed:
             self.status, self.worker, self.started_at = self.Status.STREAMING, worker_id, now
         return bool(claimed)
+
+
+# Why a frame cannot act on a message of the other role.
+WRONG_ROLE = {
+    Message.Role.ASSISTANT: "Only answers can be regenerated.",
+    Message.Role.USER: "Only your own messages can be edited.",
+}
 
 
 class ServerProcess(models.Model):
@@ -1332,7 +1401,7 @@ class SharedConversation(models.Model):
     # Transcript text, and the token: whoever holds it reads the snapshot unaudited, so the admin
     # refuses lookups on it (spelling it out one character at a time) and shows only its start.
     TEXT_FIELDS = ("title", "messages", "token")
-    # What a shared message keeps of Message.as_frame(): what the page renders, nothing that
+    # What a shared message keeps of its message frame: what the page renders, nothing that
     # names other rows.
     SHARED_FIELDS = ("role", "text", "reasoning", "refusal", "status", "model", "created_at", "incomplete_reason")
 
@@ -1357,9 +1426,8 @@ class SharedConversation(models.Model):
 
     @staticmethod
     def snapshot_of(message):
-        frame = message.as_frame()
-        shared = {name: frame[name] for name in SharedConversation.SHARED_FIELDS}
-        shared["error"] = frame["error"] if message.status == Message.Status.FAILED else None
+        shared = protocol.fields_of(message, SharedConversation.SHARED_FIELDS)
+        shared["error"] = message.error if message.status == Message.Status.FAILED else None
         return shared
 
     def as_frames(self):

@@ -1,11 +1,23 @@
-"""Names of the websocket protocol and of the channel-layer events behind it (docs/protocol.md).
+"""The websocket protocol in one place (docs/protocol.md): the frame names, the kinds of streamed
+text, the snapshot of an answer in flight, and the frames built from the models.
 
-Frame types sent to browsers are the contract of docs/protocol.md; the channel-layer event types
-are the names of the ChatConsumer methods that forward them.
+Everything an answer looks like on the wire is derived from here: adding a kind of streamed text
+(say tool calls) touches STREAMS, the upstream parser and the page's renderer, nothing else.
+
+Relay events (chat/relay.py) are `{type, message, frame, ...}` where `frame` is the browser's frame
+encoded once for every socket following the conversation, and `type` names the follower's handler
+(chat/follower.py). The account events go through the channel layer to every socket of a user or a
+session (chat/signals.py).
+
+This module imports nothing of the app: the models use its serialiser.
 """
 
+import dataclasses
+import datetime
 import hashlib
 import json
+import typing
+import uuid
 
 # Client to server.
 CHAT_SEND = "chat.send"
@@ -15,68 +27,160 @@ CHAT_REGENERATE = "chat.regenerate"
 CHAT_EDIT = "chat.edit"
 CHAT_SELECT = "chat.select"
 
-# Server to client.
+# Server to client. The four `message.*` frames an answer makes while it is written are also the
+# types of the relay events that carry them.
 CONVERSATION_CREATED = "conversation.created"
 CONVERSATION_SUBSCRIBED = "conversation.subscribed"
 CONVERSATION_PATH = "conversation.path"
 MESSAGE_CREATED = "message.created"
 MESSAGE_STATUS = "message.status"
 MESSAGE_SNAPSHOT = "message.snapshot"
-MESSAGE_DELTA = "message.delta"
-MESSAGE_REASONING_DELTA = "message.reasoning.delta"
-MESSAGE_REFUSAL_DELTA = "message.refusal.delta"
+MESSAGE_DELTA = "message.delta"  # the text's delta frame, and the relay event of every kind's delta
 MESSAGE_DONE = "message.done"
 ERROR = "error"
 
 # Channel-layer events (each is handled by the consumer method of the same name).
-EVENT_ACCOUNT_CLOSED = "account.closed"
-EVENT_SESSION_CHECK = "session.check"
-EVENT_CREATED = "message.created"
-EVENT_STATUS = "message.status"
-EVENT_DELTA = "message.delta"
-EVENT_DONE = "message.done"
+ACCOUNT_CLOSED = "account.closed"
+SESSION_CHECK = "session.check"
 
 
-def frame_event(event_type, message_id, frame):
-    """A channel-layer event carrying a frame encoded once for every socket of the group."""
-    return {"type": event_type, "message": str(message_id), "frame": json.dumps(frame)}
+# --- the kinds of streamed text ------------------------------------------------------------------
+
+
+class Stream(typing.NamedTuple):
+    """One kind of text an answer streams: the Message field that keeps it, its delta frame."""
+
+    name: str
+    frame_type: str
+
+    @classmethod
+    def named(cls, name):
+        # The answer's text came first and kept the plain name; every later kind names itself.
+        return cls(name, MESSAGE_DELTA if name == "text" else f"message.{name}.delta")
+
+
+# In the order a flush sends them: the reasoning before the text it led to.
+STREAMS = tuple(Stream.named(name) for name in ("reasoning", "refusal", "text"))
+STREAM_NAMES = tuple(stream.name for stream in STREAMS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """An answer in flight up to and including delta `seq`: what a socket that starts following
+    it is sent first (`message.snapshot`), before the deltas after `seq`."""
+
+    seq: int
+    status: str
+    text: str = ""
+    reasoning: str = ""
+    refusal: str = ""
+
+    @classmethod
+    def of_texts(cls, seq, status, texts):
+        """From `texts`, a mapping of every stream's name to its text so far."""
+        return cls(seq, status, **{name: texts[name] for name in STREAM_NAMES})
+
+    @classmethod
+    def of_row(cls, message):
+        """The saved row as it is (its checkpoint), before any delta: seq 0."""
+        return cls.of_texts(0, message.status, {name: getattr(message, name) for name in STREAM_NAMES})
+
+    def frame(self, message_id):
+        return {"type": MESSAGE_SNAPSHOT, "message": str(message_id), **dataclasses.asdict(self)}
+
+
+# --- frames built from the models ----------------------------------------------------------------
+
+
+def jsonable(value):
+    if isinstance(value, datetime.datetime):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    return value
+
+
+def fields_of(instance, names):
+    """`{key: value}` of `instance` for `names`, each an attribute or a (key, attribute) pair;
+    times as ISO 8601, ids as strings. The one serialiser of frames and exports."""
+    pairs = (name if isinstance(name, tuple) else (name, name) for name in names)
+    return {key: jsonable(getattr(instance, attribute)) for key, attribute in pairs}
+
+
+CONVERSATION_FIELDS = ("id", "title", "model", "instructions", "created_at", "updated_at")
+# What an answer is once written, in message.created and message.done alike.
+ANSWER_FIELDS = (
+    "status",
+    *STREAM_NAMES,
+    "model",
+    "started_at",
+    "first_token_at",
+    "finished_at",
+    "usage",
+    "estimated_tokens",
+    "error",
+    "incomplete_reason",
+)
+MESSAGE_FIELDS = ("id", ("conversation", "conversation_id"), ("parent", "parent_id"), "role", "created_at")
+DONE_FIELDS = (("message", "id"), ("conversation", "conversation_id"), *ANSWER_FIELDS)
+
+
+def conversation_frame(conversation):
+    return fields_of(conversation, CONVERSATION_FIELDS)
+
+
+def message_frame(message, version_ids):
+    """The message as the protocol and the page describe it; `version_ids` are the ids of its
+    versions, itself included, oldest first (chat.models.MessageTree.version_ids)."""
+    ids = [str(version) for version in version_ids]
+    versions = {"index": ids.index(str(message.id)), "count": len(ids), "ids": ids}
+    return {
+        **fields_of(message, MESSAGE_FIELDS),
+        "versions": versions,
+        **fields_of(message, ANSWER_FIELDS),
+        # The owner's rating of an answer (message.done carries none: a new answer has none yet).
+        "feedback": message.feedback_frame,
+    }
+
+
+# --- the relay's events --------------------------------------------------------------------------
+
+
+def frame_event(message_id, frame, event_type=None, **extra):
+    """A relay event carrying `frame`, encoded once for every socket following the conversation;
+    its type is the frame's unless given."""
+    return {"type": event_type or frame["type"], "message": str(message_id), "frame": json.dumps(frame), **extra}
 
 
 def created_event(message):
-    frame = {
-        "type": MESSAGE_CREATED,
-        "conversation": str(message.conversation_id),
-        "message": message.as_frame(),
-    }
-    return frame_event(EVENT_CREATED, message.id, frame)
+    """`message`, a frame as message_frame() made it, announced to the conversation's sockets."""
+    frame = {"type": MESSAGE_CREATED, "conversation": message["conversation"], "message": message}
+    return frame_event(message["id"], frame)
 
 
 def status_event(message_id, status):
-    frame = {"type": MESSAGE_STATUS, "message": str(message_id), "status": status}
-    return frame_event(EVENT_STATUS, message_id, frame)
+    return frame_event(message_id, {"type": MESSAGE_STATUS, "message": str(message_id), "status": status})
+
+
+def delta_event(message_id, seq, stream, delta):
+    """One flush of one stream. `stream` and `delta` let the relay keep the snapshot that other
+    processes resume from (chat/relay.py); `seq` lets each socket drop what its snapshot holds."""
+    frame = {"type": stream.frame_type, "message": str(message_id), "seq": seq, "delta": delta}
+    return frame_event(message_id, frame, MESSAGE_DELTA, seq=seq, stream=stream.name, delta=delta)
 
 
 def done_event(message):
+    """The answer's end as saved. Queries (the owner's budget): build it where the ORM may run."""
     frame = {
         "type": MESSAGE_DONE,
-        "message": str(message.id),
-        "conversation": str(message.conversation_id),
-        "status": message.status,
-        "text": message.text,
-        "reasoning": message.reasoning,
-        "refusal": message.refusal,
-        "usage": message.usage,
-        "estimated_tokens": message.estimated_tokens,
-        "error": message.error,
-        "incomplete_reason": message.incomplete_reason,
-        "model": message.model,
-        "started_at": message.started_at.isoformat() if message.started_at else None,
-        "first_token_at": message.first_token_at.isoformat() if message.first_token_at else None,
-        "finished_at": message.finished_at.isoformat() if message.finished_at else None,
+        **fields_of(message, DONE_FIELDS),
         # The owner's budget with this answer spent: every socket of the group is the owner's.
         "budget": message.owner_budget(),
     }
-    return frame_event(EVENT_DONE, message.id, frame)
+    return frame_event(message.id, frame)
+
+
+# --- the account's sockets, through the channel layer --------------------------------------------
 
 
 def user_group(user_id):
@@ -102,18 +206,25 @@ SESSION_ENDINGS = {
 CLOSE_SESSION_ENDED = 4401
 
 
+def error_frame(code, message, client_id=None):
+    frame = {"type": ERROR, "code": code, "message": message}
+    if client_id is not None:
+        frame["client_id"] = client_id
+    return frame
+
+
 def session_ended_frame(code):
-    return {"type": ERROR, "code": code, "message": SESSION_ENDINGS[code]}
+    return error_frame(code, SESSION_ENDINGS[code])
 
 
 def account_closed_event(code):
     """The session or account behind a socket ended for certain (logout): close at once."""
-    return {"type": EVENT_ACCOUNT_CLOSED, "code": code}
+    return {"type": ACCOUNT_CLOSED, "code": code}
 
 
 def session_check_event():
     """Something about the account changed: each socket re-checks its own session."""
-    return {"type": EVENT_SESSION_CHECK}
+    return {"type": SESSION_CHECK}
 
 
 # --- The sidebar's rows, on every socket of their owner ---------------------------------------

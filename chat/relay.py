@@ -37,10 +37,10 @@ import weakref
 from django.conf import settings
 
 from chat import protocol
+from chat.models import Message
 
 logger = logging.getLogger(__name__)
 
-STREAMS = ("text", "reasoning", "refusal")
 SNAPSHOT_TTL = 3600  # an answer streaming longer than an hour without a delta is long dead
 FINISHED_SNAPSHOT_TTL = 60
 
@@ -48,7 +48,7 @@ FINISHED_SNAPSHOT_TTL = 60
 def snapshot_keys(message_id):
     """Redis keys of an answer's snapshot: its seq, then one string per stream (appended to)."""
     base = f"chatsite:snapshot:{message_id}"
-    return [f"{base}:seq", *(f"{base}:{name}" for name in STREAMS)]
+    return [f"{base}:seq", *(f"{base}:{name}" for name in protocol.STREAM_NAMES)]
 
 
 _sync_redis = None
@@ -64,10 +64,8 @@ def read_shared_snapshot(message_id):
     seq, *texts = _sync_redis.mget(snapshot_keys(message_id))  # one command: a consistent read
     if seq is None:
         return None
-    snapshot = {"seq": int(seq), "status": "streaming"}
-    for name, text in zip(STREAMS, texts, strict=True):
-        snapshot[name] = (text or b"").decode()
-    return snapshot
+    texts = {name: (text or b"").decode() for name, text in zip(protocol.STREAM_NAMES, texts, strict=True)}
+    return protocol.Snapshot.of_texts(int(seq), Message.Status.STREAMING, texts)
 
 
 class Relay:
@@ -75,7 +73,7 @@ class Relay:
         self.loop = loop
         self.cross_process = bool(settings.REDIS_URL)
         self.origin = uuid.uuid4().hex
-        self.followers = collections.defaultdict(dict)  # group -> {consumer: None}, in joining order
+        self.followers = collections.defaultdict(dict)  # group -> {follower: None}, in joining order
 
         self._lock = threading.Lock()
         self._inbox = collections.deque()  # (group, event), from any thread
@@ -91,8 +89,9 @@ class Relay:
 
     # --- following, on the loop -------------------------------------------------------------
 
-    async def follow(self, group, consumer):
-        self.followers[group][consumer] = None
+    async def follow(self, group, follower):
+        """Hand the group's events to `follower` (a chat.follower.Follower) from now on."""
+        self.followers[group][follower] = None
         if self.cross_process and group not in self._subscribed:
             async with self._membership:
                 if group in self.followers and group not in self._subscribed:
@@ -102,11 +101,11 @@ class Relay:
                     if self._listener is None or self._listener.done():
                         self._listener = self.loop.create_task(self._listen())
 
-    async def unfollow(self, group, consumer):
+    async def unfollow(self, group, follower):
         following = self.followers.get(group)
         if following is None:
             return
-        following.pop(consumer, None)
+        following.pop(follower, None)
         if following:
             return
         del self.followers[group]
@@ -154,9 +153,9 @@ class Relay:
 
     async def deliver(self, group, event):
         """Hand one event to this process's sockets following `group`."""
-        for consumer in tuple(self.followers.get(group, ())):
+        for follower in tuple(self.followers.get(group, ())):
             try:
-                await consumer.relay_event(event)
+                await follower.deliver(event)
             except Exception:
                 logger.exception("A socket could not take %s", event["type"])
 
@@ -201,11 +200,11 @@ class Relay:
     @staticmethod
     def _keep_snapshot(transaction, event):
         stream = event.get("stream")
-        if stream is None and event["type"] != protocol.EVENT_DONE:
+        if stream is None and event["type"] != protocol.MESSAGE_DONE:
             return
         seq_key, *stream_keys = snapshot_keys(event["message"])
         if stream is not None:
-            key = stream_keys[STREAMS.index(stream)]
+            key = stream_keys[protocol.STREAM_NAMES.index(stream)]
             transaction.append(key, event["delta"])
             transaction.set(seq_key, event["seq"], ex=SNAPSHOT_TTL)
             transaction.expire(key, SNAPSHOT_TTL)
@@ -249,9 +248,9 @@ class Relay:
                 logger.exception("Could not subscribe again; retrying")
                 return
         for following in list(self.followers.values()):
-            for consumer in tuple(following):
+            for follower in tuple(following):
                 try:
-                    await consumer.resync()
+                    await follower.resync()
                 except Exception:
                     logger.exception("A socket could not be brought up to date")
 

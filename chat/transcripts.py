@@ -4,16 +4,17 @@ import json
 
 from django.db.models import Prefetch
 
+from chat import protocol
 from chat.models import Message
 
 FORMATS = ("json", "markdown")
 MESSAGE_FIELDS = (
+    "id",
+    ("parent", "parent_id"),
     "role",
     "status",
     "model",
-    "text",
-    "reasoning",
-    "refusal",
+    *protocol.STREAM_NAMES,
     "response_id",
     "error_code",
     "error_message",
@@ -23,8 +24,12 @@ MESSAGE_FIELDS = (
     "total_tokens",
     "cached_tokens",
     "reasoning_tokens",
+    "created_at",
+    "started_at",
+    "first_token_at",
+    "finished_at",
 )
-TIMES = ("created_at", "started_at", "first_token_at", "finished_at")
+CONVERSATION_FIELDS = (*protocol.CONVERSATION_FIELDS, ("current", "current_id"))
 
 
 def with_messages(conversations):
@@ -41,22 +46,10 @@ def on_current_path(conversation):
 def conversation_record(conversation):
     shown = on_current_path(conversation)
     return {
-        "id": str(conversation.id),
-        "title": conversation.title,
+        **protocol.fields_of(conversation, CONVERSATION_FIELDS),
         "owner": conversation.owner.get_username(),
-        "model": conversation.model,
-        "instructions": conversation.instructions,
-        "created_at": conversation.created_at.isoformat(),
-        "updated_at": conversation.updated_at.isoformat(),
-        "current": str(conversation.current_id) if conversation.current_id else None,
         "messages": [
-            {
-                "id": str(message.id),
-                "parent": str(message.parent_id) if message.parent_id else None,
-                "on_current_path": message.id in shown,
-            }
-            | {name: getattr(message, name) for name in MESSAGE_FIELDS}
-            | {name: getattr(message, name).isoformat() if getattr(message, name) else None for name in TIMES}
+            {**protocol.fields_of(message, MESSAGE_FIELDS), "on_current_path": message.id in shown}
             for message in conversation.messages.all()
         ],
     }

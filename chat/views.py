@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import logging
 
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 def page_context(request, conversation=None):
     mine = Conversation.objects.owned_by(request.user).only("id", "title", "updated_at", "pinned_at", "archived_at")
     # The path last shown or added to; the other versions are a chat.select away.
-    messages = [page_frame(message) for message in conversation.path()] if conversation else []
+    messages = page_frames(conversation) if conversation else []
     offered = providers.providers()
     budget = limits.budget_status(request.user)
     preferences = AccountSettings.of(request.user)
@@ -57,16 +58,18 @@ def page_context(request, conversation=None):
     }
 
 
-def page_frame(message):
-    """A message as the page starts with it. An answer still being written shows the freshest
-    text there is, its snapshot (with its `seq`), rather than the last checkpoint, which can be
-    a second older: a reload mid-answer then never shows less than the tab showed before it."""
-    frame = message.as_frame()
-    if not message.is_finished:
-        snapshot = read_snapshot(message.id)
-        if snapshot is not None:
-            frame.update({key: snapshot[key] for key in ("seq", "status", "text", "reasoning", "refusal")})
-    return frame
+def page_frames(conversation):
+    """The current path's messages as the page starts with them. An answer still being written
+    shows the freshest text there is, its snapshot (with its `seq`), rather than the last
+    checkpoint, which can be a second older: a reload mid-answer then never shows less than the
+    tab showed before it."""
+    frames = conversation.path_frames()
+    for frame in frames:
+        if frame["status"] in Message.UNFINISHED:
+            snapshot = read_snapshot(frame["id"])
+            if snapshot is not None:
+                frame.update(dataclasses.asdict(snapshot))
+    return frames
 
 
 @login_required

@@ -364,7 +364,7 @@ def test_sends_on_many_database_connections_at_once_are_admitted_one_at_a_time(a
     def send(number):
         try:
             start.wait()
-            Conversation.objects.start_exchange_for(alice, None, f"race {number}")
+            Conversation.objects.send(alice, None, f"race {number}")
             outcomes.append("admitted")
         except BudgetSpent:
             outcomes.append("refused")
@@ -432,12 +432,12 @@ def test_the_send_rate_window_holds_across_connections(alice, settings):
     settings.CHAT_SENDS_PER_MINUTE = 2
     with time_machine.travel(timezone.now(), tick=False) as clock:
         for number in range(2):
-            Conversation.objects.start_exchange_for(alice, None, f"q{number}")
+            Conversation.objects.send(alice, None, f"q{number}")
         outcome = []
 
         def another():
             try:
-                Conversation.objects.start_exchange_for(alice, None, "from elsewhere")
+                Conversation.objects.send(alice, None, "from elsewhere")
                 outcome.append("admitted")
             except SendRateExceeded as refusal:
                 outcome.append(refusal)
@@ -451,9 +451,9 @@ def test_the_send_rate_window_holds_across_connections(alice, settings):
         assert outcome[0].wait == 60
         clock.shift(30)
         with pytest.raises(SendRateExceeded, match="wait 30 seconds"):
-            Conversation.objects.start_exchange_for(alice, None, "still too soon")
+            Conversation.objects.send(alice, None, "still too soon")
         clock.shift(30)
-        Conversation.objects.start_exchange_for(alice, None, "a minute later")
+        Conversation.objects.send(alice, None, "a minute later")
 
 
 # --- The migration fills the ledger from the answers stored before it ---------------------------

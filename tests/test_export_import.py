@@ -229,7 +229,7 @@ def test_a_chatgpt_export_with_branches_becomes_conversations_with_versions(alic
         "Yes: a south-facing balcony suits cherry tomatoes.",
         "Yes. Pick a dwarf variety and a 20-litre pot.",
     ]
-    assert answers[1].versions == {"index": 1, "count": 2, "ids": [str(a.id) for a in answers]}
+    assert tree.frames([answers[1]])[0]["versions"] == {"index": 1, "count": 2, "ids": [str(a.id) for a in answers]}
     # The edited question is a second version of the follow-up.
     follow_ups = tree.children[answers[1].id]
     assert [m.text for m in follow_ups] == ["How often should I water them?", "How often should I water them in July?"]

@@ -274,10 +274,10 @@ async def test_a_handler_that_raises_is_answered_and_logged_and_the_socket_lives
     settings.CHAT_MAX_SOCKETS_PER_USER = 2
     conversation = await database_sync_to_async(conversation_with_answer)(alice)
 
-    def broken(self, conversation):
+    def broken(user, conversation_id):
         raise RuntimeError("a bug in reading the conversation")
 
-    monkeypatch.setattr(consumers.ChatConsumer, "conversation_state", database_sync_to_async(broken))
+    monkeypatch.setattr(consumers, "conversation_state", database_sync_to_async(broken))
     caplog.set_level(logging.ERROR, logger="chat.consumers")
     communicator, _, _ = await connect(alice)
     for _ in range(settings.CHAT_MAX_SOCKETS_PER_USER + 1):

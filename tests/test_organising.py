@@ -5,6 +5,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from chat.models import Conversation
 from tests.factories import conversation_with_answer
@@ -25,7 +26,8 @@ def sidebar_titles(client):
 @pytest.mark.django_db
 def test_a_pinned_conversation_leads_the_sidebar_and_an_archived_one_leaves_it(alice_client, alice):
     for title in ("Oldest", "Middle", "Newest"):
-        conversation_with_answer(alice, title, "Yes.", title=title).touch()
+        made = conversation_with_answer(alice, title, "Yes.", title=title)
+        Conversation.objects.filter(pk=made.pk).update(updated_at=timezone.now())
     assert sidebar_titles(alice_client) == (["Newest", "Middle", "Oldest"], [])
 
     oldest = Conversation.objects.get(title="Oldest")
