@@ -52,7 +52,17 @@ def query_of(request):
     return "&".join(f"{key}={value}" for key, values in request.GET.lists() for value in values)
 
 
-class TranscriptAdmin(StrictAdminMixin, admin.ModelAdmin):
+class ReadOnlyAdminMixin:
+    """Rows the site writes itself: nobody adds or edits one in the admin."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+class TranscriptAdmin(ReadOnlyAdminMixin, StrictAdminMixin, admin.ModelAdmin):
     """Transcripts are records: nobody adds or edits them here, a setting can hide them all, and
     every door through which staff could see or probe their text is audited or refused.
 
@@ -83,12 +93,6 @@ class TranscriptAdmin(StrictAdminMixin, admin.ModelAdmin):
     - CHAT_STAFF_CAN_READ_TRANSCRIPTS=0: every door above is closed (403) to everyone,
       superusers included; the usage report stays, and shows no text.
     """
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_view_permission(self, request, obj=None):
         return settings.CHAT_STAFF_CAN_READ_TRANSCRIPTS and super().has_view_permission(request, obj)
@@ -406,14 +410,8 @@ class MessageAdmin(TranscriptAdmin):
         super().delete_queryset(request, queryset)
 
 
-class RecordAdminMixin:
+class RecordAdminMixin(ReadOnlyAdminMixin):
     """A record the system writes: nobody adds, edits or deletes one in the admin."""
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
     def has_delete_permission(self, request, obj=None):
         return False
@@ -499,15 +497,9 @@ class UsageEntryAdmin(RecordAdminMixin, StrictAdminMixin, admin.ModelAdmin):
 
 
 @admin.register(ServerProcess)
-class ServerProcessAdmin(StrictAdminMixin, admin.ModelAdmin):
+class ServerProcessAdmin(ReadOnlyAdminMixin, StrictAdminMixin, admin.ModelAdmin):
     list_display = ["hostname", "pid", "started_at", "last_seen_at"]
     readonly_fields = ["id", "hostname", "pid", "started_at", "last_seen_at"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
 
 
 class AccountLimitsInline(admin.TabularInline):

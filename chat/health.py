@@ -4,7 +4,9 @@
   database or Redis outage never gets healthy processes restarted.
 - `/readyz` (readiness): the database, the cache and the channel layer all answer, so this process
   can serve a chat. 200 with every check's result, or 503 naming what failed; a load balancer sends
-  no traffic to a process that is not ready.
+  no traffic to a process that is not ready. While the bundled local model is offered but not
+  ready yet (`make run` still installing it), the answer says so under `local_model`; the process
+  is ready all the same, and that key goes once the model is.
 
 Failures are reported by exception class only (details go to the log): these URLs are public and an
 error text may name hosts or accounts.
@@ -20,6 +22,9 @@ from django.core.cache import cache
 from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.cache import never_cache
+
+from chat import providers
+from chat.localmodel import runtime
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +89,14 @@ async def run_check(name, check):
     return "ok"
 
 
+def local_model_state():
+    """The local model's state and sentence while it is offered but cannot answer, else None."""
+    state = providers.local_state()
+    if state is None or state is runtime.State.READY:
+        return None
+    return {"status": state.value, "message": runtime.SENTENCES[state]}
+
+
 @never_cache
 async def readyz(request):
     results = await asyncio.gather(*(run_check(name, check) for name, check in CHECKS.items()))
@@ -92,4 +105,7 @@ async def readyz(request):
     body = {"status": "unavailable" if failed else "ok", "checks": checks}
     if failed:
         body["failed"] = failed
+    local_model = local_model_state()
+    if local_model:
+        body["local_model"] = local_model
     return JsonResponse(body, status=503 if failed else 200)

@@ -800,6 +800,7 @@ class StreamWorker:
                 # The local model answers one request at a time: waiting for it is not an error.
                 timeout=max(settings.OPENRESPONSES_TIMEOUT, 300),
                 temperature=settings.LOCAL_MODEL_TEMPERATURE,
+                unavailable=provider.problem,
             )
         return UpstreamClient.from_settings(session=session)
 

@@ -327,6 +327,9 @@ LOCAL_MODEL_QUEUE = envnumber("LOCAL_MODEL_QUEUE", 4)
 # Another server whose /local/v1 endpoint the site's worker uses; empty: this process's own model,
 # called in-process (chat/localmodel/transport.py).
 LOCAL_MODEL_BASE_URL = envstr("LOCAL_MODEL_BASE_URL").rstrip("/")
+# What scripts/local-model.sh says while it installs the local model's packages in the background
+# for `make run` (held locked while it runs; "failed" if it failed). See chat/localmodel/runtime.py.
+LOCAL_MODEL_INSTALL_STATUS = Path(envstr("LOCAL_MODEL_INSTALL_STATUS") or BASE_DIR / "var/local-model-install.status")
 
 # --- Content Security Policy (chat/security.py) ------------------------------------------------
 

@@ -19,6 +19,17 @@ PRODUCTION = {
 }
 
 
+# Every deployment warning counts as a failure.
+DEPLOYMENT_CHECKS = ("--deploy", "--fail-level", "DEBUG")
+
+
+def manage_check(env, *options):
+    """`manage.py check` in a process of its own, so that the settings are read from `env`."""
+    return subprocess.run(
+        [sys.executable, "manage.py", "check", *options], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+
+
 def test_liveness_answers_without_touching_the_database_or_redis(client):
     """No `db` mark: any database access here would fail the test."""
     response = client.get("/healthz")
@@ -63,14 +74,7 @@ def test_readiness_names_everything_that_is_down_with_a_503(tmp_path):
 
 def test_production_settings_pass_the_deployment_checks():
     env = site_env(**PRODUCTION, DATABASE_URL="postgres://chat:secret@db.internal/chat", REDIS_URL="redis://redis/0")
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "DEBUG"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = manage_check(env, *DEPLOYMENT_CHECKS)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "System check identified no issues (0 silenced)."
     assert result.stderr == ""
@@ -81,14 +85,7 @@ def test_production_without_a_secret_key_starts_with_a_generated_private_one(tmp
     find nothing to say about it (chatsite/secret_key.py; tests/test_secret_key.py for the rest)."""
     key_file = tmp_path / "var" / "secret_key"
     env = site_env(**{**PRODUCTION, "DJANGO_SECRET_KEY": "", "DJANGO_SECRET_KEY_FILE": key_file})
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "DEBUG"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = manage_check(env, *DEPLOYMENT_CHECKS)
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "System check identified no issues (0 silenced)."
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
@@ -107,9 +104,7 @@ def test_production_refuses_to_start_with_a_key_file_it_cannot_trust_or_write(tm
         key_file = tmp_path / "a-file" / "secret_key"
         expected = "could not be created"
     env = site_env(**{**PRODUCTION, "DJANGO_SECRET_KEY": "", "DJANGO_SECRET_KEY_FILE": key_file})
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
-    )
+    result = manage_check(env)
     assert result.returncode != 0
     assert f"The secret key file {key_file} {expected}" in result.stderr
     assert "set DJANGO_SECRET_KEY, or DJANGO_SECRET_KEY_FILE" in result.stderr

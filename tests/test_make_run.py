@@ -108,4 +108,48 @@ def test_the_generated_secret_key_is_kept_private(production_site):
 def test_the_makefile_runs_what_this_test_runs():
     """The fixture starts scripts/serve.sh; `make run` must start exactly that."""
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(r"^run: setup\n\tHOST=\$\(HOST\) PORT=\$\(PORT\) bash scripts/serve\.sh$", makefile, re.M)
+    assert re.search(
+        r"^run: serve-packages local-model-background\n\tHOST=\$\(HOST\) PORT=\$\(PORT\) bash scripts/serve\.sh$",
+        makefile,
+        re.M,
+    )
+
+
+def planned(target):
+    """The commands `make TARGET` would run on a fresh clone (-B: as if nothing were installed)."""
+    result = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+@pytest.mark.parametrize("target", ["run", "dev"])
+def test_a_first_start_installs_only_what_serving_needs_and_builds_the_local_model_meanwhile(target):
+    """Neither the Debian packages of the tests nor the test tools, and llama.cpp's compilation (most
+    of a first setup) in the background: tests/test_local_model_install.py for what the site shows
+    meanwhile."""
+    commands = planned(target)
+    text = "\n".join(commands)
+    assert "pip install --quiet -r requirements.txt" in text
+    assert "npm ci" in text
+    for absent in ("system-packages.sh", "requirements-dev.txt", "requirements-local.txt", "local-model.sh install"):
+        assert absent not in text, f"`make {target}` waits for {absent}"
+    background = commands.index("bash scripts/local-model.sh background")
+    server = len(commands) - 1
+    assert "scripts/serve.sh" in commands[server] or "runserver" in commands[server]
+    assert background < server
+
+
+@pytest.mark.parametrize(
+    ("target", "job"),
+    [
+        ("test", ".venv/bin/python -m pytest"),
+        ("bench", ".venv/bin/python -m bench.run"),
+        ("run-cluster", "bash scripts/cluster.sh"),
+    ],
+)
+def test_the_tests_and_the_cluster_still_install_everything_first(target, job):
+    commands = planned(target)
+    text = "\n".join(commands)
+    for needed in ("system-packages.sh", "-r requirements-dev.txt", "local-model.sh install", "npm ci"):
+        assert needed in text, f"`make {target}` does not run {needed}"
+    assert commands.index("bash scripts/local-model.sh install") < commands.index(job)

