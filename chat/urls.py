@@ -1,6 +1,6 @@
 from django.urls import path
 
-from chat import views
+from chat import uploads, views
 
 app_name = "chat"
 
@@ -11,4 +11,8 @@ urlpatterns = [
     path("c/<uuid:conversation_id>/instructions/", views.instructions, name="instructions"),
     path("c/<uuid:conversation_id>/delete/", views.delete, name="delete"),
     path("search/", views.search, name="search"),
+    # Attachments (chat/uploads.py).
+    path("uploads/", uploads.upload, name="upload"),
+    path("uploads/<uuid:attachment_id>/", uploads.detail, name="upload_detail"),
+    path("uploads/<uuid:attachment_id>/delete/", uploads.delete, name="upload_delete"),
 ]
