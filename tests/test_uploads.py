@@ -8,9 +8,11 @@ import io
 import uuid
 
 import pytest
+from django.core.files.storage import FileSystemStorage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.files.uploadhandler import StopUpload
 from django.core.management import call_command
+from django.db import transaction
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
@@ -333,3 +335,29 @@ def test_stored_uploads_become_the_items_sent_upstream(alice_client, settings):
     assert items[3]["text"] == "Attached file notes.md:\n\n# Notes\nsalt water"
     with pytest.raises(attachments.ModelCannotRead, match=settings.LOCAL_MODEL_NAME):
         attachments.check_model_takes(settings.LOCAL_MODEL_NAME, stored)
+
+
+def test_a_rolled_back_deletion_keeps_the_file(alice_client, media_root, django_capture_on_commit_callbacks):
+    upload(alice_client, "a.txt", b"kept")
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        with pytest.raises(RuntimeError), transaction.atomic():
+            Attachment.objects.get().delete()
+            raise RuntimeError("the deletion fails after the row went")
+    assert callbacks == []
+    assert Attachment.objects.get().read() == b"kept"
+    assert len(stored_files(media_root)) == 1
+
+
+def test_a_store_that_cannot_delete_does_not_undo_the_deletion(
+    alice_client, media_root, monkeypatch, caplog, django_capture_on_commit_callbacks
+):
+    upload(alice_client, "a.txt", b"x")
+
+    def broken_delete(self, name):
+        raise OSError("store unreachable")
+
+    monkeypatch.setattr(FileSystemStorage, "delete", broken_delete)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert alice_client.delete(f"/uploads/{Attachment.objects.get().id}/").status_code == 200
+    assert not Attachment.objects.exists()
+    assert "Could not delete the stored file" in caplog.text
