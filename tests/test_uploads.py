@@ -361,3 +361,11 @@ def test_a_store_that_cannot_delete_does_not_undo_the_deletion(
         assert alice_client.delete(f"/uploads/{Attachment.objects.get().id}/").status_code == 200
     assert not Attachment.objects.exists()
     assert "Could not delete the stored file" in caplog.text
+
+
+def test_a_body_declared_too_large_is_refused_before_it_is_parsed(alice_client, settings, media_root):
+    """The declared length alone refuses: the small body behind it is never parsed into a file."""
+    settings.CHAT_MAX_UPLOAD_BYTES = 10_000
+    response = upload(alice_client, "small.txt", b"a", CONTENT_LENGTH=str(10**9))
+    assert response.status_code == 413 and response.json()["error"]["code"] == "too_large"
+    assert not Attachment.objects.exists() and stored_files(media_root) == []
