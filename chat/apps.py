@@ -10,7 +10,7 @@ class ChatConfig(AppConfig):
     default = True
 
     def ready(self):
-        from chat import login_throttle, signals  # noqa: F401  (connect the receivers)
+        from chat import attachments, login_throttle, signals  # noqa: F401  (connect the receivers)
 
 
 class ChatAdminConfig(admin_apps.AdminConfig):

@@ -1477,3 +1477,141 @@ def transcript_text_fields():
         for model in (Conversation, Message, AuditEvent, SharedConversation, AccountSettings)
         for name in model.TEXT_FIELDS
     }
+
+
+# --- Attachments ------------------------------------------------------------------------------
+
+
+class UploadRefused(Exception):
+    """An upload that is not stored; `code` and `status` make the JSON error, the text says why."""
+
+    def __init__(self, code, status, sentence):
+        super().__init__(sentence)
+        self.code = code
+        self.status = status
+
+
+def attachment_storage_name(attachment, filename):
+    # Never the uploader's file name: it could carry path tricks, and a storage URL (a bucket's)
+    # built from it would say what the file is. The id alone names the object.
+    return f"uploads/{attachment.id.hex}"
+
+
+class AttachmentQuerySet(models.QuerySet):
+    def owned_by(self, user):
+        return self.filter(owner=user)
+
+    def unsent(self):
+        return self.filter(message=None)
+
+    def unsent_for(self, user, attachment_id):
+        """The user's own upload not yet sent with a message; DoesNotExist otherwise, whoever's it is."""
+        return self.owned_by(user).unsent().get(pk=attachment_id)
+
+    def stale(self, now=None):
+        """Uploads never sent within CHAT_UPLOAD_UNSENT_HOURS: the sweep removes them."""
+        cutoff = (now or timezone.now()) - datetime.timedelta(hours=settings.CHAT_UPLOAD_UNSENT_HOURS)
+        return self.unsent().filter(created_at__lt=cutoff)
+
+    def bytes_used(self, user_id):
+        return self.filter(owner_id=user_id).aggregate(used=Coalesce(Sum("size"), 0))["used"]
+
+    def sweep(self, now=None):
+        """Delete stale uploads, their stored files after commit (the post_delete receiver);
+        returns how many went."""
+        deleted, _ = self.stale(now).delete()
+        return deleted
+
+    def store(self, user, prepared):
+        """Save a checked upload (chat.attachments.Prepared) for `user`; raises UploadRefused over quota.
+
+        The file is written first, outside any transaction (a remote store is network I/O); the
+        quota is then decided with the owner's row locked, so parallel uploads are counted one at
+        a time. A refused or failed row deletes the file again: nothing is left stored.
+        """
+        attachment = self.model(
+            owner=user,
+            name=prepared.name,
+            content_type=prepared.content_type,
+            kind=prepared.kind,
+            size=prepared.content.size,
+            width=prepared.width,
+            height=prepared.height,
+        )
+        attachment.file.save(attachment_storage_name(attachment, prepared.name), prepared.content, save=False)
+        try:
+            with transaction.atomic():
+                get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk").get()
+                quota = settings.CHAT_UPLOAD_QUOTA_BYTES
+                used = self.bytes_used(user.pk)
+                if quota and used + attachment.size > quota:
+                    raise UploadRefused(
+                        "quota_exceeded",
+                        413,
+                        f"This file would take your uploads past your storage quota of {quota} bytes "
+                        f"({used} used); delete some conversations or unsent uploads first.",
+                    )
+                attachment.save(force_insert=True)
+        except BaseException:
+            attachment.file.storage.delete(attachment.file.name)
+            raise
+        return attachment
+
+
+class Attachment(models.Model):
+    """A file a user uploaded, to send with a message: an image, a PDF or a plain-text file.
+
+    Stored through Django's storage API (MEDIA_ROOT by default). Unsent until a message takes it
+    (`message`); deleting the row, or the message or conversation it belongs to, deletes the
+    stored file once the deletion commits (chat.attachments.delete_stored_file).
+    """
+
+    class Kind(models.TextChoices):
+        IMAGE = "image"
+        FILE = "file"
+
+    NAME_LENGTH = 200
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="attachments")
+    message = models.ForeignKey(
+        Message, models.CASCADE, null=True, blank=True, related_name="attachments", editable=False
+    )
+    file = models.FileField(upload_to=attachment_storage_name, max_length=255, editable=False)
+    name = models.CharField(max_length=NAME_LENGTH, help_text="The file's name as the uploader gave it.")
+    content_type = models.CharField(max_length=100, help_text="Decided from the content, not the name.")
+    size = models.PositiveBigIntegerField(help_text="Bytes stored (images after re-encoding).")
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.FILE)
+    width = models.PositiveIntegerField(null=True, blank=True)
+    height = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+
+    objects = AttachmentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["created_at"]
+        indexes = [
+            # The sweep: uploads never sent, oldest first.
+            models.Index(fields=["created_at"], condition=Q(message=None), name="attachment_unsent"),
+        ]
+
+    def __str__(self):
+        # Not the name: what a user called a file is theirs, like a conversation's title.
+        return f"Attachment {self.id}"
+
+    @property
+    def is_image(self):
+        return self.kind == self.Kind.IMAGE
+
+    def as_frame(self):
+        return {
+            "id": str(self.id),
+            "name": self.name,
+            "type": self.content_type,
+            "size": self.size,
+            "kind": self.kind,
+        }
+
+    def read(self):
+        with self.file.open("rb") as stored:
+            return stored.read()

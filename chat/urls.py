@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from chat import views
+from chat import uploads, views
 
 app_name = "chat"
 
@@ -24,4 +24,8 @@ urlpatterns = [
     path("export/", views.export_all, name="export"),
     path("import/", views.import_chats, name="import"),
     path("budget/", views.budget, name="budget"),
+    # Attachments (chat/uploads.py).
+    path("uploads/", uploads.upload, name="upload"),
+    path("uploads/<uuid:attachment_id>/", uploads.detail, name="upload_detail"),
+    path("uploads/<uuid:attachment_id>/delete/", uploads.delete, name="upload_delete"),
 ]

@@ -331,6 +331,51 @@ LOCAL_MODEL_BASE_URL = envstr("LOCAL_MODEL_BASE_URL").rstrip("/")
 # for `make run` (held locked while it runs; "failed" if it failed). See chat/localmodel/runtime.py.
 LOCAL_MODEL_INSTALL_STATUS = Path(envstr("LOCAL_MODEL_INSTALL_STATUS") or BASE_DIR / "var/local-model-install.status")
 
+# --- Attachments (chat/attachments.py, chat/uploads.py) ---------------------------------------
+
+
+def envcapabilities(name, default):
+    """`model=images+files,other-model=` as {model: [capability, ...]}; an empty list is text only."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return dict(default)
+    found = {}
+    for entry in value.split(","):
+        model, equals, capabilities = entry.strip().partition("=")
+        taken = [item.strip() for item in capabilities.split("+") if item.strip()]
+        if not equals or not model.strip() or set(taken) - {"images", "files"}:
+            raise ImproperlyConfigured(f"{name} entries look like model=images+files, got {entry!r}")
+        found[model.strip()] = taken
+    return found
+
+
+# Uploaded files are stored through Django's storage API: this folder by default. Nothing serves
+# it directly: files reach their owner only through /uploads/<id>/ (MEDIA_URL is not routed).
+MEDIA_ROOT = Path(envstr("DJANGO_MEDIA_ROOT") or BASE_DIR / "var" / "media")
+# Largest file accepted, in bytes; a larger one is refused while it streams in, and not stored.
+CHAT_MAX_UPLOAD_BYTES = envnumber("CHAT_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
+# Bytes of uploads one user may keep stored, sent or not (0: unlimited).
+CHAT_UPLOAD_QUOTA_BYTES = envnumber("CHAT_UPLOAD_QUOTA_BYTES", 500 * 1024 * 1024)
+# Content types accepted, as decided from the bytes (never the name or the browser's claim).
+CHAT_UPLOAD_TYPES = envlist(
+    "CHAT_UPLOAD_TYPES", ["image/png", "image/jpeg", "image/gif", "image/webp", "application/pdf", "text/plain"]
+)
+# Names that may hold plain text; such a file is text/plain when all of it is valid UTF-8.
+CHAT_TEXT_UPLOAD_EXTENSIONS = envlist(
+    "CHAT_TEXT_UPLOAD_EXTENSIONS",
+    "txt md markdown rst csv tsv json jsonl yaml yml toml ini cfg conf log xml html htm css svg "
+    "py js mjs ts tsx jsx java c h cc cpp hpp cs go rs rb php pl sh bash zsh sql r swift kt scala lua "
+    "tex diff patch".split(),
+)
+# Images are scaled down to this longest side (pixels) when uploaded.
+CHAT_IMAGE_MAX_SIDE = envnumber("CHAT_IMAGE_MAX_SIDE", 2048)
+# Uploads never sent with a message are removed after this many hours (`manage.py sweep_uploads`).
+CHAT_UPLOAD_UNSENT_HOURS = envnumber("CHAT_UPLOAD_UNSENT_HOURS", 24)
+# What each model takes besides text, e.g. `vision-model=images+files,pdf-model=files,small=`;
+# models not listed take CHAT_DEFAULT_MODEL_CAPABILITIES. The local model is text only, always.
+CHAT_MODEL_CAPABILITIES = envcapabilities("CHAT_MODEL_CAPABILITIES", {})
+CHAT_DEFAULT_MODEL_CAPABILITIES = envlist("CHAT_DEFAULT_MODEL_CAPABILITIES", ["images", "files"])
+
 # --- Content Security Policy (chat/security.py) ------------------------------------------------
 
 # Images in answers load only from these hosts: none by default, so a model's Markdown cannot
