@@ -232,6 +232,20 @@ class ConversationQuerySet(models.QuerySet):
         """Where the user's conversation is (Conversation.DoesNotExist for another user's)."""
         return Located.of(self.owned_by(user).get(pk=conversation_id))
 
+    def start_empty(self, user, *, instructions, model=None, first_message=""):
+        """A conversation with no message yet, for instructions given before the first message:
+        the first answer then follows them. `first_message`, about to be sent to it, names it as
+        it names a conversation a chat.send starts. ValueError when the instructions are too long
+        or the model is not offered."""
+        if model and model not in providers.model_names():
+            raise ValueError("That model is not offered.")
+        return self.create(
+            owner=user,
+            title=Conversation.title_from(first_message),
+            model=model or providers.default_model(),
+            instructions=Conversation.clean_instructions(instructions),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class Located:
@@ -278,20 +292,6 @@ class Stored:
         if earlier is None:
             return None
         return cls.of(earlier[0].conversation, earlier, replayed=True)
-
-    def start_empty(self, user, *, instructions, model=None, first_message=""):
-        """A conversation with no message yet, for instructions given before the first message:
-        the first answer then follows them. `first_message`, about to be sent to it, names it as
-        it names a conversation a chat.send starts. ValueError when the instructions are too long
-        or the model is not offered."""
-        if model and model not in providers.model_names():
-            raise ValueError("That model is not offered.")
-        return self.create(
-            owner=user,
-            title=Conversation.title_from(first_message),
-            model=model or providers.default_model(),
-            instructions=Conversation.clean_instructions(instructions),
-        )
 
 
 class MessageTree:

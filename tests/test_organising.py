@@ -139,7 +139,8 @@ async def test_saves_that_change_nothing_in_the_sidebar_send_nothing(alice):
     conversation = await sync_to_async(conversation_with_answer)(alice, title="Quiet")
     socket, connected, _ = await connect(alice)
     assert connected
-    await sync_to_async(conversation.touch)()
+    conversation.updated_at = timezone.now()
+    await sync_to_async(conversation.save)(update_fields=["updated_at"])
     await sync_to_async(conversation.set_instructions)("Be brief.")
     await sync_to_async(conversation.rename)("A title of its own")
     await sync_to_async(conversation.pin)()
