@@ -15,8 +15,7 @@ from django.db import DatabaseError, InterfaceError
 from chat import protocol, providers
 from chat.authority import session_ending
 from chat.models import Conversation, ConversationBusy, Message, SendRefused
-from chat.relay import relay_for
-from chat.worker import current_loop, get_worker, read_snapshot, request_stop
+from chat.runtime import current
 
 logger = logging.getLogger(__name__)
 
@@ -93,13 +92,19 @@ class SessionEnded(Exception):
         self.code = code
 
 
-# Open sockets per user in this process: a bound per process (docs/security.md). A socket holds its
-# place for exactly the life of its consumer (ChatConsumer.__call__), however that life ends.
-OPEN_SOCKETS = collections.Counter()
+def open_sockets():
+    """Open sockets per user in this process (the runtime's): a bound per process (docs/security.md).
+    A socket holds its place for exactly the life of its consumer (ChatConsumer.__call__), however
+    that life ends."""
+    return current().open_sockets
+
+
+def current_loop():
+    return asyncio.get_running_loop()
 
 
 class ChatConsumer(AsyncWebsocketConsumer):
-    counted = False  # accepted and counted in OPEN_SOCKETS; frames of a refused socket are ignored
+    counted = False  # accepted and counted in open_sockets(); frames of a refused socket are ignored
     ended = False  # its session ended: told so and closing; nothing more goes either way
     group = None
     account_groups = ()
@@ -125,7 +130,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         if self.user is None or not self.user.is_authenticated:
             await self.close(code=protocol.CLOSE_SESSION_ENDED)
             return
-        if OPEN_SOCKETS[self.user.pk] >= settings.CHAT_MAX_SOCKETS_PER_USER:
+        if open_sockets()[self.user.pk] >= settings.CHAT_MAX_SOCKETS_PER_USER:
             await self.accept()
             await self.send_json(
                 {
@@ -136,9 +141,10 @@ class ChatConsumer(AsyncWebsocketConsumer):
             )
             await self.close(code=4429)
             return
-        OPEN_SOCKETS[self.user.pk] += 1
+        self.sockets = open_sockets()  # the runtime's counter, also should a test swap the runtime
+        self.sockets[self.user.pk] += 1
         self.counted = True
-        self.relay = relay_for(current_loop())
+        self.relay = current().relay_for(current_loop())
         self.group = None
         self.conversation_id = None
         # message id -> last seq this socket has, for in-flight answers of the followed conversation
@@ -162,9 +168,9 @@ class ChatConsumer(AsyncWebsocketConsumer):
             self.watcher = None
         if self.counted:
             self.counted = False
-            OPEN_SOCKETS[self.user.pk] -= 1
-            if OPEN_SOCKETS[self.user.pk] <= 0:
-                del OPEN_SOCKETS[self.user.pk]
+            self.sockets[self.user.pk] -= 1
+            if self.sockets[self.user.pk] <= 0:
+                del self.sockets[self.user.pk]
 
     async def leave(self):
         """Stop following the conversation and leave the account groups (once)."""
@@ -337,12 +343,15 @@ class ChatConsumer(AsyncWebsocketConsumer):
     # --- answering ------------------------------------------------------------------------
 
     async def ready_worker(self, model):
-        """This process's worker, once the upstream for `model` is configured.
+        """This process's worker (the runtime's, started with the server), once the upstream for
+        `model` is configured.
 
         The session was checked before the frame; the send rate and the budget are checked where
         the answer is stored, in one transaction with it (UsageEntry.objects.reserve)."""
-        worker = await database_sync_to_async(get_worker)()  # the first call registers the process
-        problem = worker.client_for(model).configuration_problem()
+        worker = current().worker
+        if worker is None:
+            raise ClientError("unavailable", "The server is not taking answers just now: try again in a moment.")
+        problem = providers.provider_for(model).configuration_problem()
         if problem:
             raise ClientError("not_configured", problem)
         return worker
@@ -437,7 +446,7 @@ class ChatConsumer(AsyncWebsocketConsumer):
         for message in messages:
             if message.is_finished:
                 continue
-            snapshot = read_snapshot(message.id)
+            snapshot = current().read_snapshot(message.id)
             if snapshot is None:
                 # Nothing flushed yet (or the cache lost it): the checkpoint is all there is.
                 snapshot = {
@@ -508,14 +517,14 @@ class ChatConsumer(AsyncWebsocketConsumer):
 
     @database_sync_to_async
     def stop_answer(self, message_id):
-        """A stop request (chat.worker.request_stop): the answer's own thread, in whichever process
+        """A stop request (chat.runtime.Runtime.request_stop): the answer's own thread, in whichever process
         generates it, saves it as cancelled and tells every tab."""
         try:
             answer = Message.objects.owned_by(self.user).filter(pk=message_id, role=Message.Role.ASSISTANT)
             message = answer.get()
             if message.is_finished:
                 raise ClientError("not_running", "That answer has already finished.")
-            request_stop(answer)
+            current().request_stop(answer)
         except Message.DoesNotExist:
             raise ClientError("not_found", "No such message.") from None
         except (DatabaseError, InterfaceError):
