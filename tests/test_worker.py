@@ -97,31 +97,40 @@ class WriteCounter:
         return execute(sql, params, many, context)
 
     def install(self, sender, connection, **kwargs):
-        connection.execute_wrappers.append(self)
+        # Once per connection object: it keeps its wrappers when it reconnects.
+        if self not in connection.execute_wrappers:
+            connection.execute_wrappers.append(self)
 
 
-async def writes_for_an_answer(alice, upstream, deltas):
+@pytest.fixture
+def message_writes():
+    """A WriteCounter on every connection opened from here on: requested before `worker`, so that
+    the pool threads' connections, which outlive an answer, all carry it."""
     counter = WriteCounter()
     connection_created.connect(counter.install)
-    try:
-        upstream.queue(answer(words("w", deltas)))
-        communicator, _, _ = await connect(alice)
-        await communicator.send_json_to({"type": "chat.send", "conversation": None, "text": "count"})
-        frames = await receive_until(communicator, "message.done", timeout=60)
-        await communicator.disconnect()
-    finally:
-        connection_created.disconnect(counter.install)
+    yield counter
+    connection_created.disconnect(counter.install)
+
+
+async def writes_for_an_answer(alice, upstream, counter, deltas):
+    start = len(counter.writes)
+    upstream.queue(answer(words("w", deltas)))
+    communicator, _, _ = await connect(alice)
+    await communicator.send_json_to({"type": "chat.send", "conversation": None, "text": "count"})
+    frames = await receive_until(communicator, "message.done", timeout=60)
+    await communicator.disconnect()
     assert frames[-1]["text"] == "".join(words("w", deltas))
     assert frames[-1]["status"] == "completed"
-    # A copy: the wrapper stays on connections the pool thread keeps for the next answer.
-    return list(counter.writes)
+    return counter.writes[start:]
 
 
-async def test_database_writes_per_answer_do_not_grow_with_its_length(alice, upstream, worker, settings):
+async def test_database_writes_per_answer_do_not_grow_with_its_length(
+    alice, upstream, message_writes, worker, settings
+):
     settings.CHAT_CHECKPOINT_INTERVAL = 60
     settings.CHAT_HEARTBEAT_INTERVAL = 600
-    short = await writes_for_an_answer(alice, upstream, 100)
-    long = await writes_for_an_answer(alice, upstream, 5000)
+    short = await writes_for_an_answer(alice, upstream, message_writes, 100)
+    long = await writes_for_an_answer(alice, upstream, message_writes, 5000)
     assert short == long
     # The messages' inserts, the claim and one final save: a handful, however long the answer.
     assert len(short) <= 6
