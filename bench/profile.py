@@ -92,11 +92,9 @@ def summary(path, top=25):
 
 def thread_kind(frames):
     text = ";".join(frames)
-    if "FlushScheduler" in text or "_scheduled_flush" in text:
-        return "flush scheduler thread"
-    if "StreamWorker._serve" in text or "_serve (chat/worker.py)" in text or "worker.py" in text and "_serve" in text:
+    if "chat/answering/worker.py" in text and "_serve" in text:
         return "answer worker threads"
-    if "_maintain" in text:
+    if "chat/answering/maintenance.py" in text:
         return "maintenance thread"
     if "reactor" in text or "asyncioreactor" in text or "run_forever" in text:
         return "event loop (daphne, consumers, channel layer)"

@@ -5,11 +5,10 @@ thread, returning frames), refused through chat/errors.py; the followed conversa
 reach the socket through its chat/follower.py Follower, which the relay calls directly.
 """
 
-import collections
+import asyncio
 import json
 import logging
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError
@@ -18,38 +17,42 @@ from chat import frames, protocol, providers
 from chat.errors import INTERNAL_ERROR, ClientError, answered
 from chat.follower import Follower, FollowState
 from chat.models import Conversation, Message
-from chat.relay import relay_for
+from chat.runtime import current
 from chat.session_socket import SessionBoundMixin, SessionEnded
-from chat.worker import current_loop, get_worker, read_snapshot, request_stop
 
 logger = logging.getLogger(__name__)
 
 
-# Open sockets per user in this process: a bound per process (docs/security.md). A socket holds its
-# place for exactly the life of its consumer (ChatConsumer.__call__), however that life ends.
-OPEN_SOCKETS = collections.Counter()
-
-
 def take_socket_place(user_id):
-    """One more of the user's sockets in this process; False when every place is taken."""
-    if OPEN_SOCKETS[user_id] >= settings.CHAT_MAX_SOCKETS_PER_USER:
+    """One more of the user's sockets in this process (the runtime's counter: a bound per process,
+    docs/security.md); False when every place is taken. A socket holds its place for exactly the
+    life of its consumer (ChatConsumer.__call__), however that life ends."""
+    sockets = current().open_sockets
+    if sockets[user_id] >= settings.CHAT_MAX_SOCKETS_PER_USER:
         return False
-    OPEN_SOCKETS[user_id] += 1
+    sockets[user_id] += 1
     return True
 
 
 def give_back_socket_place(user_id):
-    OPEN_SOCKETS[user_id] -= 1
-    if OPEN_SOCKETS[user_id] <= 0:
-        del OPEN_SOCKETS[user_id]
+    sockets = current().open_sockets
+    sockets[user_id] -= 1
+    if sockets[user_id] <= 0:
+        del sockets[user_id]
+
+
+def current_loop():
+    return asyncio.get_running_loop()
 
 
 async def ready_worker(model):
-    """This process's worker, once the upstream for `model` is configured; the first call starts
-    it and registers the process. The session was checked before the frame; the send rate and the
-    budget are checked where the answer is stored, in one transaction with it."""
-    worker = await database_sync_to_async(get_worker)()
-    problem = worker.client_for(model).configuration_problem()
+    """This process's worker (the runtime's, started with the server), once the upstream for
+    `model` is configured. The session was checked before the frame; the send rate and the budget
+    are checked where the answer is stored, in one transaction with it."""
+    worker = current().worker
+    if worker is None:
+        raise ClientError("unavailable", "The server is not taking answers just now: try again in a moment.")
+    problem = providers.provider_for(model).configuration_problem()
     if problem:
         raise ClientError("not_configured", problem)
     return worker
@@ -62,7 +65,7 @@ def conversation_state(user, conversation_id):
     messages = conversation.path_frames()
     snapshots = tuple(
         # Nothing flushed yet (or the cache lost it): the checkpoint is all there is.
-        (frame["id"], read_snapshot(frame["id"]) or protocol.Snapshot.of_texts(0, frame["status"], frame))
+        (frame["id"], current().read_snapshot(frame["id"]) or protocol.Snapshot.of_texts(0, frame["status"], frame))
         for frame in messages
         if frame["status"] in Message.UNFINISHED
     )
@@ -71,13 +74,13 @@ def conversation_state(user, conversation_id):
 
 @answered
 def stop_answer(user, message_id):
-    """A stop request (chat.worker.request_stop): the answer's own thread, in whichever process
+    """A stop request (chat.runtime.Runtime.request_stop): the answer's own thread, in whichever process
     generates it, saves it as cancelled and tells every tab."""
     try:
         answer = Message.objects.owned_by(user).filter(pk=message_id, role=Message.Role.ASSISTANT)
         finished = answer.get().is_finished
         if not finished:
-            request_stop(answer)
+            current().request_stop(answer)
     except (DatabaseError, InterfaceError):
         raise ClientError("unavailable", "The stop could not be recorded just now: press Stop again.") from None
     if finished:
@@ -85,7 +88,7 @@ def stop_answer(user, message_id):
 
 
 class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
-    # `counted`: accepted and counted in OPEN_SOCKETS; the frames of a refused socket are ignored.
+    # `counted`: accepted and counted in the runtime's open sockets; the frames of a refused socket are ignored.
     follower = None
 
     async def __call__(self, scope, receive, send):
@@ -112,7 +115,7 @@ class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
             await self.close(code=4429)
             return
         self.counted = True
-        self.relay = relay_for(current_loop())
+        self.relay = current().relay_for(current_loop())
         self.follower = Follower(self.relay, self.send_text, self.read_state)
         await self.join_account_groups()  # it acts for as long as its session lets it
         await self.accept()

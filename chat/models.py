@@ -10,7 +10,7 @@ from collections import defaultdict
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections, models, transaction
-from django.db.models import Count, F, Q, Sum
+from django.db.models import Count, F, Q, Sum, Value
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
@@ -641,10 +641,11 @@ class MessageQuerySet(models.QuerySet):
         """Ask the answers among these that are still being written to stop; how many were asked.
 
         One UPDATE and nothing else: safe from any thread, any process and inside any transaction
-        (a rolled-back one asks nothing). The process generating each answer notices the request
-        (chat.worker: its maintenance loop polls its own answers' rows) and its answer thread saves
-        the answer as cancelled with the text so far; chat.worker.request_stop also tells this
-        process's own worker at once.
+        (a rolled-back one asks nothing). This is the durable record: chat.runtime's request_stop
+        also tells the generating process at once (its own worker, or another process over the
+        relay's Redis), and that process's heartbeat finds a request whose message was lost
+        (chat/answering/maintenance.py). Its answer thread saves the answer as cancelled with
+        the text so far.
         """
         return self.unfinished().filter(stop_requested_at__isnull=True).update(stop_requested_at=timezone.now())
 
@@ -660,18 +661,45 @@ class MessageQuerySet(models.QuerySet):
         """The one place an answer's end is written: `outcome` (status, texts, usage, error,
         finished_at...) saved if the answer is still unfinished, in one transaction.
 
-        Returns the saved message, or None when it had already ended elsewhere (reaped, or saved
-        by another path). Whatever else an answer's end must record belongs here, inside the same
-        transaction, so that a retried call writes all of it or nothing.
+        Names from the upstream longer than their columns are left out (Message.fit). A
+        `stop_requested_at` is the time this process heard of a stop: a time already on the row
+        (MessageQuerySet.request_stop) stays. Returns the saved message, or None when it had
+        already ended elsewhere (reaped, or saved by another path). Whatever else an answer's end
+        must record belongs here, inside the same transaction, so that a retried call writes all
+        of it or nothing.
         """
+        fields = {
+            name: Message.fit(name, value) if name in Message.FITTED else value for name, value in outcome.items()
+        }
+        if fields.get("stop_requested_at") is not None:
+            requested_at = Value(fields["stop_requested_at"], output_field=models.DateTimeField())
+            fields["stop_requested_at"] = Coalesce(F("stop_requested_at"), requested_at)
         with transaction.atomic():
-            saved = self.filter(pk=message_id, status__in=Message.UNFINISHED).update(**outcome)
+            saved = self.filter(pk=message_id, status__in=Message.UNFINISHED).update(**fields)
             if not saved:
                 return None
             message = self.select_related("conversation").get(pk=message_id)
             # What the answer spent, in the same transaction: an end is never saved unbilled.
             UsageEntry.objects.record(message)
             return message
+
+    def checkpoint(self, message_id, *, first_token_at, **texts):
+        """Save the text so far of an answer being written (crash safety, bounded writes); only
+        while it streams, so that a checkpoint that comes late never overwrites its end."""
+        return self.filter(pk=message_id, status=Message.Status.STREAMING).update(
+            checkpointed_at=timezone.now(), first_token_at=first_token_at, **texts
+        )
+
+    def interrupt(self, message_id, error_code, error_message):
+        """End an answer that lost its worker as interrupted, keeping its last checkpoint; the
+        saved message, or None when it had ended already (see finish_answer)."""
+        return self.finish_answer(
+            message_id,
+            status=Message.Status.INTERRUPTED,
+            error_code=error_code,
+            error_message=error_message,
+            finished_at=timezone.now(),
+        )
 
     def sent_with(self, user, client_id):
         """The messages a user's earlier frame with this client id stored, or None.
@@ -751,6 +779,8 @@ class Message(models.Model):
     error_code = models.CharField(max_length=UPSTREAM_NAME_LENGTH, blank=True)
     error_message = models.TextField(blank=True)
     incomplete_reason = models.CharField(max_length=UPSTREAM_NAME_LENGTH, blank=True)
+    # The upstream's names above (and `model`), fitted to their columns when an answer ends.
+    FITTED = ("model", "response_id", "error_code", "incomplete_reason")
 
     input_tokens = models.PositiveIntegerField(null=True, blank=True)
     output_tokens = models.PositiveIntegerField(null=True, blank=True)
@@ -775,7 +805,8 @@ class Message(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     checkpointed_at = models.DateTimeField(null=True, blank=True)
     # When someone asked for the answer to stop (Stop, the owner's deactivation), from any process:
-    # the process generating it polls for this (MessageQuerySet.request_stop).
+    # the durable record of the request, which the process generating it is also told of at once
+    # (MessageQuerySet.request_stop).
     stop_requested_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     # The owner's review of a finished answer (give_feedback): for staff reviewing transcripts.

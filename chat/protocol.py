@@ -62,6 +62,7 @@ class Stream(typing.NamedTuple):
 # In the order a flush sends them: the reasoning before the text it led to.
 STREAMS = tuple(Stream.named(name) for name in ("reasoning", "refusal", "text"))
 STREAM_NAMES = tuple(stream.name for stream in STREAMS)
+STREAMS_BY_NAME = {stream.name: stream for stream in STREAMS}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,27 +1,95 @@
-"""Which models the site offers and where each one's requests go.
+"""Which models the site offers and how each one is reached.
 
 A remote Open Responses API is configured by OPENRESPONSES_BASE_URL / OPENRESPONSES_API_KEY; the
 bundled local model (chat/localmodel) is offered whenever it is installed and enabled, and is the
 only model when no remote API is configured, so a fresh install chats offline. While `make run`
 still installs it in the background it is offered as not ready: its label says so, and a send to
 it is refused with the sentence of `problem` until it is ready (no restart needed).
+
+A `Provider` carries its whole connection (base URL, key, timeouts, temperature): callers name a
+model and get a client for it, or the sentence saying what to configure before it can work.
 """
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from django.conf import settings
 
-from chat.localmodel import runtime
+from chat.localmodel import credentials, runtime, transport
+from chat.upstream import UpstreamClient
+from chat.upstream.client import LOOPBACK_HOSTS
+
+# The local model answers one request at a time: waiting for it is not an error.
+LOCAL_MODEL_MIN_TIMEOUT = 300
 
 
 @dataclass(frozen=True)
 class Provider:
     model: str
     label: str
-    base_url: str  # empty for the local model: this very server, found at request time
+    base_url: str
     api_key: str
+    timeout: float
+    connect_timeout: float
+    temperature: float | None = None  # sent with every request when set; remote models keep theirs
     local: bool = False
     problem: str = ""  # why it cannot answer yet (the local model still being installed)
+
+    def __repr__(self):
+        # Never show the key, even in a traceback's locals.
+        return f"Provider(model={self.model!r}, base_url={self.base_url!r})"
+
+    def configuration_problem(self):
+        """A sentence saying what to set, when requests could not possibly succeed (or why the model
+        cannot answer yet); else None."""
+        if self.problem:
+            return self.problem
+        if self.local or self.api_key or (urlsplit(self.base_url).hostname or "").lower() in LOOPBACK_HOSTS:
+            return None
+        return (
+            f"No API key is configured for {self.base_url}: set OPENRESPONSES_API_KEY "
+            "(or point OPENRESPONSES_BASE_URL at a local server)."
+        )
+
+    def client(self, session):
+        """The upstream client for this provider's requests, on `session` (one per worker thread)."""
+        return UpstreamClient(
+            base_url=self.base_url,
+            api_key=self.api_key,
+            timeout=self.timeout,
+            connect_timeout=self.connect_timeout,
+            temperature=self.temperature,
+            session=session,
+        )
+
+
+def remote(model):
+    return Provider(
+        model,
+        model,
+        settings.OPENRESPONSES_BASE_URL,
+        settings.OPENRESPONSES_API_KEY,
+        timeout=settings.OPENRESPONSES_TIMEOUT,
+        connect_timeout=settings.OPENRESPONSES_CONNECT_TIMEOUT,
+    )
+
+
+def local(label="", problem=""):
+    """The bundled model: in-process (the adapter chat/localmodel/transport.py mounts on the
+    worker's sessions, no HTTP server in between), or on the server LOCAL_MODEL_BASE_URL names.
+    `label` and `problem` say so while it cannot answer yet."""
+    base_url = f"{settings.LOCAL_MODEL_BASE_URL}/local/v1" if settings.LOCAL_MODEL_BASE_URL else transport.BASE_URL
+    return Provider(
+        settings.LOCAL_MODEL_NAME,
+        label or settings.LOCAL_MODEL_LABEL,
+        base_url,
+        credentials.local_token(),
+        timeout=max(settings.OPENRESPONSES_TIMEOUT, LOCAL_MODEL_MIN_TIMEOUT),
+        connect_timeout=settings.OPENRESPONSES_CONNECT_TIMEOUT,
+        temperature=settings.LOCAL_MODEL_TEMPERATURE,
+        local=True,
+        problem=problem,
+    )
 
 
 def local_state():
@@ -39,9 +107,8 @@ def local_provider():
     if state is None:
         return None
     if state is runtime.State.READY:
-        return Provider(settings.LOCAL_MODEL_NAME, settings.LOCAL_MODEL_LABEL, "", "", local=True)
-    label = f"{settings.LOCAL_MODEL_LABEL} ({NOT_READY_LABELS[state]})"
-    return Provider(settings.LOCAL_MODEL_NAME, label, "", "", local=True, problem=runtime.SENTENCES[state])
+        return local()
+    return local(f"{settings.LOCAL_MODEL_LABEL} ({NOT_READY_LABELS[state]})", runtime.SENTENCES[state])
 
 
 # Added to the picker's label of a local model that cannot answer yet.
@@ -58,20 +125,14 @@ def providers():
     """Every model offered, in picker order; the first is the default."""
     offered = []
     if remote_configured():
-        offered += [
-            Provider(model, model, settings.OPENRESPONSES_BASE_URL, settings.OPENRESPONSES_API_KEY)
-            for model in settings.OPENRESPONSES_MODELS
-        ]
-    local = local_provider()
-    if local is not None:
-        offered.append(local)
+        offered += [remote(model) for model in settings.OPENRESPONSES_MODELS]
+    local_model = local_provider()
+    if local_model is not None:
+        offered.append(local_model)
     if not offered:
         # Nothing configured and no local model: offer the defaults, whose requests will explain
         # what to set.
-        offered = [
-            Provider(model, model, settings.OPENRESPONSES_BASE_URL, settings.OPENRESPONSES_API_KEY)
-            for model in settings.OPENRESPONSES_MODELS
-        ]
+        offered = [remote(model) for model in settings.OPENRESPONSES_MODELS]
     return offered
 
 
@@ -84,7 +145,9 @@ def default_model():
 
 
 def provider_for(model):
+    """The provider of `model`; a model no longer offered (a conversation's older choice) goes to
+    the remote API, which says whether it knows it."""
     for provider in providers():
         if provider.model == model:
             return provider
-    return None
+    return remote(model)

@@ -24,6 +24,14 @@ the sockets of this process are brought up to date again from the snapshots (`re
 reconnecting browser is.
 
 A socket follows one conversation at a time (`follow` / `unfollow`).
+
+Stop requests cross processes on the same connection: each process listens on a channel of its
+own (`stop_channel`, named by its worker's id, which every answer's row names), and whoever asks
+for a stop publishes the answer's id there (`publish_stops`, chat/runtime.py). The request is
+recorded on the answer's row first, where the generating process's heartbeat finds a publish that
+was lost.
+
+The relays of a process, one per event loop, are its runtime's (chat/runtime.py).
 """
 
 import asyncio
@@ -32,7 +40,6 @@ import json
 import logging
 import threading
 import uuid
-import weakref
 
 from django.conf import settings
 
@@ -51,21 +58,26 @@ def snapshot_keys(message_id):
     return [f"{base}:seq", *(f"{base}:{name}" for name in protocol.STREAM_NAMES)]
 
 
-_sync_redis = None
-
-
-def read_shared_snapshot(message_id):
-    """The snapshot of an answer streaming in any process (from Redis), or None. Synchronous."""
-    global _sync_redis
-    if _sync_redis is None:
-        import redis
-
-        _sync_redis = redis.Redis.from_url(settings.REDIS_URL)
-    seq, *texts = _sync_redis.mget(snapshot_keys(message_id))  # one command: a consistent read
+def read_shared_snapshot(client, message_id):
+    """The snapshot of an answer streaming in any process, read with the synchronous Redis
+    `client` (the runtime's), or None."""
+    seq, *texts = client.mget(snapshot_keys(message_id))  # one command: a consistent read
     if seq is None:
         return None
     texts = {name: (text or b"").decode() for name, text in zip(protocol.STREAM_NAMES, texts, strict=True)}
     return protocol.Snapshot.of_texts(int(seq), Message.Status.STREAMING, texts)
+
+
+def stop_channel(worker_id):
+    """The Redis channel the process whose worker is `worker_id` hears its stops on."""
+    return f"chatsite:stops:{worker_id}"
+
+
+def publish_stops(client, message_ids_by_worker):
+    """Tell each generating process to stop its answers among these, with the synchronous Redis
+    `client`, from any thread: {worker id: [message ids]}. One PUBLISH per process."""
+    for worker_id, message_ids in message_ids_by_worker.items():
+        client.publish(stop_channel(worker_id), json.dumps({"stop": [str(pk) for pk in message_ids]}))
 
 
 class Relay:
@@ -86,6 +98,7 @@ class Relay:
         self._listener = None
         self._subscribed = set()
         self._membership = asyncio.Lock()
+        self._stops = None  # (channel, callback) once this process hears its stops here
 
     # --- following, on the loop -------------------------------------------------------------
 
@@ -98,8 +111,43 @@ class Relay:
                     await self._connect()
                     await self._pubsub.subscribe(self._channel(group))
                     self._subscribed.add(group)
-                    if self._listener is None or self._listener.done():
-                        self._listener = self.loop.create_task(self._listen())
+                    self._keep_listening()
+
+    def _keep_listening(self):
+        if self._listener is None or self._listener.done():
+            self._listener = self.loop.create_task(self._listen())
+
+    # --- stops for this process, from the other processes ------------------------------------
+
+    def listen_for_stops(self, worker_id, on_stop):
+        """Hear the stops other processes publish for this process's answers (`publish_stops`) and
+        hand their ids to `on_stop`, on the loop; callable from any thread. Nothing without
+        REDIS_URL: there the one process tells its own worker directly."""
+        if not self.cross_process:
+            return
+        try:
+            self.loop.call_soon_threadsafe(lambda: self.loop.create_task(self._hear_stops(worker_id, on_stop)))
+        except RuntimeError:
+            logger.debug("Event loop closed; no stops heard through it")
+
+    async def _hear_stops(self, worker_id, on_stop):
+        channel = stop_channel(worker_id)
+        try:
+            async with self._membership:
+                await self._connect()
+                await self._pubsub.subscribe(channel)
+                self._stops = (channel.encode(), on_stop)
+                self._keep_listening()
+        except Exception:
+            # The stop requests are on the rows: the maintenance loop's heartbeat still finds them.
+            logger.exception("Could not subscribe to this process's stops; the heartbeat finds them")
+
+    def _stopped(self, data):
+        channel, on_stop = self._stops
+        try:
+            on_stop(json.loads(data)["stop"])
+        except Exception:
+            logger.exception("Could not pass on the stops heard on %s", channel.decode())
 
     async def unfollow(self, group, follower):
         following = self.followers.get(group)
@@ -215,7 +263,7 @@ class Relay:
     async def _listen(self):
         """Batches from the other processes, handed to this process's sockets."""
         failures = 0
-        while self._subscribed:
+        while self._subscribed or self._stops:
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
             except asyncio.CancelledError:
@@ -228,6 +276,9 @@ class Relay:
                 continue
             failures = 0
             if message is None or message.get("type") != "message":
+                continue
+            if self._stops is not None and message["channel"] == self._stops[0]:
+                self._stopped(message["data"])
                 continue
             batch = json.loads(message["data"])
             if batch["origin"] == self.origin:
@@ -242,8 +293,12 @@ class Relay:
             try:
                 await self._pubsub.reset()
                 groups = [group for group in self._subscribed if group in self.followers]
-                if groups:
-                    await self._pubsub.subscribe(*(self._channel(group) for group in groups))
+                channels = [self._channel(group) for group in groups]
+                if self._stops is not None:
+                    # Stops published meanwhile are on their rows: the next heartbeat finds them.
+                    channels.append(self._stops[0].decode())
+                if channels:
+                    await self._pubsub.subscribe(*channels)
             except Exception:
                 logger.exception("Could not subscribe again; retrying")
                 return
@@ -253,16 +308,3 @@ class Relay:
                     await follower.resync()
                 except Exception:
                     logger.exception("A socket could not be brought up to date")
-
-
-_relays = weakref.WeakKeyDictionary()
-_relays_lock = threading.Lock()
-
-
-def relay_for(loop):
-    """The relay of an event loop (daphne has one; tests have one per test), from any thread."""
-    with _relays_lock:
-        relay = _relays.get(loop)
-        if relay is None:
-            relay = _relays[loop] = Relay(loop)
-        return relay

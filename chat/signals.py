@@ -15,6 +15,7 @@ from django.dispatch import receiver
 
 from chat import protocol
 from chat.models import Conversation, Message
+from chat.runtime import current
 
 
 def tell_sockets_after_commit(group, event):
@@ -54,14 +55,12 @@ def recheck_sockets_of_a_deleted_user(sender, instance, **kwargs):
 def stop_everything_of_a_deactivated_user(sender, instance, created, **kwargs):
     if created or instance.is_active:
         return
-    from chat.worker import request_stop
-
     # A request only, made once the deactivation is committed (a save rolled back asks nothing):
     # each answer's own thread, in whichever process, saves it as cancelled. This thread may be an
     # admin request's, inside its transaction, a shell's or a command's: no answer's work here,
     # and no worker started. Should the request fail, the generating process still stops them:
     # it also stops the answers of inactive owners (MessageQuerySet.stop_requested).
-    transaction.on_commit(lambda: request_stop(Message.objects.owned_by(instance)), robust=True)
+    transaction.on_commit(lambda: current().request_stop(Message.objects.owned_by(instance)), robust=True)
 
 
 @receiver(post_save, sender=Conversation)

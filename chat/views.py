@@ -24,7 +24,7 @@ from chat.models import (
     SharedConversation,
     TooManyShareLinks,
 )
-from chat.worker import read_snapshot
+from chat.runtime import current
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def page_frames(conversation):
     frames = conversation.path_frames()
     for frame in frames:
         if frame["status"] in Message.UNFINISHED:
-            snapshot = read_snapshot(frame["id"])
+            snapshot = current().read_snapshot(frame["id"])
             if snapshot is not None:
                 frame.update(dataclasses.asdict(snapshot))
     return frames

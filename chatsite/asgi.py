@@ -15,10 +15,10 @@ django_asgi_app = get_asgi_application()
 from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from chat import runtime  # noqa: E402
 from chat.localmodel import endpoint as local_model_endpoint  # noqa: E402
 from chat.origin import SameOriginValidator  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
-from chat.worker import start_with_server  # noqa: E402
 
 
 async def http_application(scope, receive, send):
@@ -26,7 +26,7 @@ async def http_application(scope, receive, send):
     for the model cost no thread, and every path under it answers in the API's JSON
     (chat/localmodel/endpoint.py)."""
     if local_model_endpoint.serves(scope["path"]):
-        return await local_model_endpoint.application(scope, receive, send)
+        return await local_model_endpoint.application(scope, receive, send, runtime.current().local_model)
     return await django_asgi_app(scope, receive, send)
 
 
@@ -36,4 +36,6 @@ application = ProtocolTypeRouter(
         "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
-start_with_server()
+# The process's runtime (chat/runtime.py), built here at server start: under daphne its worker
+# starts once the reactor runs, and a SIGTERM saves the answers in flight before the server stops.
+runtime.serve_with_daphne()

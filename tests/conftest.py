@@ -1,4 +1,4 @@
-"""Shared fixtures: personas, the loopback upstream, and a fresh stream worker per test."""
+"""Shared fixtures: personas, the loopback upstream, a fresh runtime per test and its worker."""
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -50,18 +50,26 @@ def upstream(settings):
     server.stop()
 
 
-@pytest.fixture
-def worker(settings, request):
-    """A stream worker of its own for the test (4 threads, or `@pytest.mark.worker_threads(n)`)."""
-    from chat import worker as worker_module
+@pytest.fixture(autouse=True)
+def runtime():
+    """A fresh process runtime for every test (chat/runtime.py), nothing started: open sockets,
+    relays and the local model's service do not leak from one test into the next."""
+    from chat import runtime as runtime_module
 
+    fresh = runtime_module.Runtime()
+    previous = runtime_module.install(fresh)
+    yield fresh
+    fresh.close()
+    runtime_module.install(previous)
+
+
+@pytest.fixture
+def worker(settings, request, runtime):
+    """The test's runtime with its stream worker started (4 threads, or `@pytest.mark.worker_threads(n)`)."""
     marker = request.node.get_closest_marker("worker_threads")
     settings.CHAT_WORKER_THREADS = marker.args[0] if marker else 4
-    worker_module._worker = None
-    stream_worker = worker_module.get_worker()
-    yield stream_worker
-    stream_worker.close()
-    worker_module._worker = None
+    yield runtime.start_worker()
+    runtime.close()
 
 
 def make_user(username, **extra):

@@ -9,7 +9,7 @@
   to messages wait), and every backend left waiting on a lock is terminated, as a restart of the
   server does: its statement fails with a dropped connection.
 
-`RetryLog` collects the `database_retry` records chat.worker logs, so that a test ends the outage
+`RetryLog` collects the `database_retry` records chat.answering logs, so that a test ends the outage
 once the worker has retried (an event), not after a guessed delay.
 """
 
@@ -85,7 +85,7 @@ class DatabaseOutage:
 
 
 class RetryLog(logging.Handler):
-    """The `database_retry` records of chat.worker: what was retried, for which answer."""
+    """The `database_retry` records of chat.answering: what was retried, for which answer."""
 
     def __init__(self):
         super().__init__(level=logging.WARNING)
@@ -124,7 +124,7 @@ class RetryLog(logging.Handler):
 @pytest.fixture
 def retries():
     log = RetryLog()
-    logger = logging.getLogger("chat.worker")
+    logger = logging.getLogger("chat.answering")
     logger.addHandler(log)
     yield log
     logger.removeHandler(log)

@@ -24,8 +24,8 @@ from django.utils import timezone
 
 from chat import limits
 from chat.admin import usage_rows
+from chat.answering.maintenance import reap_orphans
 from chat.models import AccountLimits, BudgetSpent, Conversation, Message, SendRateExceeded, UsageEntry, tokens_for
-from chat.worker import reap_orphans
 from tests.conftest import make_user
 from tests.factories import conversation_with_answer
 from tests.upstream import (

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from chat import consumers
 from chat.models import Conversation, Message
+from chat.runtime import current
 from tests.factories import conversation_with_answer
 from tests.websocket import assert_no_groups_left, connect, receive, receive_until
 
@@ -106,7 +107,7 @@ async def every_place_opens(user):
     assert (await receive(extra))["code"] == "too_many_sockets"
     for communicator in [*sockets, extra]:
         await communicator.disconnect()
-    assert consumers.OPEN_SOCKETS == {}
+    assert current().open_sockets == {}
     assert_no_groups_left()
 
 
@@ -300,17 +301,16 @@ async def test_a_handler_that_raises_is_answered_and_logged_and_the_socket_lives
 async def test_sockets_that_crash_or_are_cancelled_give_their_place_back(alice, worker, monkeypatch, settings):
     """More crashes than places, of every kind that skips disconnect(), and every place is free."""
     settings.CHAT_MAX_SOCKETS_PER_USER = 2
-    real_relay_for = consumers.relay_for
 
     def failing_relay_for(loop):
         raise RuntimeError("the relay could not start")
 
     for _ in range(3):
         # An exception once the place is taken, before the socket is accepted.
-        monkeypatch.setattr(consumers, "relay_for", failing_relay_for)
-        with pytest.raises(RuntimeError):
-            await connect(alice)
-        monkeypatch.setattr(consumers, "relay_for", real_relay_for)
+        with monkeypatch.context() as patched:
+            patched.setattr(current(), "relay_for", failing_relay_for)
+            with pytest.raises(RuntimeError):
+                await connect(alice)
 
         # The task cancelled (the server shutting down, or giving up on an application).
         communicator, connected, _ = await connect(alice)

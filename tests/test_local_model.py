@@ -243,14 +243,12 @@ def real_model():
 
 
 @pytest.fixture
-def service(real_model):
-    """A fresh service around the real model, made the process's for the test."""
-    from chat.localmodel.service import LocalModelService, use_service
+def service(real_model, runtime):
+    """A fresh service around the real model, made the test runtime's (the process's) for the test."""
+    from chat.localmodel.service import LocalModelService
 
-    fresh = LocalModelService(model=real_model)
-    previous = use_service(fresh)
-    yield fresh
-    use_service(previous)
+    runtime.local_model = LocalModelService(model=real_model)
+    return runtime.local_model
 
 
 class Recorder:
@@ -405,8 +403,8 @@ async def test_a_client_gone_during_a_long_prompt_frees_the_model_within_one_bat
 
 
 class GatedModel:
-    """A stand-in for the runtime (service.use_service's documented use): each generation holds the
-    model until `release` is set or it is stopped, then answers one piece."""
+    """A stand-in for the llama.cpp runtime, inside a service swapped into the test's runtime: each
+    generation holds the model until `release` is set or it is stopped, then answers one piece."""
 
     def __init__(self):
         self.release = threading.Event()
@@ -422,12 +420,12 @@ class GatedModel:
 
 
 @pytest.mark.asyncio
-async def test_requests_beyond_the_queue_are_refused_with_retry_after_and_waiting_costs_no_thread():
-    from chat.localmodel.service import LocalModelService, use_service
+async def test_requests_beyond_the_queue_are_refused_with_retry_after_and_waiting_costs_no_thread(runtime):
+    from chat.localmodel.service import LocalModelService
 
     model = GatedModel()
     service = LocalModelService(model=model, queue_limit=4)
-    previous = use_service(service)
+    runtime.local_model = service
     recorder = Recorder(service)
     try:
         body = {"model": MODEL, "input": "Hello?", "stream": True}
@@ -473,7 +471,6 @@ async def test_requests_beyond_the_queue_are_refused_with_retry_after_and_waitin
     finally:
         model.release.set()
         recorder.stop()
-        use_service(previous)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -195,8 +195,8 @@ async def test_an_id_and_code_beyond_the_columns_are_not_stored_cut_and_say_so(a
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.asyncio
 async def test_a_completed_answer_with_nothing_in_it_says_the_model_returned_nothing(alice, upstream, worker):
+    from chat.answering.reading import EMPTY_OUTPUT_SENTENCE
     from chat.models import Message
-    from chat.worker import EMPTY_OUTPUT_SENTENCE
 
     upstream.queue(stream(*started(), finished("completed", [], usage=usage_object(0, 0))))
     frames = await send_and_wait(alice, "a prompt longer than the model reads")

@@ -9,10 +9,13 @@ the answer's final save runs on a thread of the worker generating it, never on t
 
 import asyncio
 import contextlib
+import json
 import threading
+import time
 import uuid
 
 import pytest
+import redis
 from asgiref.sync import sync_to_async
 from django.conf import settings as django_settings
 from django.contrib.auth import get_user_model
@@ -22,10 +25,11 @@ from django.test import Client
 from django.urls import reverse
 
 from chat.models import Conversation, Message, MessageQuerySet, ServerProcess
-from chat.worker import running_worker
+from chat.relay import publish_stops, stop_channel
+from chat.runtime import current
 from tests.conftest import make_user
 from tests.forms import form_fields
-from tests.services import manage, site_env
+from tests.services import manage, redis_server, site_env  # noqa: F401  (a fixture, used by name)
 from tests.test_outcomes import assert_outcome, close, partial, send, until_done
 from tests.test_stranded import gated_answer, read_until_streamed, wait_for_row
 from tests.upstream import Pause, stream
@@ -117,11 +121,82 @@ async def test_a_queued_answer_stopped_is_saved_by_the_workers_stop_thread_unsen
     await communicator.send_json_to({"type": "chat.stop", "message": queued.answer})
     await until_done(queued, timeout=5)
     await assert_outcome(queued, "cancelled", "")
-    assert final_saves == [("answer-stops", "cancelled")]
+    assert [(thread.partition("_")[0], status) for thread, status in final_saves] == [("answer-stops", "cancelled")]
     gate.set()
     await until_done(bobs)
     assert len(upstream.requests) == 1
     await close(communicator, bobs_socket)
+
+
+# --- Stop between processes, on the relay's Redis ---------------------------------------------
+
+
+@pytest.fixture
+def redis_url(request, settings):
+    """A real Redis (tests/services.py) as the site's REDIS_URL for the test."""
+    settings.REDIS_URL = request.getfixturevalue("redis_server").url
+    return settings.REDIS_URL
+
+
+async def until_listening(client, channel, timeout=10):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not dict(client.pubsub_numsub(channel)).get(channel.encode()):
+        assert loop.time() < deadline, f"nobody subscribed to {channel}"
+        await asyncio.sleep(0.02)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+async def test_a_stop_published_on_this_processs_channel_ends_its_answer_without_the_heartbeat(
+    alice, upstream, worker, redis_url, settings
+):
+    """As another process does: no row written, and no heartbeat within the test to find one."""
+    settings.CHAT_HEARTBEAT_INTERVAL = 600
+    upstream.queue(stream(*partial(["heard ", "at once"]), Pause(60)))
+    communicator, _, _ = await connect(alice)
+    exchange = await send(communicator, "Go")
+    await read_until_streamed(exchange, "heard at once")
+    client = redis.Redis.from_url(redis_url)
+    await until_listening(client, stop_channel(worker.id))
+    publish_stops(client, {worker.id: [exchange.answer]})
+    await until_done(exchange)
+    row = await assert_outcome(exchange, "cancelled", "heard at once")
+    assert row.stop_requested_at is not None, "the end records the request"
+    client.close()
+    await close(communicator)
+
+
+def next_published(pubsub, timeout=5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if message is not None:
+            return json.loads(message["data"])
+    return None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_stop_asked_here_for_another_processs_answer_is_recorded_and_published_on_its_channel_at_commit(
+    alice, redis_url, runtime
+):
+    generating = ServerProcess.objects.create(id=uuid.uuid4(), hostname="elsewhere", pid=1)
+    first, second = a_streaming_answer(alice, generating.id), a_streaming_answer(alice, generating.id)
+    pubsub = redis.Redis.from_url(redis_url).pubsub()
+    pubsub.subscribe(stop_channel(generating.id))
+    assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+
+    assert runtime.request_stop(Message.objects.filter(pk=first.pk)) == [str(first.pk)]
+    assert next_published(pubsub) == {"stop": [str(first.pk)]}
+    with transaction.atomic():
+        runtime.request_stop(Message.objects.filter(pk=second.pk))
+        assert next_published(pubsub, timeout=0.3) is None, "published before the commit"
+    assert next_published(pubsub) == {"stop": [str(second.pk)]}
+    for answer in (first, second):
+        answer.refresh_from_db()
+        assert answer.status == Message.Status.STREAMING and answer.stop_requested_at is not None
+    assert runtime.worker is None, "asking started nothing"
+    pubsub.close()
 
 
 # --- Deactivation -----------------------------------------------------------------------------
@@ -206,7 +281,7 @@ def test_deactivating_where_no_worker_runs_records_the_stop_and_starts_no_worker
     generating = ServerProcess.objects.create(id=uuid.uuid4(), hostname="elsewhere", pid=1)
     alices = a_streaming_answer(alice, generating.id)
     bobs = a_streaming_answer(bob, generating.id)
-    assert running_worker() is None
+    assert current().worker is None
 
     failures = []
 
@@ -223,7 +298,7 @@ def test_deactivating_where_no_worker_runs_records_the_stop_and_starts_no_worker
     assert failures == []
     call_command("shell", command=deactivate_command(bob))
 
-    assert running_worker() is None
+    assert current().worker is None
     assert list(ServerProcess.objects.values_list("id", flat=True)) == [generating.id]
     for answer in (alices, bobs):
         answer.refresh_from_db()
@@ -266,6 +341,21 @@ async def test_deactivating_from_a_shell_in_another_process_ends_the_answer_here
     assert row.stop_requested_at is not None
     assert [process.id async for process in ServerProcess.objects.all()] == [worker.id], "the shell started a worker"
     await communicator.disconnect()
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(120)
+def test_a_shell_that_deactivates_a_user_with_an_answer_in_flight_starts_no_thread(alice):
+    """The runtime's accessor never starts anything: the shell records the stop and is done."""
+    generating = ServerProcess.objects.create(id=uuid.uuid4(), hostname="elsewhere", pid=1)
+    answer = a_streaming_answer(alice, generating.id)
+    env = site_env(DATABASE_URL=database_url(), REDIS_URL=django_settings.REDIS_URL or None, DJANGO_DEBUG="1")
+    threads = "import threading; print('THREADS', sorted(thread.name for thread in threading.enumerate()))"
+    output = manage(env, "shell", "-c", f"{deactivate_command(alice)}; {threads}")
+    assert "THREADS ['MainThread']" in output
+    answer.refresh_from_db()
+    assert (answer.status, answer.stop_requested_at is not None) == (Message.Status.STREAMING, True)
+    assert list(ServerProcess.objects.values_list("id", flat=True)) == [generating.id]
 
 
 @pytest.mark.django_db(transaction=True)

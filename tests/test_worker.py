@@ -97,30 +97,40 @@ class WriteCounter:
         return execute(sql, params, many, context)
 
     def install(self, sender, connection, **kwargs):
-        connection.execute_wrappers.append(self)
+        # Once per connection object: it keeps its wrappers when it reconnects.
+        if self not in connection.execute_wrappers:
+            connection.execute_wrappers.append(self)
 
 
-async def writes_for_an_answer(alice, upstream, deltas):
+@pytest.fixture
+def message_writes():
+    """A WriteCounter on every connection opened from here on: requested before `worker`, so that
+    the pool threads' connections, which outlive an answer, all carry it."""
     counter = WriteCounter()
     connection_created.connect(counter.install)
-    try:
-        upstream.queue(answer(words("w", deltas)))
-        communicator, _, _ = await connect(alice)
-        await communicator.send_json_to({"type": "chat.send", "conversation": None, "text": "count"})
-        frames = await receive_until(communicator, "message.done", timeout=60)
-        await communicator.disconnect()
-    finally:
-        connection_created.disconnect(counter.install)
+    yield counter
+    connection_created.disconnect(counter.install)
+
+
+async def writes_for_an_answer(alice, upstream, counter, deltas):
+    start = len(counter.writes)
+    upstream.queue(answer(words("w", deltas)))
+    communicator, _, _ = await connect(alice)
+    await communicator.send_json_to({"type": "chat.send", "conversation": None, "text": "count"})
+    frames = await receive_until(communicator, "message.done", timeout=60)
+    await communicator.disconnect()
     assert frames[-1]["text"] == "".join(words("w", deltas))
     assert frames[-1]["status"] == "completed"
-    return counter.writes
+    return counter.writes[start:]
 
 
-async def test_database_writes_per_answer_do_not_grow_with_its_length(alice, upstream, worker, settings):
+async def test_database_writes_per_answer_do_not_grow_with_its_length(
+    alice, upstream, message_writes, worker, settings
+):
     settings.CHAT_CHECKPOINT_INTERVAL = 60
     settings.CHAT_HEARTBEAT_INTERVAL = 600
-    short = await writes_for_an_answer(alice, upstream, 100)
-    long = await writes_for_an_answer(alice, upstream, 5000)
+    short = await writes_for_an_answer(alice, upstream, message_writes, 100)
+    long = await writes_for_an_answer(alice, upstream, message_writes, 5000)
     assert short == long
     # The messages' inserts, the claim and one final save: a handful, however long the answer.
     assert len(short) <= 6
@@ -151,8 +161,9 @@ async def test_the_reaper_tells_the_tabs_following_an_orphaned_answer(alice, wor
 
     from channels.db import database_sync_to_async
 
+    from chat.answering.maintenance import reap_orphans
     from chat.models import Conversation
-    from chat.worker import reap_orphans
+    from chat.runtime import current
 
     conversation = await Conversation.objects.acreate(owner=alice, title="orphan", model="test-model")
     orphan = await Message.objects.acreate(
@@ -161,7 +172,35 @@ async def test_the_reaper_tells_the_tabs_following_an_orphaned_answer(alice, wor
     communicator, _, _ = await connect(alice)
     await communicator.send_json_to({"type": "chat.subscribe", "conversation": str(conversation.id)})
     await receive_until(communicator, "message.snapshot")
-    assert await database_sync_to_async(reap_orphans)(asyncio.get_running_loop()) == 1
+    relay = current().relay_for(asyncio.get_running_loop())
+    assert await database_sync_to_async(reap_orphans)(relay) == 1
     done = (await receive_until(communicator, "message.done"))[-1]
     assert (done["message"], done["status"], done["text"]) == (str(orphan.id), "interrupted", "so far")
     await communicator.disconnect()
+
+
+async def test_one_job_runs_synchronously_on_the_callers_thread(alice, upstream, worker):
+    """StreamWorker.run_one: the whole answer (claim, open, apply, finish) on the test's own thread."""
+    import threading
+
+    from channels.db import database_sync_to_async
+
+    from chat.models import Conversation
+
+    conversation = await Conversation.objects.acreate(owner=alice, title="sync", model="test-model")
+    _, queued = await database_sync_to_async(conversation.start_exchange)("Once", worker_id=worker.id)
+    loop = asyncio.get_running_loop()
+    threads = []
+
+    def run():
+        threads.append(threading.current_thread())
+        return worker.run_one(queued.id, conversation.group_name, loop)
+
+    caller = threading.Thread(target=run, name="the-test-itself")
+    caller.start()
+    await loop.run_in_executor(None, caller.join, 30)
+    saved = await Message.objects.aget(pk=queued.id)
+    assert (saved.status, saved.text) == (Message.Status.COMPLETED, "You said: Once")
+    assert worker.job(queued.id) is None, "the job let go once saved"
+    assert [thread.name for thread in threads] == ["the-test-itself"]
+    assert len(upstream.requests) == 1

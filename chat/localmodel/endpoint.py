@@ -32,9 +32,10 @@ from django.conf import settings
 
 from chat.localmodel import request as local_request
 from chat.localmodel import runtime
+from chat.localmodel.credentials import local_token
 from chat.localmodel.events import ResponseEvents
 from chat.localmodel.runtime import ContextTooLong
-from chat.localmodel.service import QueueFull, get_service
+from chat.localmodel.service import QueueFull
 
 logger = logging.getLogger(__name__)
 
@@ -46,11 +47,6 @@ DONE = b"data: [DONE]\n\n"
 def serves(path):
     """Whether an HTTP request for `path` is this app's (chatsite/asgi.py routes it here)."""
     return path == PREFIX or path.startswith(f"{PREFIX}/")
-
-
-def local_token():
-    """The bearer token of the local endpoint: derived from SECRET_KEY, the same in every process."""
-    return hmac.new(settings.SECRET_KEY.encode(), b"chat.localmodel.token", "sha256").hexdigest()
 
 
 def read_request(authorization, body):
@@ -122,9 +118,10 @@ class Gone(Exception):
     """The client disconnected."""
 
 
-async def application(scope, receive, send):
-    """The ASGI application of every path under PREFIX (http scopes only)."""
-    exchange = Exchange(receive, send, head=scope["method"] == "HEAD")
+async def application(scope, receive, send, service):
+    """The ASGI application of every path under PREFIX (http scopes only), answered by the
+    process's local model `service` (chatsite/asgi.py hands it over from the runtime)."""
+    exchange = Exchange(receive, send, service, head=scope["method"] == "HEAD")
     try:
         await exchange.answer(scope)
     except Gone:
@@ -134,9 +131,10 @@ async def application(scope, receive, send):
 class Exchange:
     """One request and its answer; `items` also carries ("gone", None) when the client leaves."""
 
-    def __init__(self, receive, send, head=False):
+    def __init__(self, receive, send, service, head=False):
         self.receive = receive
         self.send = send
+        self.service = service
         self.head = head  # a HEAD request: the headers of the answer, without its body
         self.items = asyncio.Queue()
 
@@ -156,7 +154,7 @@ class Exchange:
             return await self.error(error)
         loop = asyncio.get_running_loop()
         try:
-            generation = get_service().submit(
+            generation = self.service.submit(
                 parsed, lambda item: loop.call_soon_threadsafe(self.items.put_nowait, item)
             )
         except QueueFull as refusal:

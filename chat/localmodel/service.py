@@ -17,8 +17,8 @@ already carries them. Requests over HTTP are refused once LOCAL_MODEL_QUEUE are 
 worker's pool (CHAT_WORKER_THREADS) already bounds them. `Generation.cancel()` takes a waiting
 request out of the queue at once and stops a running one at the next prompt batch or token.
 
-Tests and tools observe the service through `listen()` and swap it (for one around a fake model)
-with `use_service()`.
+The process's service is its runtime's (chat/runtime.py: `current().local_model`); tests and tools
+observe it through `listen()` and swap it (for one around a fake model) through the runtime.
 """
 
 import collections
@@ -76,6 +76,7 @@ class LocalModelService:
         self.listeners = []
         self.durations = collections.deque(maxlen=8)  # seconds of recent generations
         self._thread = None
+        self._closed = False
 
     # --- requests ---------------------------------------------------------------------------
 
@@ -91,11 +92,18 @@ class LocalModelService:
                 self._hand(generation, "queued")
             self.waiting.append(generation)
             self._notify("queued", generation)
+            self._closed = False
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name="local-model", daemon=True)
                 self._thread.start()
             self.condition.notify()
         return generation
+
+    def close(self):
+        """Let the model thread end once the queue is empty (a runtime that is closed)."""
+        with self.condition:
+            self._closed = True
+            self.condition.notify()
 
     def cancel(self, generation):
         with self.condition:
@@ -145,8 +153,11 @@ class LocalModelService:
     def _serve(self):
         while True:
             with self.condition:
-                while not self.waiting:
+                while not self.waiting and not self._closed:
                     self.condition.wait()
+                if not self.waiting:
+                    self._thread = None  # a request submitted later starts a new one
+                    return
                 generation = self.waiting.popleft()
                 generation.state = Generation.RUNNING
                 self.running = generation
@@ -186,25 +197,3 @@ class LocalModelService:
             pieces.close()
         generation.outcome = "finished" if finished else "stopped"
         self._hand(generation, "end")
-
-
-_service = None
-_service_lock = threading.Lock()
-
-
-def get_service():
-    """The process's service (its model thread starts with the first request, its model loads
-    then too)."""
-    global _service
-    with _service_lock:
-        if _service is None:
-            _service = LocalModelService()
-        return _service
-
-
-def use_service(service):
-    """Make `service` the process's and return the previous one (tests: a fake or observed model)."""
-    global _service
-    with _service_lock:
-        previous, _service = _service, service
-        return previous

@@ -21,18 +21,21 @@ from requests.structures import CaseInsensitiveDict
 
 from chat.localmodel import request as local_request
 from chat.localmodel.endpoint import EventWriter, read_request
-from chat.localmodel.service import get_service
 
 BASE_URL = "in-process://local-model/v1"
 
 
-def mount(session):
-    """Let `session` reach the local model at BASE_URL (once per session)."""
-    if not isinstance(session.adapters.get(BASE_URL), LocalModelAdapter):
-        session.mount(BASE_URL, LocalModelAdapter())
+def mount(session, runtime):
+    """Let `session` reach the local model of `runtime` (chat/runtime.py) at BASE_URL."""
+    session.mount(BASE_URL, LocalModelAdapter(runtime))
 
 
 class LocalModelAdapter(BaseAdapter):
+    def __init__(self, runtime):
+        super().__init__()
+        # The runtime, not its service: a test may swap the service the runtime holds.
+        self.runtime = runtime
+
     def send(self, request, stream=False, timeout=None, verify=True, cert=None, proxies=None):
         read_timeout = timeout[1] if isinstance(timeout, tuple) else timeout
         try:
@@ -43,7 +46,7 @@ class LocalModelAdapter(BaseAdapter):
             return self._response(request, error.status, io.BytesIO(json.dumps(error.as_json()).encode()))
         items = queue.SimpleQueue()
         # Not bounded by LOCAL_MODEL_QUEUE: the worker's pool bounds the site's own answers.
-        generation = get_service().submit(parsed, items.put, bounded=False)
+        generation = self.runtime.local_model.submit(parsed, items.put, bounded=False)
         body = GenerationBody(generation, EventWriter(parsed), items, read_timeout)
         return self._response(request, 200, body, "text/event-stream; charset=utf-8")
 

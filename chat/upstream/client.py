@@ -21,7 +21,6 @@ from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
-from django.conf import settings
 
 from chat.upstream.events import ResponseFinished, Scrubber, _code, _dict, _string, parse_event
 from chat.upstream.sse import sse_data
@@ -203,34 +202,10 @@ class UpstreamClient:
     session: requests.Session = field(default_factory=requests.Session, repr=False)
     # Sent with every request when set (the local model's; remote models keep their defaults).
     temperature: float | None = None
-    # Why this upstream cannot answer yet (the local model while it is being installed): a send
-    # is refused with it (configuration_problem) rather than stored and failed.
-    unavailable: str = ""
-
-    @classmethod
-    def from_settings(cls, **overrides):
-        options = dict(
-            base_url=settings.OPENRESPONSES_BASE_URL,
-            api_key=settings.OPENRESPONSES_API_KEY,
-            timeout=settings.OPENRESPONSES_TIMEOUT,
-            connect_timeout=settings.OPENRESPONSES_CONNECT_TIMEOUT,
-        )
-        return cls(**(options | overrides))
 
     def __repr__(self):
         # Never show the key, even in a traceback's locals.
         return f"UpstreamClient(base_url={self.base_url!r})"
-
-    def configuration_problem(self):
-        """A sentence saying what to set, when requests could not possibly succeed."""
-        if self.unavailable:
-            return self.unavailable
-        if not self.api_key and self._hostname not in LOOPBACK_HOSTS:
-            return (
-                f"No API key is configured for {self.base_url}: set OPENRESPONSES_API_KEY "
-                "(or point OPENRESPONSES_BASE_URL at a local server)."
-            )
-        return None
 
     def stream_response(self, model, input_items, instructions="", stop_event=None):
         """POST the request and return the open stream once the upstream answered 2xx.

@@ -1,0 +1,367 @@
+"""One answer being generated: claim, open, apply, finish.
+
+A pool thread runs `AnswerJob.run()`: it claims the queued row, opens the upstream stream, applies
+each event (deltas to the coalescing buffer, the rest to the `Reading`), and finishes with one
+final save. Flushed deltas go to the relay of the server's event loop (chat/relay.py), which hands
+them to the sockets in order; a window's held deltas are flushed by a timer on that loop.
+
+A stop is a request (`request_stop`) from any thread: the job's own thread notices it (an aborted
+stream wakes its read, the stop event its waits), or, where it cannot soon (queued, or waiting for
+the upstream's status line), the worker's stop thread ends the answer. The stop's outcome decides
+the status; the text and any usage stay.
+"""
+
+import logging
+import threading
+import time
+
+from django.conf import settings
+from django.db import Error
+from django.utils import timezone
+
+from chat import protocol
+from chat.answering.buffer import StreamBuffer
+from chat.answering.database import TRANSIENT_DATABASE_ERRORS, Interrupted, reset_connections, retry_database
+from chat.answering.reading import Reading
+from chat.models import Message
+from chat.upstream import UpstreamError
+
+logger = logging.getLogger(__name__)
+
+
+class Phase:
+    """Where a job is; it decides which thread can notice a stop (AnswerJob.request_stop)."""
+
+    QUEUED = "queued"  # waiting for a pool thread
+    CLAIMING = "claiming"  # its thread moves the row to streaming; a stop ends the waits between tries
+    OPENING = "opening"  # its thread waits for the upstream's status line and cannot notice a stop
+    STREAMING = "streaming"  # its thread reads the stream; aborting the stream wakes it
+
+
+class AnswerJob:
+    def __init__(self, worker, message_id, group, loop):
+        self.worker = worker
+        self.message_id = message_id
+        self.group = group
+        self.loop = loop
+        self.relay = worker.runtime.relay_for(loop)
+        self.lock = threading.Lock()
+        self.phase = Phase.QUEUED
+        self.stream = None
+        # A stop: the event wakes the job's thread in its waits; the outcome is how it ends.
+        self.stop_event = threading.Event()
+        self.stop_outcome = None
+        # The end: claimed once (`ending`), by the job's thread or the worker's stop thread; its
+        # fields (`final`) kept until written; `released` once the worker let the job go.
+        self.ending = False
+        self.final = None
+        self.unsaved = False
+        self.released = threading.Event()
+
+        self.buffer = StreamBuffer(protocol.STREAM_NAMES, settings.CHAT_FLUSH_INTERVAL)
+        self.reading = Reading(self)
+        self.first_token_at = None
+        self.last_checkpoint = time.monotonic()
+
+    def publish(self, event):
+        """Hand an event to the sockets following the conversation; never blocks this thread."""
+        self.relay.publish(self.group, event)
+
+    # --- the stream, on the job's thread (and the loop's timer) -----------------------------
+
+    def add(self, stream, delta):
+        """Take one delta from the upstream: sent at once, or at the end of the window."""
+        if not delta:
+            return
+        with self.lock:
+            if self.ending:
+                return
+            if self.first_token_at is None:
+                self.first_token_at = timezone.now()
+            self._send(self.buffer.add(stream, delta))
+            delay = self.buffer.timer()
+        if delay is not None:
+            self._arm_timer(delay)
+
+    def _arm_timer(self, delay):
+        try:
+            self.loop.call_soon_threadsafe(self.loop.call_later, delay, self._flush_due)
+        except RuntimeError:
+            logger.debug("Event loop closed; answer %s flushes at its end", self.message_id)
+
+    def _flush_due(self):
+        """The end of a window, on the event loop: what waits goes out."""
+        with self.lock:
+            if not self.ending:
+                self._send(self.buffer.flush_due())
+
+    def _send(self, chunks):
+        """Publish flushed chunks, under the lock: the snapshot and the deltas agree on seq."""
+        for chunk in chunks:
+            self.publish(
+                protocol.delta_event(self.message_id, chunk.seq, protocol.STREAMS_BY_NAME[chunk.stream], chunk.delta)
+            )
+
+    def snapshot(self):
+        """The text flushed so far, consistent with its seq (None before the first flush)."""
+        with self.lock:
+            if not self.buffer.seq:
+                return None
+            return protocol.Snapshot.of_texts(self.buffer.seq, Message.Status.STREAMING, self.buffer.texts())
+
+    def said_anything(self):
+        with self.lock:
+            return self.buffer.has_output()
+
+    def checkpoint_if_due(self):
+        """Hand the job to the worker's checkpointer about once per checkpoint interval."""
+        now = time.monotonic()
+        if now - self.last_checkpoint < settings.CHAT_CHECKPOINT_INTERVAL:
+            return
+        self.last_checkpoint = now
+        self.worker.checkpointer.request(self)
+
+    def write_checkpoint(self):
+        """Save the text so far (bounded writes, crash safety); on the checkpointer's thread."""
+        with self.lock:
+            if self.ending:
+                return
+            texts, first_token_at = self.buffer.texts(), self.first_token_at
+        Message.objects.checkpoint(self.message_id, first_token_at=first_token_at, **texts)
+
+    # --- run: claim, open, apply, finish ----------------------------------------------------
+
+    def run(self):
+        """Generate the answer; called in a pool thread (or a test's, see StreamWorker.run_one).
+
+        Whatever happens the answer gets a final state, now or once the database is back, and
+        the thread goes on to the next answer.
+        """
+        try:
+            reset_connections()
+            self._run()
+        except Exception as error:
+            logger.exception("Answer %s failed unexpectedly", self.message_id)
+            self.finish(
+                Message.Status.FAILED,
+                error_code="internal_error",
+                error_message=f"The server hit an unexpected error ({type(error).__name__}).",
+            )
+        finally:
+            with self.lock:
+                # Whoever claimed the end lets the job go once it is written, and a job stopped
+                # while queued is the stop thread's; anything else is done with (deleted, ended
+                # elsewhere).
+                done_with = not self.ending and self.phase != Phase.QUEUED
+            if done_with:
+                self.worker.forget(self)
+            reset_connections()
+
+    def _run(self):
+        claimed = self.claim()
+        if claimed is None:
+            return
+        stream = self.open(*claimed)
+        if stream is None:
+            return
+        try:
+            self.apply(stream)
+        except UpstreamError as error:
+            # An `error` event then EOF: the event says what went wrong. After a stop, the
+            # aborted read lands here too, and the stop decides the outcome (see finish()).
+            code, text = self.reading.stream_error or (error.code, error.message)
+            self.finish(Message.Status.FAILED, error_code=code, error_message=text)
+
+    def _enter(self, phase):
+        """Move to `phase` unless stopped; False (and the answer ended as stopped) if it was."""
+        with self.lock:
+            stopped = self.stop_event.is_set()
+            if not stopped:
+                self.phase = phase
+        return not stopped
+
+    def claim(self):
+        """(message, upstream input) once the row is ours and streaming; None when the answer is
+        gone, ended elsewhere, or was stopped meanwhile (then it is ended here or by the stop
+        thread)."""
+        with self.lock:
+            if self.stop_event.is_set():
+                return None  # stopped while queued: the stop thread ends it, and nothing goes upstream
+            self.phase = Phase.CLAIMING
+        try:
+            claimed = retry_database(self._claim, "claim", self.message_id, interrupt=self.stop_event)
+        except Interrupted:
+            self.finish(Message.Status.CANCELLED)
+            return None
+        if claimed is not None:
+            self.publish(protocol.status_event(self.message_id, Message.Status.STREAMING))
+        return claimed
+
+    def _claim(self):
+        """Retried as a whole: the claim comes last, and a claim whose answer was lost with its
+        connection is recognised as ours."""
+        message = Message.objects.select_related("conversation").filter(pk=self.message_id).first()
+        if message is None:
+            return None
+        ours = message.status == Message.Status.STREAMING and message.worker == self.worker.id
+        if message.status != Message.Status.QUEUED and not ours:
+            return None
+        upstream_input = message.conversation.upstream_input(before=message)
+        if not ours and not message.claim(self.worker.id):
+            return None
+        return message, upstream_input
+
+    def open(self, message, upstream_input):
+        """The upstream's open stream; None when the answer ended before it (a stop, an error)."""
+        conversation = message.conversation
+        model = message.model or conversation.model
+        client = self.worker.client_for(model)
+        if not self._enter(Phase.OPENING):
+            self.finish(Message.Status.CANCELLED)
+            return None
+        try:
+            instructions = conversation.instructions
+            stream = client.stream_response(model, upstream_input, instructions, stop_event=self.stop_event)
+        except UpstreamError as error:
+            self.finish(Message.Status.FAILED, error_code=error.code, error_message=error.message)
+            return None
+        with self.lock:
+            self.stream = stream
+            self.phase = Phase.STREAMING
+            # request_stop() sets stop_event before it looks for the stream: one of us sees the other.
+            stopped = self.stop_event.is_set()
+        if stopped:
+            # Stopped while the upstream was answering: the stop thread may have ended it already.
+            stream.abort()
+            stream.close()
+            self.finish(Message.Status.CANCELLED)
+            return None
+        return stream
+
+    def apply(self, stream):
+        """Read the stream to its end, a stop, or the terminal event that finishes the answer."""
+        for event in stream:
+            if self.reading.apply(event):
+                return
+            if self.stop_event.is_set():
+                break
+            self.checkpoint_if_due()
+        # The stream ended without a terminal event and without an error: a stop (which decides
+        # the outcome), or an upstream that closed its stream early.
+        self.finish(
+            Message.Status.FAILED,
+            error_code="stream_truncated",
+            error_message="The API ended the stream before finishing the answer.",
+        )
+
+    # --- ending -----------------------------------------------------------------------------
+
+    def request_stop(self, status=Message.Status.CANCELLED, error_code="", error_message=""):
+        """Ask the answer to end with `status`, from any thread; no database work here.
+
+        The first request's outcome is the one kept (see the module docstring).
+        """
+        with self.lock:
+            if self.stop_outcome is None:
+                self.stop_outcome = {
+                    "status": status,
+                    "error_code": error_code,
+                    "error_message": error_message,
+                    "requested_at": timezone.now(),
+                }
+            self.stop_event.set()
+            stream = self.stream
+            unattended = not self.ending and self.phase in (Phase.QUEUED, Phase.OPENING)
+        if stream is not None:
+            stream.abort()
+        if unattended:
+            self.worker.end_unattended(self)
+
+    def finish(self, status, *, final_texts=None, error_code="", error_message="", **outcome):
+        """Save the final state and tell the tabs; only the first call counts. Never raises.
+
+        `outcome` holds the rest of what the upstream said (usage, incomplete_reason). A stop
+        requested before decides the status and the error. The write is tried again while the
+        database is unavailable; the job counts as ended only once it is written (save_final).
+        """
+        with self.lock:
+            if self.ending:
+                return
+            self.ending = True
+            self._send(self.buffer.flush())
+            texts = self.buffer.texts() | (final_texts or {})
+            stop = self.stop_outcome
+        try:
+            if stop is not None:
+                status, error_code, error_message = stop["status"], stop["error_code"], stop["error_message"]
+                outcome.pop("incomplete_reason", None)
+            self.final = texts | self.reading.ids() | outcome
+            self.final.update(
+                status=status,
+                error_code=error_code,
+                error_message=error_message,
+                finished_at=timezone.now(),
+                first_token_at=self.first_token_at,
+            )
+            if stop is not None and stop["status"] == Message.Status.CANCELLED:
+                # The request is on the row even when this process heard of it first.
+                self.final["stop_requested_at"] = stop["requested_at"]
+            self.save_final(patient=True)
+        except Exception:
+            # A bug, not the database: let the job go; this process reaps its row as lost.
+            logger.exception("Answer %s could not be ended", self.message_id)
+            self.worker.forget(self)
+
+    def save_final(self, patient=False):
+        """Write the final state; True once written (or found ended elsewhere) and the tabs told.
+
+        `patient`: retry for up to CHAT_DATABASE_RETRY_SECONDS (the answer's thread). Past that,
+        or on one failed try otherwise, the job stays unsaved with the worker, whose maintenance
+        loop calls this again until the database takes it.
+        """
+        try:
+            if patient:
+                message = retry_database(self._write_final, "final save", self.message_id)
+            else:
+                message = self._write_final()
+        except TRANSIENT_DATABASE_ERRORS:
+            self._hand_over()
+            return False
+        except Error:
+            if "text" not in self.final:
+                raise  # even the plain failure below was refused: finish() lets the job go
+            # The database refuses this outcome for good (data it cannot store, a bug): end the
+            # answer as failed, keeping its last checkpoint, rather than leave it unfinished.
+            logger.exception("The database refused the final state of answer %s", self.message_id)
+            self.final = {
+                "status": Message.Status.FAILED,
+                "error_code": "internal_error",
+                "error_message": "The server could not save this answer; the text checkpointed so far was kept.",
+                "finished_at": timezone.now(),
+            }
+            return self.save_final(patient)
+        self.unsaved = False
+        self._told(message)
+        self.worker.forget(self)
+        return True
+
+    def _write_final(self):
+        return Message.objects.finish_answer(self.message_id, **self.final)
+
+    def _hand_over(self):
+        handed_over, self.unsaved = not self.unsaved, True
+        if handed_over:
+            logger.error(
+                "Answer %s could not be saved for %s s; this process's maintenance goes on trying",
+                self.message_id,
+                settings.CHAT_DATABASE_RETRY_SECONDS,
+                extra={"database_retry": "final save handed over", "message_id": self.message_id},
+            )
+
+    def _told(self, message):
+        if message is None:
+            logger.warning("Answer %s was already finished elsewhere; kept that state", self.message_id)
+            return
+        with self.lock:
+            self.buffer.replace({name: getattr(message, name) for name in protocol.STREAM_NAMES})
+        self.publish(protocol.done_event(message))
