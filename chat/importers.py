@@ -174,6 +174,36 @@ def join(first, second):
     return f"{first}\n\n{second}" if first and second else first or second
 
 
+# --- what every format's reader shares -------------------------------------------------------
+
+
+def import_key(prefix, original_id, record):
+    """The key that finds a conversation imported before: its id in the source, or without one
+    the digest of its record (the same file imported twice gives the same keys)."""
+    return f"{prefix}:{original_id}" if original_id else f"{prefix}:sha256:{digest_of(record)}"
+
+
+def adopt_instructions(draft, text):
+    """A system message's text becomes the conversation's instructions, unless it has some."""
+    if text and not draft.instructions:
+        draft.instructions = text
+
+
+def keep_role(draft, role):
+    """Whether a message of `role` can be stored here; one of any other role is counted as left out."""
+    if role in ("user", "assistant"):
+        return True
+    draft.left_out[f"messages from {str(role)[:40]!r}"] += 1
+    return False
+
+
+def fill_model(draft, default):
+    """A conversation that names no model of its own is given the last model that answered in it."""
+    if not draft.model:
+        used = [message.model for message in draft.messages if message.model]
+        draft.model = used[-1] if used else default
+
+
 # --- the tree ---------------------------------------------------------------------------------
 
 
@@ -185,6 +215,30 @@ def build_tree(draft, nodes, current_id=None, where="The conversation"):
     messages in a row) is joined to the parent, or for a second such branch joined to a copy of
     the parent beside it: a version. An answer at the very start, answering nothing, is left out.
     The current message is the one `current_id` names, or the end of the newest branch.
+    """
+    by_id, children, roots = index_nodes(nodes, where)
+    stored_for = {}  # source id -> the stored draft message its children follow (or None)
+    own_text = {}  # a stored message -> its text and reasoning before anything was joined to it
+    stack = [(node, None) for node in reversed(roots)]
+    while stack:
+        node, attach = stack.pop()
+        out = place(draft, node.message, attach, own_text)
+        stored_for[node.id] = out
+        for child in reversed(children[node.id]):
+            stack.append((child, out))
+    # Every node is reached from a root unless its parents go round in a circle.
+    if len(stored_for) != len(by_id):
+        raise ImportRefused(f"{where} has messages in a loop (each one's parent follows it).")
+
+    draft.current = stored_for.get(current_id) if current_id is not None else None
+    if draft.current is None and draft.messages:
+        draft.current = newest_leaf(draft.messages)
+
+
+def index_nodes(nodes, where):
+    """The nodes by id, each one's children (in the source's order) and the roots.
+
+    A node whose parent is not in the file is a root: exports cut from a longer history name one.
     """
     by_id = {}
     for node in nodes:
@@ -198,49 +252,48 @@ def build_tree(draft, nodes, current_id=None, where="The conversation"):
             roots.append(node)
         else:
             children[node.parent_id].append(node)
+    return by_id, children, roots
 
-    stored_for = {}  # source id -> the stored draft message its children follow (or None)
-    own_text = {}  # a stored message -> its text and reasoning before anything was joined to it
-    stack = [(node, None) for node in reversed(roots)]
-    while stack:
-        node, attach = stack.pop()
-        message = node.message
-        if message is None or (message.is_empty() and message.status == Message.Status.COMPLETED):
-            out = attach
-        elif attach is not None and attach.role == message.role:
-            if not attach.joined:
-                own_text[attach] = (attach.text, attach.reasoning)
-                attach.text = join(attach.text, message.text)
-                attach.reasoning = join(attach.reasoning, message.reasoning)
-                attach.joined = True
-                attach.model = message.model or attach.model
-                attach.status = message.status
-                attach.extra.update(message.extra)
-                out = attach
-            else:
-                text, reasoning = own_text[attach]
-                message.text = join(text, message.text)
-                message.reasoning = join(reasoning, message.reasoning)
-                message.parent = attach.parent
-                message.created_at = message.created_at or attach.created_at
-                draft.messages.append(message)
-                out = message
-        elif attach is None and message.role == Message.Role.ASSISTANT:
-            draft.left_out["opening answers without a question"] += 1
-            out = None
-        else:
-            message.parent = attach
-            draft.messages.append(message)
-            out = message
-        stored_for[node.id] = out
-        for child in reversed(children[node.id]):
-            stack.append((child, out))
-    if len(stored_for) != len(by_id):
-        raise ImportRefused(f"{where} has messages in a loop (each one's parent follows it).")
 
-    draft.current = stored_for.get(current_id) if current_id is not None else None
-    if draft.current is None and draft.messages:
-        draft.current = newest_leaf(draft.messages)
+def place(draft, message, attach, own_text):
+    """Put `message` below `attach` (what its source parent became); the stored message its
+    children follow, or None."""
+    if message is None or (message.is_empty() and message.status == Message.Status.COMPLETED):
+        return attach
+    if attach is not None and attach.role == message.role:
+        if not attach.joined:
+            return join_into(attach, message, own_text)
+        return join_beside(draft, attach, message, own_text)
+    if attach is None and message.role == Message.Role.ASSISTANT:
+        draft.left_out["opening answers without a question"] += 1
+        return None
+    message.parent = attach
+    draft.messages.append(message)
+    return message
+
+
+def join_into(attach, message, own_text):
+    """The first message of `attach`'s own role below it is joined to it: one answer in parts."""
+    # Kept so that a second branch of the same role can be joined to `attach` as it was.
+    own_text[attach] = (attach.text, attach.reasoning)
+    attach.text = join(attach.text, message.text)
+    attach.reasoning = join(attach.reasoning, message.reasoning)
+    attach.joined = True
+    attach.model = message.model or attach.model
+    attach.status = message.status
+    attach.extra.update(message.extra)
+    return attach
+
+
+def join_beside(draft, attach, message, own_text):
+    """A further such branch becomes a version of `attach`: its own text, then this message's."""
+    text, reasoning = own_text[attach]
+    message.text = join(text, message.text)
+    message.reasoning = join(reasoning, message.reasoning)
+    message.parent = attach.parent
+    message.created_at = message.created_at or attach.created_at
+    draft.messages.append(message)
+    return message
 
 
 def newest_leaf(messages):
@@ -285,7 +338,7 @@ def read_our_conversation(record, index):
     original_id = text_of(record.get("id"), f"{where}: `id`")
     draft = Draft(
         source=Conversation.Source.CHAT,
-        key=f"chat:{original_id}" if original_id else f"chat:sha256:{digest_of(record)}",
+        key=import_key("chat", original_id, record),
         original_id=original_id,
         title=text_of(record.get("title"), f"{where}: `title`"),
         model=text_of(record.get("model"), f"{where}: `model`"),
@@ -293,47 +346,60 @@ def read_our_conversation(record, index):
         created_at=iso_time(record.get("created_at"), f"{where}: `created_at`"),
         updated_at=iso_time(record.get("updated_at"), f"{where}: `updated_at`"),
     )
-    nodes = []
-    for number, message in enumerate(list_of(record.get("messages"), f"{where}: `messages`"), 1):
-        spot = f"{where}, message {number}"
-        message = mapping_of(message, spot)
-        role = message.get("role")
-        if role not in Message.Role.values:
-            raise ImportRefused(f"{spot}: `role` must be one of {', '.join(Message.Role.values)}.")
-        status = message.get("status", Message.Status.COMPLETED)
-        if status not in STATUSES:
-            raise ImportRefused(f"{spot}: `status` must be one of {', '.join(sorted(STATUSES))}.")
-        if status in Message.UNFINISHED:
-            status = Message.Status.INTERRUPTED  # it is not being written here
-        extra = {}
-        for name, kind in OUR_FIELDS.items():
-            value = message.get(name)
-            if kind == "text":
-                extra[name] = text_of(value, f"{spot}: `{name}`")
-            elif kind == "tokens":
-                extra[name] = token_count(value)
-            else:
-                extra[name] = iso_time(value, f"{spot}: `{name}`")
-        message_id = text_of(message.get("id"), f"{spot}: `id`") or f"#{number}"
-        parent_id = text_of(message.get("parent"), f"{spot}: `parent`", default=None)
-        nodes.append(
-            SourceNode(
-                message_id,
-                parent_id,
-                DraftMessage(
-                    role=role,
-                    text=text_of(message.get("text"), f"{spot}: `text`"),
-                    reasoning=text_of(message.get("reasoning"), f"{spot}: `reasoning`"),
-                    status=status,
-                    model=text_of(message.get("model"), f"{spot}: `model`"),
-                    created_at=iso_time(message.get("created_at"), f"{spot}: `created_at`"),
-                    extra=extra,
-                ),
-            )
-        )
+    messages = list_of(record.get("messages"), f"{where}: `messages`")
+    nodes = [read_our_message(message, number, where) for number, message in enumerate(messages, 1)]
     current = text_of(record.get("current"), f"{where}: `current`", default=None)
     build_tree(draft, nodes, current, where)
     return draft
+
+
+def read_our_message(message, number, where):
+    """The source node for message `number` of this site's export (the list's order, from 1)."""
+    spot = f"{where}, message {number}"
+    message = mapping_of(message, spot)
+    role = message.get("role")
+    if role not in Message.Role.values:
+        raise ImportRefused(f"{spot}: `role` must be one of {', '.join(Message.Role.values)}.")
+    status = our_status(message, spot)
+    extra = our_extra(message, spot)
+    message_id = text_of(message.get("id"), f"{spot}: `id`") or f"#{number}"
+    parent_id = text_of(message.get("parent"), f"{spot}: `parent`", default=None)
+    return SourceNode(
+        message_id,
+        parent_id,
+        DraftMessage(
+            role=role,
+            text=text_of(message.get("text"), f"{spot}: `text`"),
+            reasoning=text_of(message.get("reasoning"), f"{spot}: `reasoning`"),
+            status=status,
+            model=text_of(message.get("model"), f"{spot}: `model`"),
+            created_at=iso_time(message.get("created_at"), f"{spot}: `created_at`"),
+            extra=extra,
+        ),
+    )
+
+
+def our_status(message, spot):
+    status = message.get("status", Message.Status.COMPLETED)
+    if status not in STATUSES:
+        raise ImportRefused(f"{spot}: `status` must be one of {', '.join(sorted(STATUSES))}.")
+    if status in Message.UNFINISHED:
+        status = Message.Status.INTERRUPTED  # it is not being written here
+    return status
+
+
+def our_extra(message, spot):
+    """The other columns of one exported message, each read as OUR_FIELDS says."""
+    extra = {}
+    for name, kind in OUR_FIELDS.items():
+        value = message.get(name)
+        if kind == "text":
+            extra[name] = text_of(value, f"{spot}: `{name}`")
+        elif kind == "tokens":
+            extra[name] = token_count(value)
+        else:
+            extra[name] = iso_time(value, f"{spot}: `{name}`")
+    return extra
 
 
 # --- ChatGPT's conversations.json ------------------------------------------------------------
@@ -357,7 +423,7 @@ def read_chatgpt_conversation(record, index):
     original_id = text_of(record.get("conversation_id") or record.get("id"), f"{where}: `id`")
     draft = Draft(
         source=Conversation.Source.CHATGPT,
-        key=f"chatgpt:{original_id}" if original_id else f"chatgpt:sha256:{digest_of(record)}",
+        key=import_key("chatgpt", original_id, record),
         original_id=original_id,
         title=text_of(record.get("title"), f"{where}: `title`"),
         model=text_of(record.get("default_model_slug"), f"{where}: `default_model_slug`"),
@@ -378,9 +444,7 @@ def read_chatgpt_conversation(record, index):
         )
     current = text_of(record.get("current_node"), f"{where}: `current_node`", default=None)
     build_tree(draft, nodes, current, where)
-    if not draft.model:
-        models = [message.model for message in draft.messages if message.model]
-        draft.model = models[-1] if models else "chatgpt"
+    fill_model(draft, "chatgpt")
     return draft
 
 
@@ -394,45 +458,26 @@ def chatgpt_message(draft, message, spot):
     if kind == "user_editable_context":
         # The custom instructions the conversation was held under (hidden from its page).
         parts = [text_of(content.get(name), f"{spot}: `{name}`") for name in ("user_profile", "user_instructions")]
-        if not draft.instructions:
-            draft.instructions = "\n\n".join(part for part in parts if part)
+        adopt_instructions(draft, "\n\n".join(part for part in parts if part))
         return None
     if metadata.get("is_visually_hidden_from_conversation") or kind in CHATGPT_MACHINERY:
         return None
     if role == "system":
-        text = chatgpt_text(draft, content, spot)
-        if text and not draft.instructions:
-            draft.instructions = text
+        adopt_instructions(draft, chatgpt_text(draft, content, spot))
         return None
     if role == "tool":
         draft.left_out["tool results (browsing, code output, generated files)"] += 1
         return None
-    if role not in ("user", "assistant"):
-        draft.left_out[f"messages from {str(role)[:40]!r}"] += 1
+    if not keep_role(draft, role):
         return None
     if kind == "code" or message.get("recipient") not in (None, "all"):
         draft.left_out["tool calls"] += 1
         return None
-    reasoning = ""
-    if kind == "thoughts":
-        thoughts = list_of(content.get("thoughts"), f"{spot}: `thoughts`", default=[])
-        reasoning = "\n\n".join(
-            join(text_of(thought.get("summary"), spot), text_of(thought.get("content"), spot))
-            for thought in thoughts
-            if isinstance(thought, dict)
-        )
-        text = ""
-    elif kind in ("text", "multimodal_text"):
-        text = chatgpt_text(draft, content, spot)
-    else:
-        draft.left_out[f"{str(kind)[:40]} content"] += 1
+    said = chatgpt_said(draft, content, kind, spot)
+    if said is None:
         return None
-    status, reason = Message.Status.COMPLETED, ""
-    finish = metadata.get("finish_details")
-    if role == "assistant" and isinstance(finish, dict):
-        status, reason = CHATGPT_ENDINGS.get(finish.get("type"), (status, reason))
-    if role == "assistant" and message.get("status") == "in_progress":
-        status = Message.Status.INTERRUPTED
+    text, reasoning = said
+    status, reason = chatgpt_ending(message, metadata) if role == "assistant" else (Message.Status.COMPLETED, "")
     model = metadata.get("model_slug") if role == "assistant" else ""
     return DraftMessage(
         role=role,
@@ -443,6 +488,33 @@ def chatgpt_message(draft, message, spot):
         created_at=epoch(message.get("create_time"), f"{spot}: `create_time`"),
         extra={"incomplete_reason": reason} if reason else {},
     )
+
+
+def chatgpt_said(draft, content, kind, spot):
+    """The text and the reasoning of a message's content, or None for content that is left out."""
+    if kind == "thoughts":
+        thoughts = list_of(content.get("thoughts"), f"{spot}: `thoughts`", default=[])
+        reasoning = "\n\n".join(
+            join(text_of(thought.get("summary"), spot), text_of(thought.get("content"), spot))
+            for thought in thoughts
+            if isinstance(thought, dict)
+        )
+        return "", reasoning
+    if kind in ("text", "multimodal_text"):
+        return chatgpt_text(draft, content, spot), ""
+    draft.left_out[f"{str(kind)[:40]} content"] += 1
+    return None
+
+
+def chatgpt_ending(message, metadata):
+    """An answer's status and incomplete reason, from how ChatGPT says it ended."""
+    status, reason = Message.Status.COMPLETED, ""
+    finish = metadata.get("finish_details")
+    if isinstance(finish, dict):
+        status, reason = CHATGPT_ENDINGS.get(finish.get("type"), (status, reason))
+    if message.get("status") == "in_progress":
+        status = Message.Status.INTERRUPTED
+    return status, reason
 
 
 def chatgpt_text(draft, content, spot):
@@ -481,7 +553,7 @@ def read_open_webui_chat(record, index):
     params = chat.get("params") if isinstance(chat.get("params"), dict) else {}
     draft = Draft(
         source=Conversation.Source.OPEN_WEBUI,
-        key=f"open-webui:{original_id}" if original_id else f"open-webui:sha256:{digest_of(record)}",
+        key=import_key("open-webui", original_id, record),
         original_id=original_id,
         title=text_of(record.get("title") or chat.get("title"), f"{where}: `title`"),
         model=clean(models[0]) if models else "",
@@ -514,34 +586,53 @@ def read_open_webui_chat(record, index):
         previous = message_id
         nodes.append(SourceNode(message_id, parent_id, open_webui_message(draft, message, spot)))
     build_tree(draft, nodes, current, where)
-    if not draft.model:
-        used = [message.model for message in draft.messages if message.model]
-        draft.model = used[-1] if used else "open-webui"
+    fill_model(draft, "open-webui")
     return draft
 
 
 def open_webui_message(draft, message, spot):
+    """A draft message for one of Open WebUI's messages, or None for one with nothing to keep."""
     role = message.get("role")
-    content = message.get("content")
-    if isinstance(content, list):  # the multimodal shape: text parts and images
-        texts = []
-        for part in content:
-            if isinstance(part, dict) and isinstance(part.get("text"), str):
-                texts.append(part["text"])
-            else:
-                draft.left_out["images"] += 1
-        content = "\n\n".join(texts)
-    text = text_of(content, f"{spot}: `content`")
+    text = text_of(open_webui_content(draft, message.get("content")), f"{spot}: `content`")
     if role == "system":
-        if text and not draft.instructions:
-            draft.instructions = text
+        adopt_instructions(draft, text)
         return None
-    if role not in ("user", "assistant"):
-        draft.left_out[f"messages from {str(role)[:40]!r}"] += 1
+    if not keep_role(draft, role):
         return None
     files = message.get("files")
     if isinstance(files, list) and files:
         draft.left_out["attached files and images"] += len(files)
+    reasoning, status, extra, model = "", Message.Status.COMPLETED, {}, ""
+    if role == "assistant":
+        text, reasoning = open_webui_reasoning(draft, text)
+        status, extra = open_webui_outcome(message)
+        model = message.get("model")
+    return DraftMessage(
+        role=role,
+        text=text,
+        reasoning=reasoning,
+        status=status,
+        model=text_of(model if isinstance(model, str) else "", f"{spot}: `model`"),
+        created_at=epoch(message.get("timestamp"), f"{spot}: `timestamp`"),
+        extra=extra,
+    )
+
+
+def open_webui_content(draft, content):
+    """A message's content as text: of the multimodal shape (a list of parts) only the text parts."""
+    if not isinstance(content, list):
+        return content
+    texts = []
+    for part in content:
+        if isinstance(part, dict) and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        else:
+            draft.left_out["images"] += 1
+    return "\n\n".join(texts)
+
+
+def open_webui_reasoning(draft, text):
+    """An answer's text without its <details> blocks, and the reasoning they held."""
     reasoning = []
 
     def take(match):
@@ -555,33 +646,30 @@ def open_webui_message(draft, message, spot):
             draft.left_out[f"{match.group(1).replace('_', ' ')} blocks"] += 1
         return ""
 
-    text = DETAILS.sub(take, text).strip() if role == "assistant" else text
+    text = DETAILS.sub(take, text).strip()
+    return text, "\n\n".join(part for part in reasoning if part)
+
+
+def open_webui_outcome(message):
+    """An answer's status and its other columns: the error it failed with, its token figures."""
     status = Message.Status.COMPLETED
     extra = {}
     error = message.get("error")
-    if role == "assistant" and error:
+    if error:
         status = Message.Status.FAILED
         detail = error.get("content") if isinstance(error, dict) else error
         extra["error_message"] = clean(detail) if isinstance(detail, str) else "The answer failed."
-    elif role == "assistant" and message.get("done") is False:
+    elif message.get("done") is False:
         status = Message.Status.INTERRUPTED
     usage = message.get("usage") if isinstance(message.get("usage"), dict) else {}
-    if role == "assistant" and usage:
+    if usage:
+        # Open WebUI writes the figures of OpenAI-style providers or of Ollama, as they came.
         extra["input_tokens"] = token_count(usage.get("prompt_tokens", usage.get("prompt_eval_count")))
         extra["output_tokens"] = token_count(usage.get("completion_tokens", usage.get("eval_count")))
         extra["total_tokens"] = token_count(usage.get("total_tokens"))
         if extra["total_tokens"] is None and extra["input_tokens"] is not None and extra["output_tokens"] is not None:
             extra["total_tokens"] = extra["input_tokens"] + extra["output_tokens"]
-    model = message.get("model") if role == "assistant" else ""
-    return DraftMessage(
-        role=role,
-        text=text,
-        reasoning="\n\n".join(part for part in reasoning if part),
-        status=status,
-        model=text_of(model if isinstance(model, str) else "", f"{spot}: `model`"),
-        created_at=epoch(message.get("timestamp"), f"{spot}: `timestamp`"),
-        extra=extra,
-    )
+    return status, extra
 
 
 # --- recognising and storing -----------------------------------------------------------------
