@@ -6,6 +6,7 @@ generation, one at a time.
 import atexit
 import enum
 import fcntl
+import functools
 import importlib
 import importlib.util
 import logging
@@ -41,9 +42,6 @@ SENTENCES = {
 # The installer holds its status file locked while it runs (scripts/local-model.sh).
 INSTALLER_RUNNING = "running"
 
-# The installer's status at the last look for the packages, and what that look found.
-_looked = {"status": object(), "found": False}
-
 
 def state():
     """Where the local model's packages are, asked per send, page view and readiness check.
@@ -51,23 +49,26 @@ def state():
     `make run` starts the site while scripts/local-model.sh still compiles llama.cpp, so the
     packages are looked for again whenever that installer's status has changed (one small file
     read per call otherwise), and taken as ready once they can be imported and their installer is
-    done with them (pip writes a package's files one by one). Found once, they stay found for the
-    life of the process. Packages installed some other way are found on the next start.
+    done with them (pip writes a package's files one by one). Packages installed some other way
+    are found on the next start.
     """
-    if _looked["found"]:
-        return State.READY
     status = installer_status()
     if status == INSTALLER_RUNNING:
         return State.INSTALLING
-    if status != _looked["status"]:
-        # The import system caches what each directory on sys.path holds; the installer added to them.
-        importlib.invalidate_caches()
-        _looked.update(status=status, found=_packages_found())
-    if _looked["found"]:
+    if found_after(status):
         return State.READY
     if status is None or status == "installed":
         return State.ABSENT
     return State.FAILED
+
+
+@functools.lru_cache(maxsize=1)
+def found_after(status):
+    """Whether the packages can be imported, looked for once per installer status: a memo of the
+    last look (the file system only changes when the installer does), not state of its own."""
+    # The import system caches what each directory on sys.path holds; the installer added to them.
+    importlib.invalidate_caches()
+    return _packages_found()
 
 
 def installed():
