@@ -20,6 +20,9 @@ from chat import protocol, providers
 logger = logging.getLogger(__name__)
 
 TITLE_LENGTH = 120
+# Conversations a user may hold that have no message yet (made with instructions before the first
+# message, POST /c/new/).
+EMPTY_CONVERSATIONS_LIMIT = 20
 INSTRUCTIONS_LENGTH = 8000
 
 
@@ -239,12 +242,22 @@ class ConversationQuerySet(models.QuerySet):
         or the model is not offered."""
         if model and model not in providers.model_names():
             raise ValueError("That model is not offered.")
-        return self.create(
-            owner=user,
-            title=Conversation.title_from(first_message),
-            model=model or providers.default_model(),
-            instructions=Conversation.clean_instructions(instructions),
-        )
+        with transaction.atomic():
+            # Under the user's row lock, so that parallel requests cannot all pass: a POST makes a
+            # row without a send, so the send rate does not bound these; this does.
+            get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk").get()
+            empty = self.owned_by(user).filter(messages__isnull=True).count()
+            if empty >= EMPTY_CONVERSATIONS_LIMIT:
+                raise ValueError(
+                    f"You have {empty} new chats with nothing sent yet: send a message in one of them "
+                    "or delete one first."
+                )
+            return self.create(
+                owner=user,
+                title=Conversation.title_from(first_message),
+                model=model or providers.default_model(),
+                instructions=Conversation.clean_instructions(instructions),
+            )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,7 +10,15 @@ from django.urls import reverse
 from django.utils import timezone
 
 from chat import providers
-from chat.models import INSTRUCTIONS_LENGTH, AccountLimits, AccountSettings, Conversation, UsageEntry
+from chat.models import (
+    EMPTY_CONVERSATIONS_LIMIT,
+    INSTRUCTIONS_LENGTH,
+    AccountLimits,
+    AccountSettings,
+    Conversation,
+    UsageEntry,
+)
+from tests.factories import conversation_with_answer
 from tests.upstream import answer
 from tests.websocket import assert_no_groups_left, connect, receive_until
 
@@ -129,6 +137,20 @@ def test_starting_a_chat_refuses_what_it_cannot_keep(alice_client, alice, fields
     assert response.status_code == 400
     assert not Conversation.objects.filter(owner=alice).exists()
     assert alice_client.get(reverse("chat:start")).status_code == 405
+
+
+def test_new_chats_with_nothing_sent_are_bounded_per_user(alice_client, alice, bob):
+    """POST /c/new/ makes a row without a send, so the send rate does not bound it."""
+    conversation_with_answer(alice)  # a chat with messages does not count
+    for _ in range(EMPTY_CONVERSATIONS_LIMIT):
+        assert alice_client.post(reverse("chat:start"), {"instructions": "Be brief."}).status_code == 201
+    refused = alice_client.post(reverse("chat:start"), {"instructions": "Be brief."})
+    assert refused.status_code == 400
+    assert f"You have {EMPTY_CONVERSATIONS_LIMIT} new chats with nothing sent yet" in refused.json()["error"]["message"]
+    assert Conversation.objects.filter(owner=alice).count() == EMPTY_CONVERSATIONS_LIMIT + 1
+    bobs = Client()
+    bobs.force_login(bob)
+    assert bobs.post(reverse("chat:start"), {"instructions": "Be brief."}).status_code == 201
 
 
 @pytest.mark.asyncio
