@@ -116,8 +116,13 @@ def test_the_makefile_runs_what_this_test_runs():
 
 
 def planned(target):
-    """The commands `make TARGET` would run on a fresh clone (-B: as if nothing were installed)."""
-    result = subprocess.run(["make", "-n", "-B", target], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    """The commands `make TARGET` would run on a fresh clone (-B: as if nothing were installed).
+
+    Run as its own make, not as a sub-make of `make test` (whose MAKEFLAGS and MAKELEVEL would add
+    "Entering/Leaving directory" lines and pass on its flags)."""
+    env = {name: value for name, value in os.environ.items() if name not in {"MAKEFLAGS", "MAKELEVEL", "MFLAGS"}}
+    command = ["make", "--no-print-directory", "-n", "-B", target]
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return result.stdout.splitlines()
 

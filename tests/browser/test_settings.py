@@ -32,15 +32,17 @@ def test_instructions_given_before_the_first_message_reach_the_first_answer(chat
     # Nothing to save on a new chat: the instructions go with the first message.
     expect(chat.get_by_role("button", name="Save instructions")).to_be_hidden()
     field.fill("Answer like a pirate.")
-    send(chat, "Hello there")
+    # A text of its own: the site is shared by the session, and other tests say hello too.
+    send(chat, "Ahoy, instructions first")
     wait_until_idle(chat)
-    expect(answers(chat).first).to_contain_text("You said: Hello there")
+    expect(answers(chat).first).to_contain_text("You said: Ahoy, instructions first")
     assert last_body(upstream)["instructions"] == "Answer like a pirate."
     # The panel closed with the send; the conversation kept its instructions and its title.
     expect(field).to_be_hidden()
     expect(chat).to_have_url(re.compile(r"/c/[0-9a-f-]{36}/$"))
     sidebar = chat.get_by_role("navigation", name="Conversations")
-    expect(sidebar.get_by_role("link", name="Hello there")).to_have_attribute("aria-current", "page")
+    current = sidebar.get_by_role("link", name="Ahoy, instructions first", exact=True)
+    expect(current).to_have_attribute("aria-current", "page")
 
     chat.reload()
     open_conversation_settings(chat)
