@@ -174,26 +174,26 @@ def flag(request, name):
     return {"1": True, "true": True, "0": False, "false": False}.get(request.POST.get(name, "1").lower())
 
 
+def organise(request, conversation_id, field, change):
+    """Pin or archive (or undo it): the owner's conversation, a true/false `field`, the model's verb."""
+    found = owned_or_404(request, conversation_id)
+    value = flag(request, field)
+    if value is None:
+        return invalid(f"`{field}` must be true or false.")
+    change(found, value)
+    return JsonResponse({"conversation": found.sidebar_item()})
+
+
 @login_required
 @require_POST
 def pin(request, conversation_id):
-    found = owned_or_404(request, conversation_id)
-    pinned = flag(request, "pinned")
-    if pinned is None:
-        return invalid("`pinned` must be true or false.")
-    found.pin(pinned)
-    return JsonResponse({"conversation": found.sidebar_item()})
+    return organise(request, conversation_id, "pinned", Conversation.pin)
 
 
 @login_required
 @require_POST
 def archive(request, conversation_id):
-    found = owned_or_404(request, conversation_id)
-    archived = flag(request, "archived")
-    if archived is None:
-        return invalid("`archived` must be true or false.")
-    found.archive(archived)
-    return JsonResponse({"conversation": found.sidebar_item()})
+    return organise(request, conversation_id, "archived", Conversation.archive)
 
 
 def attachment(text, content_type, filename):
