@@ -1560,10 +1560,33 @@ class AttachmentQuerySet(models.QuerySet):
     def bytes_used(self, user_id):
         return self.filter(owner_id=user_id).aggregate(used=Coalesce(Sum("size"), 0))["used"]
 
-    def sweep(self, now=None):
-        """Delete stale uploads, their stored files after commit (the post_delete receiver);
-        returns how many went."""
-        deleted, _ = self.stale(now).delete()
+    SWEEP_BATCH = 100
+
+    def sweep(self, now=None, stop=None):
+        """Delete stale uploads, a batch per transaction, their stored files after each commit
+        (the post_delete receiver); returns how many rows went. Ends early once the Event `stop`
+        is set (a server stopping), between batches.
+
+        Safe while other processes sweep and while a send takes an upload: each batch locks its
+        rows, skipping those another transaction holds, so every row is deleted by one sweep and
+        never after a message took it (PostgreSQL checks `message IS NULL` again on the locked
+        row; SQLite's IMMEDIATE transactions run one at a time). Deleting a stored file that is
+        already gone is no error in any store, so a file deleted twice does no harm.
+        """
+        now = now or timezone.now()
+        deleted = 0
+        while stop is None or not stop.is_set():
+            with transaction.atomic():
+                batch = list(
+                    self.stale(now).select_for_update(skip_locked=True).values_list("pk", flat=True)[: self.SWEEP_BATCH]
+                )
+                if not batch:
+                    break
+                _, counts = self.model.objects.filter(pk__in=batch).delete()
+            went = counts.get(self.model._meta.label, 0)
+            if not went:
+                break
+            deleted += went
         return deleted
 
     def store(self, user, prepared):
@@ -1656,6 +1679,11 @@ class Attachment(models.Model):
             "kind": self.kind,
         }
 
+    def open(self):
+        """The stored bytes, opened for reading through the storage API (whichever store it is);
+        the caller closes it."""
+        return self.file.storage.open(self.file.name, "rb")
+
     def read(self):
-        with self.file.open("rb") as stored:
+        with self.open() as stored:
             return stored.read()

@@ -28,6 +28,7 @@ LAYERS = [
         "errors",
         "limits",
         "attachments",
+        "upload_sweep",
         "transcripts",
         "admin_guards",
         "context_processors",
