@@ -191,7 +191,7 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(envstr("DJANGO_STATIC_ROOT") or BASE_DIR / "staticfiles")
 # "default" holds the uploads: the filesystem under MEDIA_ROOT, or a bucket ("Attachments" below).
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": {"BACKEND": "chat.storage.PrivateFileSystemStorage"},
     "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
 }
 if DEBUG:
@@ -354,7 +354,7 @@ def envcapabilities(name, default):
 def s3_storage(bucket, endpoint_url=None, region=None, access_key=None, secret_key=None, prefix=""):
     """The storage of uploads in an S3 bucket (tests build theirs with it too)."""
     return {
-        "BACKEND": "storages.backends.s3.S3Storage",
+        "BACKEND": "chat.storage.PrivateS3Storage",
         "OPTIONS": {
             "bucket_name": bucket,
             # None: the provider's own endpoint for the region (boto3's default).

@@ -13,7 +13,7 @@ from django.core.files.storage import storages
 from chatsite.settings import s3_storage
 
 UPLOADS = "uploads"
-S3_BACKEND = "storages.backends.s3.S3Storage"
+S3_BACKEND = "chat.storage.PrivateS3Storage"
 
 
 class Store:

@@ -149,6 +149,25 @@ def test_the_sweep_command_removes_stale_unsent_objects_from_the_bucket(
     assert set(Attachment.objects.values_list("pk", flat=True)) == {uuid.UUID(sent), uuid.UUID(fresh)}
 
 
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind", ["filesystem", "s3"])
+def test_a_stored_file_has_no_url_of_its_own_in_either_store(alice_client, settings, tmp_path, request, kind):
+    """Neither a MEDIA_URL address nor a bucket's (signed or not) can be made for an upload: the
+    one way to its bytes is /uploads/<id>/, which checks the owner."""
+    if kind == "s3":
+        settings.MEDIA_ROOT = tmp_path / "media"
+        s3_store(settings, request.getfixturevalue("s3_server"))
+    else:
+        settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "chat.storage.PrivateFileSystemStorage"}}
+        settings.MEDIA_ROOT = tmp_path / "media"
+    attachment = Attachment.objects.get(pk=upload(alice_client, "a.txt", b"words"))
+    assert attachment.read() == b"words"
+    with pytest.raises(NotImplementedError, match="/uploads/<id>/"):
+        attachment.file.url  # noqa: B018
+    with pytest.raises(NotImplementedError):
+        attachment.file.storage.url(attachment.file.name, expire=60)
+
+
 # --- The sweep by the server, in the run's own store --------------------------------------------
 
 

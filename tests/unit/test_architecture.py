@@ -16,6 +16,7 @@ LAYERS = [
         "origin",
         "security",
         "login_throttle",
+        "storage",
         "upstream",
         "localmodel",
         "answering",  # the package's docstring; its modules have layers of their own
