@@ -1535,10 +1535,14 @@ class UploadRefused(Exception):
         self.status = status
 
 
+# The folder of the store that holds every upload's file, and nothing else (the sweep lists it).
+UPLOADS_FOLDER = "uploads"
+
+
 def attachment_storage_name(attachment, filename):
     # Never the uploader's file name: it could carry path tricks, and a storage URL (a bucket's)
     # built from it would say what the file is. The id alone names the object.
-    return f"uploads/{attachment.id.hex}"
+    return f"{UPLOADS_FOLDER}/{attachment.id.hex}"
 
 
 class AttachmentQuerySet(models.QuerySet):

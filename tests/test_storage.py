@@ -14,11 +14,13 @@ import uuid
 
 import botocore.exceptions
 import pytest
+from django.core.files.base import ContentFile
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
 
+from chat import upload_sweep
 from chat.models import Attachment, AttachmentQuerySet
 from tests.factories import conversation_with_answer
 from tests.files import image_bytes
@@ -166,6 +168,35 @@ def test_a_stored_file_has_no_url_of_its_own_in_either_store(alice_client, setti
         attachment.file.url  # noqa: B018
     with pytest.raises(NotImplementedError):
         attachment.file.storage.url(attachment.file.name, expire=60)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("kind", ["the run's store", "s3"])
+def test_stored_files_that_no_upload_names_are_swept_once_old(
+    alice_client, alice, settings, tmp_path, request, kind, django_capture_on_commit_callbacks
+):
+    """A file left without its row (a process that died between the two, a store that failed to
+    delete) goes once it is older than an unsent upload may be; a young one may be an upload
+    whose row is being written, and stays, as do the files of uploads."""
+    if kind == "s3":
+        settings.MEDIA_ROOT = tmp_path / "media"
+        store = s3_store(settings, request.getfixturevalue("s3_server"))
+    else:
+        store = fresh_store(settings, tmp_path)
+    conversation = conversation_with_answer(alice)
+    sent = upload(alice_client, "sent.txt", b"sent")
+    Attachment.objects.filter(pk=sent).update(message=conversation.messages.get(role="user"))
+    orphan = store.storage.save(f"uploads/{uuid.uuid4().hex}", ContentFile(b"left behind"))
+    sent_name = Attachment.objects.get(pk=sent).file.name
+    assert store.names() == sorted([orphan, sent_name])
+
+    assert upload_sweep.sweep() == upload_sweep.Swept(uploads=0, orphans=0)
+    assert store.names() == sorted([orphan, sent_name]), "a young file without a row stays"
+    later = timezone.now() + datetime.timedelta(hours=settings.CHAT_UPLOAD_UNSENT_HOURS + 1)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert upload_sweep.sweep(now=later) == upload_sweep.Swept(uploads=0, orphans=1)
+    assert store.names() == [sent_name]
+    assert Attachment.objects.get(pk=sent).read() == b"sent"
 
 
 # --- The sweep by the server, in the run's own store --------------------------------------------
