@@ -1632,7 +1632,7 @@ class AttachmentQuerySet(models.QuerySet):
 class Attachment(models.Model):
     """A file a user uploaded, to send with a message: an image, a PDF or a plain-text file.
 
-    Stored through Django's storage API (MEDIA_ROOT by default). Unsent until a message takes it
+    Stored through Django's storage API (MEDIA_ROOT by default, or an S3 bucket). Unsent until a message takes it
     (`message`); deleting the row, or the message or conversation it belongs to, deletes the
     stored file once the deletion commits (chat.attachments.delete_stored_file).
     """

@@ -104,7 +104,10 @@ class UploadSweeper:
             while not self.stopping.is_set():
                 self.sweep_once()
                 # Read at every turn: a changed setting (a test's) applies from the next sweep on.
-                self.stopping.wait(settings.CHAT_UPLOAD_SWEEP_SECONDS)
+                interval = settings.CHAT_UPLOAD_SWEEP_SECONDS
+                if interval <= 0:
+                    break  # switched off
+                self.stopping.wait(interval)
         finally:
             connections.close_all()  # a stopped sweeper leaves no connection open
 
