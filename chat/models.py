@@ -1535,10 +1535,14 @@ class UploadRefused(Exception):
         self.status = status
 
 
+# The folder of the store that holds every upload's file, and nothing else (the sweep lists it).
+UPLOADS_FOLDER = "uploads"
+
+
 def attachment_storage_name(attachment, filename):
     # Never the uploader's file name: it could carry path tricks, and a storage URL (a bucket's)
     # built from it would say what the file is. The id alone names the object.
-    return f"uploads/{attachment.id.hex}"
+    return f"{UPLOADS_FOLDER}/{attachment.id.hex}"
 
 
 class AttachmentQuerySet(models.QuerySet):
@@ -1560,10 +1564,33 @@ class AttachmentQuerySet(models.QuerySet):
     def bytes_used(self, user_id):
         return self.filter(owner_id=user_id).aggregate(used=Coalesce(Sum("size"), 0))["used"]
 
-    def sweep(self, now=None):
-        """Delete stale uploads, their stored files after commit (the post_delete receiver);
-        returns how many went."""
-        deleted, _ = self.stale(now).delete()
+    SWEEP_BATCH = 100
+
+    def sweep(self, now=None, stop=None):
+        """Delete stale uploads, a batch per transaction, their stored files after each commit
+        (the post_delete receiver); returns how many rows went. Ends early once the Event `stop`
+        is set (a server stopping), between batches.
+
+        Safe while other processes sweep and while a send takes an upload: each batch locks its
+        rows, skipping those another transaction holds, so every row is deleted by one sweep and
+        never after a message took it (PostgreSQL checks `message IS NULL` again on the locked
+        row; SQLite's IMMEDIATE transactions run one at a time). Deleting a stored file that is
+        already gone is no error in any store, so a file deleted twice does no harm.
+        """
+        now = now or timezone.now()
+        deleted = 0
+        while stop is None or not stop.is_set():
+            with transaction.atomic():
+                batch = list(
+                    self.stale(now).select_for_update(skip_locked=True).values_list("pk", flat=True)[: self.SWEEP_BATCH]
+                )
+                if not batch:
+                    break
+                _, counts = self.model.objects.filter(pk__in=batch).delete()
+            went = counts.get(self.model._meta.label, 0)
+            if not went:
+                break
+            deleted += went
         return deleted
 
     def store(self, user, prepared):
@@ -1605,7 +1632,7 @@ class AttachmentQuerySet(models.QuerySet):
 class Attachment(models.Model):
     """A file a user uploaded, to send with a message: an image, a PDF or a plain-text file.
 
-    Stored through Django's storage API (MEDIA_ROOT by default). Unsent until a message takes it
+    Stored through Django's storage API (MEDIA_ROOT by default, or an S3 bucket). Unsent until a message takes it
     (`message`); deleting the row, or the message or conversation it belongs to, deletes the
     stored file once the deletion commits (chat.attachments.delete_stored_file).
     """
@@ -1656,6 +1683,11 @@ class Attachment(models.Model):
             "kind": self.kind,
         }
 
+    def open(self):
+        """The stored bytes, opened for reading through the storage API (whichever store it is);
+        the caller closes it."""
+        return self.file.storage.open(self.file.name, "rb")
+
     def read(self):
-        with self.file.open("rb") as stored:
+        with self.open() as stored:
             return stored.read()

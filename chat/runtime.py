@@ -6,7 +6,9 @@
 - the synchronous Redis client (with REDIS_URL): shared snapshots and stops to other processes;
 - `local_model`: the local model's service (chat/localmodel/service.py), whose thread starts
   with its first request;
-- `open_sockets`: open sockets per user in this process, a bound per process (docs/security.md).
+- `open_sockets`: open sockets per user in this process, a bound per process (docs/security.md);
+- `sweeper`: the periodic sweep of uploads never sent (chat/upload_sweep.py), or None where none
+  runs.
 
 It is built explicitly at server start: chatsite/asgi.py calls `serve_with_daphne`, which builds
 it and starts its worker once daphne's reactor runs. `current()` only looks: it never starts a worker, a thread or a
@@ -33,6 +35,7 @@ from chat.answering.worker import StreamWorker
 from chat.localmodel.service import LocalModelService
 from chat.models import Message
 from chat.relay import Relay, publish_stops, read_shared_snapshot
+from chat.upload_sweep import UploadSweeper
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ logger = logging.getLogger(__name__)
 class Runtime:
     def __init__(self):
         self.worker = None
+        self.sweeper = None
         self.local_model = LocalModelService()
         self.open_sockets = collections.Counter()
         self._relays = weakref.WeakKeyDictionary()
@@ -65,11 +69,29 @@ class Runtime:
         return self.worker
 
     def close(self):
-        """Stop the worker's threads and the local model's (tests; a server saves answers first)."""
+        """Stop the worker's threads, the sweeper's and the local model's (tests; a server saves
+        answers first)."""
         worker, self.worker = self.worker, None
         if worker is not None:
             worker.close()
+        self.stop_sweeper()
         self.local_model.close()
+
+    # --- the upload sweep -------------------------------------------------------------------
+
+    def start_sweeper(self):
+        """Start this process's periodic sweep of uploads never sent (CHAT_UPLOAD_SWEEP_SECONDS;
+        0: none); the sweeper, or None."""
+        with self._lock:
+            if self.sweeper is None and settings.CHAT_UPLOAD_SWEEP_SECONDS > 0:
+                self.sweeper = UploadSweeper().start()
+            return self.sweeper
+
+    def stop_sweeper(self):
+        with self._lock:
+            sweeper, self.sweeper = self.sweeper, None
+        if sweeper is not None:
+            sweeper.stop()
 
     # --- relays and Redis -------------------------------------------------------------------
 
@@ -191,6 +213,7 @@ class Runtime:
                 continue
             if tries > 1:
                 logger.info("The answer worker started after %s tries", tries)
+            self.start_sweeper()
             return
 
     def _interrupt_answers(self):
@@ -209,7 +232,11 @@ class Runtime:
                 if self.worker is not None:
                     self.worker.interrupt_all()
             finally:
-                reactor.callFromThread(reactor.callLater, 0.5, reactor.stop)
+                try:
+                    # Between two batches of a sweep: no deleted row is left with its file stored.
+                    self.stop_sweeper()
+                finally:
+                    reactor.callFromThread(reactor.callLater, 0.5, reactor.stop)
 
         threading.Thread(target=save_then_stop, name="answer-shutdown").start()
 

@@ -113,7 +113,7 @@ def detail(request, attachment_id):
         return discard(request, attachment_id)
     found = owned_or_404(request, attachment_id)
     response = FileResponse(
-        found.file.open("rb"),
+        found.open(),
         content_type=found.content_type,
         # Only re-encoded images show in the page; anything else could be HTML, SVG or XML that a
         # browser would run, so it downloads.

@@ -189,6 +189,11 @@ USE_TZ = True
 STATIC_URL = "static/"
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STATIC_ROOT = Path(envstr("DJANGO_STATIC_ROOT") or BASE_DIR / "staticfiles")
+# "default" holds the uploads: the filesystem under MEDIA_ROOT, or a bucket ("Attachments" below).
+STORAGES = {
+    "default": {"BACKEND": "chat.storage.PrivateFileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+}
 if DEBUG:
     # Serve straight from the source folders, so a fresh clone runs without collectstatic.
     WHITENOISE_USE_FINDERS = True
@@ -196,10 +201,7 @@ if DEBUG:
 else:
     # Production serves what `manage.py collectstatic` gathered in STATIC_ROOT, compressed and
     # under names carrying a hash of their content, which browsers may cache for good.
-    STORAGES = {
-        "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-        "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
-    }
+    STORAGES["staticfiles"] = {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"}
 
 # --- HTTPS (docs/deploy.md) -----------------------------------------------------------------
 
@@ -349,9 +351,52 @@ def envcapabilities(name, default):
     return found
 
 
+def s3_storage(bucket, endpoint_url=None, region=None, access_key=None, secret_key=None, prefix=""):
+    """The storage of uploads in an S3 bucket (tests build theirs with it too)."""
+    return {
+        "BACKEND": "chat.storage.PrivateS3Storage",
+        "OPTIONS": {
+            "bucket_name": bucket,
+            # None: the provider's own endpoint for the region (boto3's default).
+            "endpoint_url": endpoint_url or None,
+            "region_name": region or None,
+            # None: boto3's own chain (AWS_* variables, a shared credentials file, an instance role).
+            "access_key": access_key or None,
+            "secret_key": secret_key or None,
+            # A folder of the bucket for this site's objects, when the bucket is shared.
+            "location": prefix,
+            "default_acl": "private",
+            # Uploads are named by their id, so an existing name is a bug: keep both rather than
+            # overwrite (one HEAD request per upload).
+            "file_overwrite": False,
+            # Every object is stored as opaque bytes to download, never as the browser's claim of
+            # its type: were one ever reached by URL, the store would not serve it as a page.
+            "object_parameters": {"ContentType": "application/octet-stream", "ContentDisposition": "attachment"},
+            # A file being read is kept in memory up to this size, then in a temporary file: a
+            # download of a large upload does not hold all of it in memory.
+            "max_memory_size": 2 * 1024 * 1024,
+        },
+    }
+
+
 # Uploaded files are stored through Django's storage API: this folder by default. Nothing serves
 # it directly: files reach their owner only through /uploads/<id>/ (MEDIA_URL is not routed).
 MEDIA_ROOT = Path(envstr("DJANGO_MEDIA_ROOT") or BASE_DIR / "var" / "media")
+# Or a bucket of any S3-compatible store (django-storages), shared by every process on every
+# machine (docs/deploy.md). Its objects stay private and no URL of theirs, signed or not, is ever
+# made: files are read through the storage API and served by /uploads/<id>/ alone, where the
+# owner check and the headers that keep them from running hold.
+CHAT_S3_BUCKET = envstr("CHAT_S3_BUCKET")
+if CHAT_S3_BUCKET:
+    STORAGES["default"] = s3_storage(
+        CHAT_S3_BUCKET,
+        endpoint_url=envstr("CHAT_S3_ENDPOINT_URL"),
+        region=envstr("CHAT_S3_REGION"),
+        access_key=envstr("CHAT_S3_ACCESS_KEY_ID"),
+        secret_key=envstr("CHAT_S3_SECRET_ACCESS_KEY"),
+        prefix=envstr("CHAT_S3_PREFIX"),
+    )
+
 # Largest file accepted, in bytes; a larger one is refused while it streams in, and not stored.
 CHAT_MAX_UPLOAD_BYTES = envnumber("CHAT_MAX_UPLOAD_BYTES", 20 * 1024 * 1024)
 # Bytes of uploads one user may keep stored, sent or not (0: unlimited).
@@ -371,6 +416,8 @@ CHAT_TEXT_UPLOAD_EXTENSIONS = envlist(
 CHAT_IMAGE_MAX_SIDE = envnumber("CHAT_IMAGE_MAX_SIDE", 2048)
 # Uploads never sent with a message are removed after this many hours (`manage.py sweep_uploads`).
 CHAT_UPLOAD_UNSENT_HOURS = envnumber("CHAT_UPLOAD_UNSENT_HOURS", 24)
+# How often (seconds) each server process runs that sweep itself (0: never; cron runs the command).
+CHAT_UPLOAD_SWEEP_SECONDS = envnumber("CHAT_UPLOAD_SWEEP_SECONDS", 3600, float)
 # What each model takes besides text, e.g. `vision-model=images+files,pdf-model=files,small=`;
 # models not listed take CHAT_DEFAULT_MODEL_CAPABILITIES. The local model is text only, always.
 CHAT_MODEL_CAPABILITIES = envcapabilities("CHAT_MODEL_CAPABILITIES", {})

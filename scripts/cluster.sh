@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `make run-cluster`: the scaled-out site on one machine, as docs/deploy.md describes it.
 #
-# PostgreSQL and Redis (temporary, on free loopback ports, via scripts/with-services.sh), two
-# daphne processes with production settings (DJANGO_DEBUG=0, hashed static files) and nginx in
-# front of them on http://127.0.0.1:8000/, passing websockets and sticking nothing to a process.
+# PostgreSQL, Redis and an S3 store for uploads (temporary, on free loopback ports, via
+# scripts/with-services.sh), two daphne processes with production settings (DJANGO_DEBUG=0, hashed
+# static files) and nginx in front of them on http://127.0.0.1:8000/, passing websockets and
+# sticking nothing to a process.
 # Every run starts with an empty database: the password of `admin` is printed each time.
 # Ctrl-C stops everything.
 #

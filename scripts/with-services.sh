@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Runs a command against a real PostgreSQL and a real Redis: starts both on free loopback ports in
-# temporary folders, exports DATABASE_URL and REDIS_URL, runs the command (in the current folder),
-# stops both and exits with the command's status. The servers come from the Debian packages
-# `postgresql` and `redis-server` (scripts/system-packages.sh); the logic is in tests/services.py.
+# Runs a command against a real PostgreSQL, a real Redis and a real S3-compatible store: starts
+# them on free loopback ports in temporary folders, exports DATABASE_URL, REDIS_URL and the
+# CHAT_S3_* settings (uploads go to the store's bucket), runs the command (in the current folder),
+# stops them and exits with the command's status. The servers come from the Debian packages
+# `postgresql` and `redis-server` (scripts/system-packages.sh) and from moto's server mode
+# (requirements-dev.txt); the logic is in tests/services.py.
 #
 #   bash scripts/with-services.sh .venv/bin/python -m pytest tests -q
 set -euo pipefail

@@ -1,14 +1,15 @@
-"""Real servers for scale-out tests and local runs: Redis, PostgreSQL and daphne on loopback.
+"""Real servers for scale-out tests and local runs: Redis, PostgreSQL, S3 and daphne on loopback.
 
-`running_redis()` and `running_postgres()` start the real servers on free loopback ports, each in a
-temporary folder of its own, and stop them and remove the folder on exit. The pytest fixtures
-`redis_server` and `postgres_server` wrap them for a test session; `Daphne` runs the site itself in
-a subprocess against them. A missing binary fails with a message naming the Debian package to
-install (`scripts/system-packages.sh` installs them): a scale-out test is never skipped.
+`running_redis()`, `running_postgres()` and `running_s3()` (moto's server mode) start the real
+servers on free loopback ports, each in a temporary folder of its own, and stop them and remove
+the folder on exit. The pytest fixtures `redis_server`, `postgres_server` and `s3_server` wrap them
+for a test session; `Daphne` runs the site itself in a subprocess against them. A missing binary
+fails with a message naming the package to install (`scripts/system-packages.sh` installs the
+Debian ones): a scale-out test is never skipped.
 
-Run as a program, this module starts both servers, runs a command with `DATABASE_URL` and
-`REDIS_URL` pointing at them, stops them and exits with the command's status
-(`scripts/with-services.sh`):
+Run as a program, this module starts the three servers, runs a command with `DATABASE_URL`,
+`REDIS_URL` and the `CHAT_S3_*` settings pointing at them, stops them and exits with the
+command's status (`scripts/with-services.sh`):
 
     python -m tests.services -- .venv/bin/python -m pytest tests -q
 """
@@ -297,12 +298,136 @@ def postgres_server():
         pytest.fail(str(error), pytrace=False)
 
 
+# --- An S3-compatible store -------------------------------------------------------------------
+
+
+@dataclass
+class S3Server:
+    """moto's server mode: the S3 API on loopback, with one empty bucket, any credentials taken."""
+
+    port: int
+    process: subprocess.Popen
+    bucket: str = "chatsite-uploads"
+    region: str = "us-east-1"
+    access_key_id: str = "chatsite-test"
+    secret_access_key: str = "chatsite-test-secret"
+
+    @property
+    def endpoint_url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self):
+        """The site's settings for this store (chatsite/settings.py, "Attachments")."""
+        return {
+            "CHAT_S3_BUCKET": self.bucket,
+            "CHAT_S3_ENDPOINT_URL": self.endpoint_url,
+            "CHAT_S3_REGION": self.region,
+            "CHAT_S3_ACCESS_KEY_ID": self.access_key_id,
+            "CHAT_S3_SECRET_ACCESS_KEY": self.secret_access_key,
+        }
+
+    def client(self):
+        """A boto3 client straight to the store, to look inside it (never through a proxy)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint_url,
+            region_name=self.region,
+            aws_access_key_id=self.access_key_id,
+            aws_secret_access_key=self.secret_access_key,
+            config=Config(proxies={}, retries={"max_attempts": 1}),
+        )
+
+    @classmethod
+    def configured(cls):
+        """The store the environment configures (scripts/with-services.sh), or None."""
+        if not os.environ.get("CHAT_S3_BUCKET") or not os.environ.get("CHAT_S3_ENDPOINT_URL"):
+            return None
+        port = int(os.environ["CHAT_S3_ENDPOINT_URL"].rsplit(":", 1)[1].rstrip("/"))
+        return cls(
+            port,
+            None,
+            bucket=os.environ["CHAT_S3_BUCKET"],
+            region=os.environ.get("CHAT_S3_REGION") or "us-east-1",
+            access_key_id=os.environ.get("CHAT_S3_ACCESS_KEY_ID", ""),
+            secret_access_key=os.environ.get("CHAT_S3_SECRET_ACCESS_KEY", ""),
+        )
+
+
+def s3_answers(port):
+    try:
+        status, _, _ = http_get(f"http://127.0.0.1:{port}/moto-api/", timeout=1)
+    except OSError:
+        return False
+    return status == 200
+
+
+@contextlib.contextmanager
+def running_s3(timeout=30):
+    """moto's S3 server on a free loopback port, with the bucket created; all in memory."""
+    try:
+        import moto.server  # noqa: F401  (moto[server], requirements-dev.txt)
+    except ImportError:
+        raise ServiceError("moto[server] is needed for the S3 store: run `make dev-packages`.") from None
+    folder = Path(tempfile.mkdtemp(prefix="chatsite-s3-"))
+    log_path = folder / "moto.log"
+    process = None
+    try:
+        for attempt in range(3):
+            port = free_port()
+            with open(log_path, "wb") as log:
+                process = subprocess.Popen(
+                    [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                    cwd=folder,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            try:
+                wait_until(lambda port=port: s3_answers(port), process, "moto's S3 server", log_path, timeout)
+                break
+            except ServiceError:
+                stop_process(process)
+                if attempt == 2:
+                    raise
+        server = S3Server(port, process)
+        server.client().create_bucket(Bucket=server.bucket)
+        yield server
+    finally:
+        if process is not None:
+            stop_process(process)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """The S3-compatible store of the run (scripts/with-services.sh starts one for the whole
+    PostgreSQL and Redis run), or else one started for this test session: never skipped."""
+    configured = S3Server.configured()
+    if configured is not None:
+        yield configured
+        return
+    try:
+        with running_s3() as server:
+            yield server
+    except ServiceError as error:
+        pytest.fail(str(error), pytrace=False)
+
+
 # --- The site in subprocesses -----------------------------------------------------------------
 
 
 def site_env(**variables):
-    """The environment of a site process: this one's, with the given variables set."""
-    env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "REDIS_URL")}
+    """The environment of a site process: this one's, less the services a run chose (the process
+    is given its own), with the given variables set."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("DATABASE_URL", "REDIS_URL") and not key.startswith("CHAT_S3_")
+    }
     env.update(DJANGO_SETTINGS_MODULE="chatsite.settings", PYTHONUNBUFFERED="1")
     env.update({key: str(value) for key, value in variables.items() if value is not None})
     return env
@@ -406,6 +531,11 @@ class Daphne:
 # --- Command line: scripts/with-services.sh ---------------------------------------------------
 
 
+def no_proxy_with_loopback(value):
+    hosts = [host.strip() for host in (value or "").split(",") if host.strip()]
+    return ",".join(hosts + [host for host in ("127.0.0.1", "localhost") if host not in hosts])
+
+
 def main(argv):
     if "--" in argv:
         argv = argv[argv.index("--") + 1 :]
@@ -413,13 +543,22 @@ def main(argv):
         print("usage: python -m tests.services -- COMMAND [ARGUMENT...]", file=sys.stderr)
         return 2
     try:
-        with running_redis() as redis_server, running_postgres() as postgres_server:
+        with running_redis() as redis_server, running_postgres() as postgres_server, running_s3() as s3_server:
             print(
-                f"with-services: PostgreSQL at {postgres_server.url}, Redis at {redis_server.url}",
+                f"with-services: PostgreSQL at {postgres_server.url}, Redis at {redis_server.url}, "
+                f"S3 bucket {s3_server.bucket} at {s3_server.endpoint_url}",
                 file=sys.stderr,
                 flush=True,
             )
-            env = {**os.environ, "DATABASE_URL": postgres_server.url, "REDIS_URL": redis_server.url}
+            env = {
+                **os.environ,
+                "DATABASE_URL": postgres_server.url,
+                "REDIS_URL": redis_server.url,
+                **s3_server.env,
+                # The store is on loopback: never through a proxy the environment may name.
+                "NO_PROXY": no_proxy_with_loopback(os.environ.get("NO_PROXY") or os.environ.get("no_proxy")),
+            }
+            env["no_proxy"] = env["NO_PROXY"]
             command = subprocess.Popen(argv, env=env)
 
             def forward(signal_number, frame):

@@ -1,18 +1,22 @@
-"""Scale-out: two daphne processes, A and B, sharing one PostgreSQL and one Redis, all real.
+"""Scale-out: two daphne processes, A and B, sharing one PostgreSQL, one Redis and one S3 bucket
+(moto's server), all real.
 
 The servers run on loopback, started by fixtures (tests/services.py); the upstream is the loopback
 SSE server of tests/upstream.py in this process. Browser tabs are real websocket clients that log in
 over HTTP. Rows are read straight from PostgreSQL: that is where both processes keep them.
 
 These tests start their own PostgreSQL and Redis whatever DATABASE_URL and REDIS_URL say, so they
-prove the same thing in the SQLite run of the suite and in the PostgreSQL + Redis one.
+prove the same thing in the SQLite run of the suite and in the PostgreSQL + Redis one. Each process
+has a MEDIA_ROOT of its own, which must stay empty: uploads live in the bucket alone.
 """
 
 import asyncio
 import json
+import pathlib
 import time
 import uuid
 
+import botocore.exceptions
 import pytest
 import requests
 from django.contrib.auth.hashers import make_password
@@ -27,6 +31,7 @@ from tests.services import (  # noqa: F401  (the fixtures are used by name)
     manage,
     postgres_server,
     redis_server,
+    s3_server,
     site_env,
 )
 from tests.upstream import UpstreamServer, answer, usage_object
@@ -35,6 +40,7 @@ PASSWORD = "correct horse battery"
 HEARTBEAT_INTERVAL = 0.5
 HEARTBEAT_TIMEOUT = 3
 SENDS_PER_MINUTE = 4
+UPLOAD_SWEEP_SECONDS = 1
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -45,10 +51,11 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 class Cluster:
     """Daphne processes A and B on one database and one Redis, and ways to look inside."""
 
-    def __init__(self, a, b, postgres):
+    def __init__(self, a, b, postgres, s3):
         self.a = a
         self.b = b
         self.postgres = postgres
+        self.s3 = s3
         self.password_hash = make_password(PASSWORD)
 
     def ensure_running(self):
@@ -82,6 +89,10 @@ class Cluster:
 
     def log_in(self, username, server):
         """Log in through one server's login form, as a browser does; returns the session key."""
+        return self.browser(username, server).cookies["sessionid"]
+
+    def browser(self, username, server):
+        """A browser's HTTP session logged in through one server's login form."""
         http = requests.Session()
         http.trust_env = False
         http.get(f"{server.url}/accounts/login/", timeout=10).raise_for_status()
@@ -92,7 +103,7 @@ class Cluster:
             timeout=10,
         )
         assert response.status_code == 302, f"login failed: {response.status_code}"
-        return http.cookies["sessionid"]
+        return http
 
     def message(self, message_id):
         [row] = self.sql("SELECT * FROM chat_message WHERE id = %s", (message_id,))
@@ -178,8 +189,10 @@ def cluster_upstream():
 
 
 @pytest.fixture(scope="session")
-def cluster(postgres_server, redis_server, cluster_upstream, tmp_path_factory):  # noqa: F811
+def cluster(postgres_server, redis_server, s3_server, cluster_upstream, tmp_path_factory):  # noqa: F811
     env = site_env(
+        **s3_server.env,
+        CHAT_UPLOAD_SWEEP_SECONDS=UPLOAD_SWEEP_SECONDS,
         DJANGO_DEBUG="1",
         DATABASE_URL=postgres_server.url,
         REDIS_URL=redis_server.url,
@@ -196,7 +209,8 @@ def cluster(postgres_server, redis_server, cluster_upstream, tmp_path_factory): 
         CHAT_DAILY_TOKEN_BUDGET="0",
     )
     logs = tmp_path_factory.mktemp("cluster")
-    a, b = Daphne("A", env, logs), Daphne("B", env, logs)
+    a = Daphne("A", {**env, "DJANGO_MEDIA_ROOT": str(logs / "media-a")}, logs)
+    b = Daphne("B", {**env, "DJANGO_MEDIA_ROOT": str(logs / "media-b")}, logs)
     try:
         manage(env, "migrate", "--noinput")
         a.start()
@@ -206,7 +220,7 @@ def cluster(postgres_server, redis_server, cluster_upstream, tmp_path_factory): 
             if server.process:
                 server.kill()
         pytest.fail(str(error), pytrace=False)
-    yield Cluster(a, b, postgres_server)
+    yield Cluster(a, b, postgres_server, s3_server)
     for server in (a, b):
         if server.process:
             server.terminate()
@@ -487,6 +501,11 @@ async def test_after_a_sigkill_of_a_mid_answer_the_answer_is_interrupted_with_it
     # The conversation is free again: the next message is answered, through B.
     await tab_b.send("chat.send", conversation=conversation_id, text="Again?", client_id=uuid.uuid4().hex)
     frames = await tab_b.receive_until("message.done", timeout=10)
+    while frames[-1]["message"] == answer_id:
+        # B reaped the answer itself (A took longer than a heartbeat timeout to start again, as on
+        # a loaded machine) and told its tab first.
+        assert frames[-1]["status"] == "interrupted"
+        frames = await tab_b.receive_until("message.done", timeout=10)
     assert frames[-1]["status"] == "completed"
     await tab_a.close()
     await tab_b.close()
@@ -612,3 +631,89 @@ async def test_racing_sends_through_both_processes_overspend_the_budget_by_at_mo
     assert len(sent) == 2
     for tab in tabs:
         await tab.close()
+
+
+# --- Uploads in the shared bucket -------------------------------------------------------------
+
+
+def upload_through(server, http, name, data):
+    response = http.post(
+        f"{server.url}/uploads/",
+        files={"file": (name, data, "text/plain")},
+        headers={"X-CSRFToken": http.cookies["csrftoken"]},
+        timeout=10,
+    )
+    assert response.status_code == 201, response.text[:2000]
+    return response.json()["id"]
+
+
+def object_in_bucket(cluster, attachment_id):
+    """Whether the bucket holds the upload's object, asked of the store itself."""
+    try:
+        cluster.s3.client().head_object(Bucket=cluster.s3.bucket, Key=f"uploads/{uuid.UUID(attachment_id).hex}")
+    except botocore.exceptions.ClientError as error:
+        if error.response["ResponseMetadata"]["HTTPStatusCode"] == 404:
+            return False
+        raise
+    return True
+
+
+def files_on_the_machines(cluster):
+    return [path for server in (cluster.a, cluster.b) for path in local_media(server).rglob("*") if path.is_file()]
+
+
+def local_media(server):
+    return pathlib.Path(server.env["DJANGO_MEDIA_ROOT"])
+
+
+async def wait_until(condition, what, timeout=15):
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(condition):
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} within {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def test_an_upload_through_a_is_served_by_b_and_deleted_through_b_from_the_bucket(site):
+    username = site.create_user()
+    browser = await asyncio.to_thread(site.browser, username, site.a)
+    data = b"tide tables\n" * 1000
+    attachment_id = await asyncio.to_thread(upload_through, site.a, browser, "tides.txt", data)
+    assert await asyncio.to_thread(object_in_bucket, site, attachment_id)
+
+    served = await asyncio.to_thread(browser.get, f"{site.b.url}/uploads/{attachment_id}/", timeout=10)
+    assert served.status_code == 200 and served.content == data
+    assert served.headers["X-Content-Type-Options"] == "nosniff"
+    assert site.s3.endpoint_url.split("//", 1)[1] not in " ".join(served.headers.values())
+    stranger = await asyncio.to_thread(site.browser, site.create_user(), site.b)
+    refused = await asyncio.to_thread(stranger.get, f"{site.b.url}/uploads/{attachment_id}/", timeout=10)
+    assert refused.status_code == 404
+
+    deleted = await asyncio.to_thread(
+        browser.delete,
+        f"{site.b.url}/uploads/{attachment_id}/",
+        headers={"X-CSRFToken": browser.cookies["csrftoken"]},
+        timeout=10,
+    )
+    assert deleted.status_code == 200, deleted.text[:2000]
+    assert site.sql("SELECT id FROM chat_attachment WHERE id = %s", (attachment_id,)) == []
+    assert not await asyncio.to_thread(object_in_bucket, site, attachment_id)
+    assert files_on_the_machines(site) == []
+
+
+async def test_the_servers_sweep_stale_unsent_uploads_from_the_bucket(site):
+    """Both processes sweep every UPLOAD_SWEEP_SECONDS: an upload aged past CHAT_UPLOAD_UNSENT_HOURS
+    goes, row and object, wherever it was uploaded, and a fresh one stays."""
+    username = site.create_user()
+    browser = await asyncio.to_thread(site.browser, username, site.a)
+    stale = await asyncio.to_thread(upload_through, site.a, browser, "stale.txt", b"stale")
+    fresh = await asyncio.to_thread(upload_through, site.b, browser, "fresh.txt", b"fresh")
+    site.sql("UPDATE chat_attachment SET created_at = now() - interval '25 hours' WHERE id = %s", (stale,))
+
+    await wait_until(
+        lambda: not site.sql("SELECT id FROM chat_attachment WHERE id = %s", (stale,)),
+        "no process swept the stale upload's row",
+    )
+    await wait_until(lambda: not object_in_bucket(site, stale), "the stale upload's object is still in the bucket")
+    assert await asyncio.to_thread(object_in_bucket, site, fresh)
+    assert site.sql("SELECT id FROM chat_attachment WHERE id = %s", (fresh,)) != []

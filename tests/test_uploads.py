@@ -8,7 +8,6 @@ import io
 import uuid
 
 import pytest
-from django.core.files.storage import FileSystemStorage
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.files.uploadhandler import StopUpload
 from django.core.management import call_command
@@ -23,6 +22,7 @@ from chat.models import Attachment, Message
 from chat.uploads import SizeLimitHandler
 from tests.factories import conversation_with_answer
 from tests.files import GPS_IFD, image_bytes, jpeg_with_gps, pdf_with_text
+from tests.storage import fresh_store
 
 pytestmark = pytest.mark.django_db
 
@@ -31,8 +31,9 @@ UPLOAD_URL = "/uploads/"
 
 @pytest.fixture(autouse=True)
 def media_root(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
+    """The test's own empty store: a MEDIA_ROOT of its own, or a prefix of its own in the bucket
+    of the run's S3 store (tests/storage.py)."""
+    return fresh_store(settings, tmp_path)
 
 
 @pytest.fixture
@@ -41,8 +42,8 @@ def alice_client(client, alice):
     return client
 
 
-def stored_files(media_root):
-    return sorted(path for path in media_root.rglob("*") if path.is_file()) if media_root.exists() else []
+def stored_files(store):
+    return store.names()
 
 
 def upload(client, name, data, content_type="application/octet-stream", **extra):
@@ -287,7 +288,7 @@ def test_deleting_a_conversation_deletes_its_files(alice_client, alice, media_ro
         assert len(stored_files(media_root)) == 4, "no file goes before the deletion commits"
     assert len(callbacks) >= 3
     assert list(Attachment.objects.values_list("id", flat=True)) == [uuid.UUID(other["id"])]
-    assert stored_files(media_root) == [media_root / Attachment.objects.get().file.name]
+    assert stored_files(media_root) == [Attachment.objects.get().file.name]
 
 
 def test_deleting_the_user_deletes_their_files(alice_client, alice, media_root, django_capture_on_commit_callbacks):
@@ -356,7 +357,7 @@ def test_a_store_that_cannot_delete_does_not_undo_the_deletion(
     def broken_delete(self, name):
         raise OSError("store unreachable")
 
-    monkeypatch.setattr(FileSystemStorage, "delete", broken_delete)
+    monkeypatch.setattr(type(media_root.storage), "delete", broken_delete)
     with django_capture_on_commit_callbacks(execute=True):
         assert alice_client.delete(f"/uploads/{Attachment.objects.get().id}/").status_code == 200
     assert not Attachment.objects.exists()

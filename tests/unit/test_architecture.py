@@ -16,6 +16,7 @@ LAYERS = [
         "origin",
         "security",
         "login_throttle",
+        "storage",
         "upstream",
         "localmodel",
         "answering",  # the package's docstring; its modules have layers of their own
@@ -28,6 +29,7 @@ LAYERS = [
         "errors",
         "limits",
         "attachments",
+        "upload_sweep",
         "transcripts",
         "admin_guards",
         "context_processors",
