@@ -16,6 +16,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from chat import protocol, providers
+from chat.answering import context
 
 logger = logging.getLogger(__name__)
 
@@ -534,12 +535,27 @@ class Conversation(models.Model):
         answering. Assistant turns that produced no text (failed before the first token, queued
         and cancelled) are left out: the model never said them.
         """
-        items = []
+        return [item for _, item in self.upstream_messages(before)]
+
+    def upstream_messages(self, before):
+        """(message, item) pairs of upstream_input(before)."""
+        pairs = []
         for message in self.tree().ancestors(before):
             if not message.text:
                 continue
-            items.append({"type": "message", "role": message.role, "content": message.text})
-        return items
+            pairs.append((message, {"type": "message", "role": message.role, "content": message.text}))
+        return pairs
+
+    def fitted_input(self, before):
+        """What the answer `before` is sent: its upstream input fitted to its model's context
+        (chat/answering/context.py), at the rate the upstream's count of this conversation's last
+        measured input gives. Returns (Fitted, the first message sent when older ones were left
+        out, else None)."""
+        pairs = self.upstream_messages(before)
+        window = providers.provider_for(before.model or self.model).window()
+        fitted = context.fit([item for _, item in pairs], self.instructions, window, self.messages.token_rate())
+        first_sent = pairs[fitted.dropped][0] if fitted.dropped and fitted.items else None
+        return fitted, first_sent
 
     def move_to(self, leaf, *, touch=True):
         """Make the path to `leaf` the current one."""
@@ -661,6 +677,17 @@ class MessageQuerySet(models.QuerySet):
         the text so far.
         """
         return self.unfinished().filter(stop_requested_at__isnull=True).update(stop_requested_at=timezone.now())
+
+    def token_rate(self):
+        """Tokens per character of the newest of these answers whose input the upstream counted
+        (chat/answering/context.py calibrates with it); the default without one."""
+        measured = (
+            self.filter(input_tokens__gt=0, input_characters__gte=context.MIN_CALIBRATION_CHARACTERS)
+            .order_by("-created_at")
+            .values_list("input_tokens", "input_characters")
+            .first()
+        )
+        return context.calibrated_rate(*measured) if measured else context.DEFAULT_TOKENS_PER_CHARACTER
 
     def stop_requested(self):
         """Those asked to stop, or whose owner may no longer use the site.
@@ -809,6 +836,13 @@ class Message(models.Model):
         f"failed, a lenient server): the input's and the streamed text's characters / {CHARS_PER_TOKEN}.",
     )
 
+    # The input this answer was sent, fitted to its model's context when a worker took it
+    # (Conversation.fitted_input): the first message of its path sent when older ones were left
+    # out (null: all of it went), where the page marks that earlier messages are not sent; and
+    # the characters sent, which with the upstream's input_tokens calibrate the next fitting.
+    context_start = models.UUIDField(null=True, blank=True, editable=False)
+    input_characters = models.PositiveIntegerField(null=True, blank=True, editable=False)
+
     # The server process generating this answer; used to tell live answers from orphans.
     worker = models.UUIDField(null=True, blank=True, editable=False)
 
@@ -951,14 +985,19 @@ class Message(models.Model):
         owner_id = Conversation.objects.filter(pk=self.conversation_id).values_list("owner_id", flat=True).first()
         return None if owner_id is None else UsageEntry.objects.budget_status(owner_id)
 
-    def claim(self, worker_id):
-        """Move a queued answer to streaming for one worker; False if it is no longer queued."""
+    def claim(self, worker_id, sent=None):
+        """Move a queued answer to streaming for one worker; False if it is no longer queued.
+
+        `sent` is what its input will be (Conversation.fitted_input), recorded with the claim."""
         now = timezone.now()
-        claimed = Message.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(
-            status=self.Status.STREAMING, worker=worker_id, started_at=now
-        )
+        fields = {"status": self.Status.STREAMING, "worker": worker_id, "started_at": now}
+        if sent is not None:
+            fitted, first_sent = sent
+            fields.update(context_start=first_sent.id if first_sent else None, input_characters=fitted.characters)
+        claimed = Message.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(**fields)
         if claimed:
-            self.status, self.worker, self.started_at = self.Status.STREAMING, worker_id, now
+            for name, value in fields.items():
+                setattr(self, name, value)
         return bool(claimed)
 
 

@@ -109,6 +109,12 @@ def fields_of(instance, names):
 
 
 CONVERSATION_FIELDS = ("id", "title", "model", "instructions", "created_at", "updated_at")
+
+# The context an answer's input was fitted to (chat/answering/context.py): the id of the first
+# message of its path that was sent, or None when all of it was. The page marks it ("Earlier
+# messages are not sent to the model") for the latest answer. Sent from the moment the answer
+# streams (message.status), and in every message frame after.
+CONTEXT_FIELDS = ("context_start",)
 # What an answer is once written, in message.created and message.done alike.
 ANSWER_FIELDS = (
     "status",
@@ -121,6 +127,7 @@ ANSWER_FIELDS = (
     "estimated_tokens",
     "error",
     "incomplete_reason",
+    *CONTEXT_FIELDS,
 )
 MESSAGE_FIELDS = ("id", ("conversation", "conversation_id"), ("parent", "parent_id"), "role", "created_at")
 DONE_FIELDS = (("message", "id"), ("conversation", "conversation_id"), *ANSWER_FIELDS)
@@ -159,8 +166,11 @@ def created_event(message):
     return frame_event(message["id"], frame)
 
 
-def status_event(message_id, status):
-    return frame_event(message_id, {"type": MESSAGE_STATUS, "message": str(message_id), "status": status})
+def status_event(message_id, status, **context):
+    """A change of status; a worker's taking of the answer carries `context` (CONTEXT_FIELDS)."""
+    frame = {"type": MESSAGE_STATUS, "message": str(message_id), "status": status}
+    frame.update((name, jsonable(context[name])) for name in CONTEXT_FIELDS if name in context)
+    return frame_event(message_id, frame)
 
 
 def delta_event(message_id, seq, stream, delta):

@@ -7,7 +7,9 @@ still installs it in the background it is offered as not ready: its label says s
 it is refused with the sentence of `problem` until it is ready (no restart needed).
 
 A `Provider` carries its whole connection (base URL, key, timeouts, temperature): callers name a
-model and get a client for it, or the sentence saying what to configure before it can work.
+model and get a client for it, or the sentence saying what to configure before it can work. It
+also knows its model's context size (CHAT_MODEL_CONTEXT, LOCAL_MODEL_CONTEXT), which an answer's
+input is fitted to (chat/answering/context.py), and whether its API takes `truncation: "auto"`.
 """
 
 from dataclasses import dataclass
@@ -15,6 +17,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 
+from chat.answering.context import Window
 from chat.localmodel import credentials, runtime, transport
 from chat.upstream import UpstreamClient
 from chat.upstream.client import LOOPBACK_HOSTS
@@ -34,6 +37,10 @@ class Provider:
     temperature: float | None = None  # sent with every request when set; remote models keep theirs
     local: bool = False
     problem: str = ""  # why it cannot answer yet (the local model still being installed)
+    # Tokens the model reads at most, input and answer together; whether the API takes
+    # `truncation: "auto"` (CHAT_TRUNCATION_MODELS).
+    context_tokens: int = 32_768
+    truncation: bool = False
 
     def __repr__(self):
         # Never show the key, even in a traceback's locals.
@@ -59,8 +66,14 @@ class Provider:
             timeout=self.timeout,
             connect_timeout=self.connect_timeout,
             temperature=self.temperature,
+            truncation=self.truncation,
             session=session,
         )
+
+    def window(self):
+        """The context an answer's input is fitted to, with room kept for the answer."""
+        room = min(settings.CHAT_ANSWER_ROOM_TOKENS, self.context_tokens // 4)
+        return Window(self.context_tokens, room)
 
 
 def remote(model):
@@ -71,6 +84,8 @@ def remote(model):
         settings.OPENRESPONSES_API_KEY,
         timeout=settings.OPENRESPONSES_TIMEOUT,
         connect_timeout=settings.OPENRESPONSES_CONNECT_TIMEOUT,
+        context_tokens=settings.CHAT_MODEL_CONTEXT.get(model, settings.CHAT_DEFAULT_MODEL_CONTEXT),
+        truncation=bool({model, "*"} & set(settings.CHAT_TRUNCATION_MODELS)),
     )
 
 
@@ -89,6 +104,7 @@ def local(label="", problem=""):
         temperature=settings.LOCAL_MODEL_TEMPERATURE,
         local=True,
         problem=problem,
+        context_tokens=settings.LOCAL_MODEL_CONTEXT,
     )
 
 

@@ -47,6 +47,8 @@ def page_context(request, conversation=None):
             "messages": messages,
             "models": [provider.model for provider in offered],
             "model_labels": {provider.model: provider.label for provider in offered},
+            # Each model's context size in tokens: the composer's context gauge (static/chat/context.js).
+            "model_contexts": {provider.model: provider.context_tokens for provider in offered},
             "max_message_chars": settings.CHAT_MAX_MESSAGE_CHARS,
             "image_hosts": settings.CHAT_IMAGE_HOSTS,
             "budget": budget,

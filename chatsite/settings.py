@@ -423,6 +423,51 @@ CHAT_UPLOAD_SWEEP_SECONDS = envnumber("CHAT_UPLOAD_SWEEP_SECONDS", 3600, float)
 CHAT_MODEL_CAPABILITIES = envcapabilities("CHAT_MODEL_CAPABILITIES", {})
 CHAT_DEFAULT_MODEL_CAPABILITIES = envlist("CHAT_DEFAULT_MODEL_CAPABILITIES", ["images", "files"])
 
+# --- Context windows (chat/answering/context.py) ----------------------------------------------
+
+# Below this a model could not hold a question and its answer: a smaller figure is a typo.
+MIN_MODEL_CONTEXT = 256
+
+
+def envcontext(name, default):
+    """A context size in tokens, at least MIN_MODEL_CONTEXT."""
+    size = envnumber(name, default)
+    if size < MIN_MODEL_CONTEXT:
+        raise ImproperlyConfigured(f"{name} must be at least {MIN_MODEL_CONTEXT} tokens, got {size}")
+    return size
+
+
+def envcontexts(name, default):
+    """`model=tokens,other-model=tokens` as {model: tokens}, each at least MIN_MODEL_CONTEXT."""
+    value = os.environ.get(name)
+    if value is None or value.strip() == "":
+        return dict(default)
+    found = {}
+    for entry in value.split(","):
+        model, equals, tokens = entry.strip().rpartition("=")
+        tokens = tokens.strip().replace("_", "")
+        if not equals or not model.strip() or not tokens.isdigit() or int(tokens) < MIN_MODEL_CONTEXT:
+            raise ImproperlyConfigured(
+                f"{name} entries look like model=32768 (at least {MIN_MODEL_CONTEXT} tokens), got {entry!r}"
+            )
+        found[model.strip()] = int(tokens)
+    return found
+
+
+# Tokens each model reads at most, its input and its answer together, e.g.
+# `gpt-4o=128000,my-small-model=8192`; models not listed have CHAT_DEFAULT_MODEL_CONTEXT, the local
+# model LOCAL_MODEL_CONTEXT. An answer's input is fitted to it before it is sent: the oldest turns
+# are left out whole. 32,768 is what most served open models take at least; a larger model loses
+# only the oldest turns of very long chats until its size is set here.
+CHAT_MODEL_CONTEXT = envcontexts("CHAT_MODEL_CONTEXT", {})
+CHAT_DEFAULT_MODEL_CONTEXT = envcontext("CHAT_DEFAULT_MODEL_CONTEXT", 32_768)
+# Tokens of a context kept free for the answer, at most a quarter of it (512 of the local model's
+# 2,048).
+CHAT_ANSWER_ROOM_TOKENS = envnumber("CHAT_ANSWER_ROOM_TOKENS", 4096)
+# Models whose API takes `truncation: "auto"` (it then drops what still does not fit rather than
+# failing): their names, or `*` for every remote model. Never the local model, which refuses it.
+CHAT_TRUNCATION_MODELS = envlist("CHAT_TRUNCATION_MODELS", [])
+
 # --- Content Security Policy (chat/security.py) ------------------------------------------------
 
 # Images in answers load only from these hosts: none by default, so a model's Markdown cannot

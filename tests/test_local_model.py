@@ -686,3 +686,73 @@ def test_over_http_requests_beyond_the_queue_are_refused_and_none_costs_a_thread
     finally:
         for response in [first, *responses]:
             response.close()
+
+
+# --- A conversation longer than the model's context -------------------------------------------
+
+# The model's context in this test: a quarter of the default 2,048, so that three exchanges
+# overflow it in seconds of CPU rather than minutes. The fitting knows only the setting.
+SMALL_CONTEXT = 512
+
+
+@pytest.fixture
+def small_context_service(runtime, settings):
+    """A service around a model of its own, loaded with LOCAL_MODEL_CONTEXT = SMALL_CONTEXT."""
+    from chat.localmodel.runtime import LocalModel
+    from chat.localmodel.service import LocalModelService
+
+    settings.LOCAL_MODEL_CONTEXT = SMALL_CONTEXT
+    # One thread: on a machine shared with other work two threads of one small model mostly wait.
+    settings.LOCAL_MODEL_THREADS = 1
+    model = LocalModel()
+    model.llama()
+    runtime.local_model = LocalModelService(model=model)
+    yield runtime.local_model
+    model.llama().close()
+
+
+def long_message(number):
+    """About 800 characters of plain English: some 190 tokens, over a third of the context."""
+    sentence = (
+        f"Part {number} of my notes: the river rose in the night, the bridge held, and the town "
+        "woke to find the lower streets under a foot of brown water. "
+    )
+    return f"Please read part {number} of my notes and reply in one short sentence. " + sentence * 5
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.asyncio
+@pytest.mark.timeout(900)
+async def test_a_long_conversation_with_the_local_model_keeps_answering_past_its_context_size(
+    small_context_service, alice, worker, settings
+):
+    """Three messages of over a third of the context each: with their answers they are over the
+    model's context, which it refuses (context_length_exceeded); each answer is sent the newest
+    turns that fit, and answers."""
+    from chat.models import Message
+    from tests.websocket import connect, receive_until
+
+    settings.LOCAL_MODEL_BASE_URL = ""
+    settings.OPENRESPONSES_API_KEY = ""
+    settings.OPENRESPONSES_BASE_URL = settings.OPENRESPONSES_DEFAULT_BASE_URL
+    settings.LOCAL_MODEL_TEMPERATURE = 0.0
+    communicator, _, _ = await connect(alice)
+    conversation, answers = None, []
+    for number in range(1, 4):
+        frame = {"type": "chat.send", "conversation": conversation, "text": long_message(number)}
+        await communicator.send_json_to(frame)
+        done = (await receive_until(communicator, "message.done", timeout=240))[-1]
+        assert done["status"] == "completed" and done["text"], done
+        conversation = done["conversation"]
+        answers.append(done)
+    await communicator.disconnect()
+
+    # Each input with its answer fit the context, though the conversation does not.
+    for done in answers:
+        assert done["usage"]["input_tokens"] + done["usage"]["output_tokens"] <= SMALL_CONTEXT
+    spoken = sum(answer["usage"]["output_tokens"] for answer in answers[:2])
+    assert answers[0]["usage"]["input_tokens"] * 3 + spoken > SMALL_CONTEXT, "the conversation is over the context"
+    # The first answer was sent everything; the last one started at a later question.
+    questions = [message async for message in Message.objects.filter(conversation_id=conversation, role="user")]
+    assert answers[0]["context_start"] is None
+    assert answers[-1]["context_start"] in {str(question.id) for question in questions[1:]}

@@ -194,7 +194,8 @@ class AnswerJob:
             self.finish(Message.Status.CANCELLED)
             return None
         if claimed is not None:
-            self.publish(protocol.status_event(self.message_id, Message.Status.STREAMING))
+            context = protocol.fields_of(claimed[0], protocol.CONTEXT_FIELDS)
+            self.publish(protocol.status_event(self.message_id, Message.Status.STREAMING, **context))
         return claimed
 
     def _claim(self):
@@ -206,10 +207,11 @@ class AnswerJob:
         ours = message.status == Message.Status.STREAMING and message.worker == self.worker.id
         if message.status != Message.Status.QUEUED and not ours:
             return None
-        upstream_input = message.conversation.upstream_input(before=message)
-        if not ours and not message.claim(self.worker.id):
+        # Fitted to the model's context (chat/answering/context.py) and recorded with the claim.
+        sent = message.conversation.fitted_input(before=message)
+        if not ours and not message.claim(self.worker.id, sent):
             return None
-        return message, upstream_input
+        return message, sent[0].items
 
     def open(self, message, upstream_input):
         """The upstream's open stream; None when the answer ended before it (a stop, an error)."""

@@ -202,6 +202,9 @@ class UpstreamClient:
     session: requests.Session = field(default_factory=requests.Session, repr=False)
     # Sent with every request when set (the local model's; remote models keep their defaults).
     temperature: float | None = None
+    # Sent as `truncation: "auto"` when the API takes it: what the fitted input still holds beyond
+    # the context is then dropped by the API rather than failing the answer.
+    truncation: bool = False
 
     def __repr__(self):
         # Never show the key, even in a traceback's locals.
@@ -219,6 +222,8 @@ class UpstreamClient:
             body["instructions"] = instructions
         if self.temperature is not None:
             body["temperature"] = self.temperature
+        if self.truncation:
+            body["truncation"] = "auto"
         tries = 0
         while True:
             tries += 1

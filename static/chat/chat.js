@@ -5,6 +5,7 @@
 // - follow.js: render scheduling (one render per frame or streaming interval) and scroll-following.
 // - composer.js: the message box, the model picker, Send and Stop, the error line.
 // - instructions.js, budget.js, sidebar.js, share-dialog.js, shortcuts.js: the rest of the page.
+// - context.js: the context gauge and the marker of the messages the model is not sent.
 // - render.js: one message's view.
 //
 // Server data arrives through the `page-data` json_script element and websocket frames, never
@@ -13,6 +14,7 @@
 import { ApiError, postForm, signedIn } from "./api.js";
 import { BudgetDisplay, budgetSentence } from "./budget.js";
 import { Composer } from "./composer.js";
+import { ContextDisplay } from "./context.js";
 import { ConversationState } from "./conversation.js";
 import { Follower } from "./follow.js";
 import { InstructionsPanel } from "./instructions.js";
@@ -172,6 +174,15 @@ const state = new ConversationState({
   },
 });
 
+const contextDisplay = new ContextDisplay({
+  contexts: page.model_contexts,
+  state,
+  messages: dom.messages,
+  model: composer.model,
+  bar: composer.charCount.parentElement,
+  before: composer.charCount,
+});
+
 const socket = new ChatSocket(socketUrl("/ws/chat/"), {
   onState(name) {
     dom.connection.dataset.state = name;
@@ -180,7 +191,10 @@ const socket = new ChatSocket(socketUrl("/ws/chat/"), {
   onOpen() {
     if (state.opened()) composer.showError("");
   },
-  onFrame: (frame) => state.apply(frame),
+  onFrame(frame) {
+    state.apply(frame);
+    contextDisplay.heard(frame);
+  },
   isSignedIn: signedIn,
   onSignedOut: signedOut,
 });
@@ -387,6 +401,7 @@ dom.showShortcuts.addEventListener("click", showShortcuts);
 composer.fillModels(page.models, page.model_labels, state.conversation?.model ?? page.default_model);
 // An answer being written comes with the `seq` of its text (chat/views.py page_frame).
 for (const message of page.messages) state.add(message, message.seq ?? null);
+contextDisplay.load(page.messages);
 budget.set(page.budget);
 follower.scrollToBottom();
 socket.start();

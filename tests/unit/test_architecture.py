@@ -22,6 +22,7 @@ LAYERS = [
         "answering",  # the package's docstring; its modules have layers of their own
         "answering.buffer",
         "answering.database",
+        "answering.context",
     },
     {"providers"},
     {"models"},
