@@ -1066,6 +1066,7 @@ class AuditEvent(models.Model):
         SEARCHED = "searched"
         EXPORTED = "exported"
         DELETED = "deleted"
+        DOWNLOADED = "downloaded"  # an attachment's file, from the transcript page
 
     # The title is transcript text too: the audit admin shows it only while transcripts are readable.
     TEXT_FIELDS = ("conversation_title",)
@@ -1632,6 +1633,10 @@ class AttachmentQuerySet(models.QuerySet):
         """
         if not attachment_ids:
             return []
+        try:
+            attachment_ids = [uuid.UUID(str(attachment_id)) for attachment_id in attachment_ids]
+        except ValueError:
+            raise Attachment.DoesNotExist("An upload id that is not one.") from None
         kept = {attachment.pk: attachment for attachment in kept}
         new_ids = [attachment_id for attachment_id in attachment_ids if attachment_id not in kept]
         # Locked first, checked second, in a statement of its own: under PostgreSQL's READ
@@ -1660,6 +1665,12 @@ class AttachmentQuerySet(models.QuerySet):
         for link in links:
             found[link.message_id].append(link.attachment)
         return found
+
+    def in_conversation(self, conversation):
+        """The attachments sent with any message (any version) of `conversation`."""
+        return self.filter(
+            Exists(MessageAttachment.objects.filter(attachment=OuterRef("pk"), message__conversation=conversation))
+        )
 
     def delete_unused(self, attachment_ids):
         """Delete those of `attachment_ids` no message uses any more (their files after commit)."""
