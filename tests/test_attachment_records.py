@@ -5,6 +5,7 @@ The messages are stored by real multipart uploads and the model verb chat.send c
 (Conversation.objects.send); tests/test_attachments.py sends over the websocket.
 """
 
+import datetime
 import json
 from pathlib import Path
 
@@ -12,8 +13,11 @@ import jsonschema
 import pytest
 from django.contrib import admin
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from chat.models import AuditEvent, Conversation, Message
 from tests.files import image_bytes, pdf_with_text
@@ -206,3 +210,48 @@ def test_an_export_with_attachments_imports_its_words_and_says_what_it_left_out(
     copy = Conversation.objects.get(owner=bob)
     assert {message.text for message in copy.messages.all()} >= {"Look at these", "Only the photo"}
     assert not copy.messages.filter(attachment_count__gt=0).exists()
+
+
+# --- the migration ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_migration_keeps_each_sent_attachment_with_its_message_in_order():
+    before, after = [("chat", "0011_attachments")], [("chat", "0012_message_attachments")]
+    executor = MigrationExecutor(connection)
+    executor.migrate(before)
+    try:
+        old = executor.loader.project_state(before).apps
+        owner = old.get_model("auth", "User").objects.create(username="legacy")
+        conversation = old.get_model("chat", "Conversation").objects.create(owner=owner, model="test-model")
+        message = old.get_model("chat", "Message").objects.create(conversation=conversation, role="user", text="x")
+        Attachment_ = old.get_model("chat", "Attachment")
+        start = timezone.now() - datetime.timedelta(hours=1)
+        sent = [
+            Attachment_.objects.create(
+                owner=owner,
+                message=message,
+                file=f"uploads/{number}",
+                name=f"{number}.txt",
+                content_type="text/plain",
+                size=1,
+                created_at=start + datetime.timedelta(seconds=10 - number),
+            ).pk
+            for number in range(3)
+        ]
+        unsent = Attachment_.objects.create(
+            owner=owner, file="uploads/u", name="u.txt", content_type="text/plain", size=1
+        )
+
+        executor = MigrationExecutor(connection)
+        executor.migrate(after)
+        new = executor.loader.project_state(after).apps
+        links = new.get_model("chat", "MessageAttachment").objects.filter(message_id=message.pk).order_by("position")
+        # In upload order: the last made came first.
+        assert list(links.values_list("attachment_id", "position")) == [(pk, n) for n, pk in enumerate(reversed(sent))]
+        assert new.get_model("chat", "Message").objects.get(pk=message.pk).attachment_count == 3
+        assert not new.get_model("chat", "MessageAttachment").objects.filter(attachment_id=unsent.pk).exists()
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.loader.build_graph()
+        executor.migrate(executor.loader.graph.leaf_nodes("chat"))
