@@ -1607,16 +1607,9 @@ class AttachmentQuerySet(models.QuerySet):
     def owned_by(self, user):
         return self.filter(owner=user)
 
-    def sent(self):
-        """Uploads linked to a message (to any: versions share them)."""
-        return self.filter(Exists(MessageAttachment.objects.filter(attachment=OuterRef("pk"))))
-
     def unsent(self):
+        """Uploads linked to no message ("sent" is linked to any: versions share them)."""
         return self.exclude(Exists(MessageAttachment.objects.filter(attachment=OuterRef("pk"))))
-
-    def unsent_for(self, user, attachment_id):
-        """The user's own upload not yet sent with a message; DoesNotExist otherwise, whoever's it is."""
-        return self.owned_by(user).unsent().get(pk=attachment_id)
 
     def stale(self, now=None):
         """Uploads never sent within CHAT_UPLOAD_UNSENT_HOURS: the sweep removes them."""
