@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('chat', '0011_attachments'),
+        ('chat', '0012_message_attachments'),
     ]
 
     operations = [
