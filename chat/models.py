@@ -1724,9 +1724,10 @@ class AttachmentQuerySet(models.QuerySet):
 
         Safe while other processes sweep and while a send takes an upload: each batch locks its
         rows, skipping those another transaction holds, so every row is deleted by one sweep and
-        never after a message took it (PostgreSQL checks `message IS NULL` again on the locked
-        row; SQLite's IMMEDIATE transactions run one at a time). Deleting a stored file that is
-        already gone is no error in any store, so a file deleted twice does no harm.
+        never after a message took it (a send locks an upload's row before it links it, so the
+        sweep skips it or the send finds it gone; SQLite's IMMEDIATE transactions run one at a
+        time). Deleting a stored file that is already gone is no error in any store, so a file
+        deleted twice does no harm.
         """
         now = now or timezone.now()
         deleted = 0

@@ -26,6 +26,7 @@ from tests.factories import conversation_with_answer
 from tests.files import image_bytes
 from tests.services import s3_server  # noqa: F401  (the fixture is used by name)
 from tests.storage import fresh_store, s3_store
+from tests.test_uploads import attach
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -130,7 +131,7 @@ def test_deleting_an_upload_or_its_conversation_removes_the_objects(
     assert bucket.keys() == [bucket.key(f"uploads/{uuid.UUID(kept).hex}")]
 
     conversation = conversation_with_answer(alice)
-    Attachment.objects.filter(pk=kept).update(message=conversation.messages.get(role="user"))
+    attach(kept, conversation.messages.get(role="user"))
     with django_capture_on_commit_callbacks(execute=True):
         conversation.delete()
     assert bucket.keys() == []
@@ -143,7 +144,7 @@ def test_the_sweep_command_removes_stale_unsent_objects_from_the_bucket(
     conversation = conversation_with_answer(alice)
     stale, sent, fresh = (upload(alice_client, f"{name}.txt", name.encode()) for name in ("stale", "sent", "fresh"))
     age([stale, sent], hours=25)
-    Attachment.objects.filter(pk=sent).update(message=conversation.messages.get(role="user"))
+    attach(sent, conversation.messages.get(role="user"))
     with django_capture_on_commit_callbacks(execute=True):
         call_command("sweep_uploads", stdout=io.StringIO())
     assert not object_exists(bucket, f"uploads/{uuid.UUID(stale).hex}")
@@ -185,7 +186,7 @@ def test_stored_files_that_no_upload_names_are_swept_once_old(
         store = fresh_store(settings, tmp_path)
     conversation = conversation_with_answer(alice)
     sent = upload(alice_client, "sent.txt", b"sent")
-    Attachment.objects.filter(pk=sent).update(message=conversation.messages.get(role="user"))
+    attach(sent, conversation.messages.get(role="user"))
     orphan = store.storage.save(f"uploads/{uuid.uuid4().hex}", ContentFile(b"left behind"))
     sent_name = Attachment.objects.get(pk=sent).file.name
     assert store.names() == sorted([orphan, sent_name])
@@ -218,7 +219,7 @@ def test_the_server_runtime_sweeps_unsent_uploads_periodically(alice_client, ali
     conversation = conversation_with_answer(alice)
     stale, sent, fresh = (upload(alice_client, f"{name}.txt", name.encode()) for name in ("stale", "sent", "fresh"))
     age([stale, sent], hours=settings.CHAT_UPLOAD_UNSENT_HOURS + 1)
-    Attachment.objects.filter(pk=sent).update(message=conversation.messages.get(role="user"))
+    attach(sent, conversation.messages.get(role="user"))
     stale_name = Attachment.objects.get(pk=stale).file.name
     settings.CHAT_UPLOAD_SWEEP_SECONDS = 0.2
 
