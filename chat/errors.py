@@ -5,7 +5,7 @@ import functools
 
 from channels.db import database_sync_to_async
 
-from chat.models import Conversation, ConversationBusy, Message, SendRefused, WrongMessage
+from chat.models import CannotContinue, Conversation, ConversationBusy, Message, SendRefused, WrongMessage
 
 
 class ClientError(Exception):
@@ -30,6 +30,7 @@ DOMAIN_ERRORS = {
     ConversationBusy: ("busy", BUSY),
     WrongMessage: ("invalid_field", None),
     SendRefused: (None, None),  # its subclasses carry a code: rate_limited, quota_exceeded
+    CannotContinue: (None, None),  # its code: not_finished, not_continuable
 }
 
 

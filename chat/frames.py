@@ -172,6 +172,13 @@ class Edit(Frame):
     client_id: str
 
 
+@dataclasses.dataclass(frozen=True)
+class Continue(Frame):
+    message: uuid.UUID
+    model: str | None
+    client_id: str
+
+
 PARSERS = {
     protocol.CHAT_SEND: Send,
     protocol.CHAT_SUBSCRIBE: Subscribe,
@@ -179,4 +186,5 @@ PARSERS = {
     protocol.CHAT_REGENERATE: Regenerate,
     protocol.CHAT_EDIT: Edit,
     protocol.CHAT_SELECT: Select,
+    protocol.CHAT_CONTINUE: Continue,
 }

@@ -26,6 +26,7 @@ CHAT_SUBSCRIBE = "chat.subscribe"
 CHAT_REGENERATE = "chat.regenerate"
 CHAT_EDIT = "chat.edit"
 CHAT_SELECT = "chat.select"
+CHAT_CONTINUE = "chat.continue"
 
 # Server to client. The four `message.*` frames an answer makes while it is written are also the
 # types of the relay events that carry them.
@@ -159,8 +160,13 @@ def created_event(message):
     return frame_event(message["id"], frame)
 
 
-def status_event(message_id, status):
-    return frame_event(message_id, {"type": MESSAGE_STATUS, "message": str(message_id), "status": status})
+def status_event(message_id, status, start=None):
+    """`start`, when given, is the text an answer goes on from (Continue), by stream name: the relay
+    starts the snapshot other processes resume from with it, before the answer's first delta."""
+    event = frame_event(message_id, {"type": MESSAGE_STATUS, "message": str(message_id), "status": status})
+    if start:
+        event["start"] = start
+    return event
 
 
 def delta_event(message_id, seq, stream, delta):
