@@ -5,6 +5,7 @@
 // requestAnimationFrame callback renders whatever changed, so a burst of deltas costs one render.
 
 import { ApiError, getJson, postForm, signedIn } from "./api.js";
+import { takeOverComposer } from "./composer-takeover.js";
 import { copyCode, copyText } from "./markdown.js";
 import { createView, incompleteReason, UNFINISHED } from "./render.js";
 import { ShareDialog } from "./share-dialog.js";
@@ -865,5 +866,7 @@ for (const message of page.messages) addView(message, message.seq ?? null);
 setBudget(page.budget);
 scrollToBottom();
 socket.start();
+// An Enter pressed before this module ran (composer-early.js) sends now.
+if (takeOverComposer(dom.composer, dom.input)) submit();
 // On touch screens focusing would pop up the keyboard over the conversation.
 if (window.matchMedia("(pointer: fine)").matches) dom.input.focus();
