@@ -15,6 +15,16 @@ from tests.upstream import answer
 pytestmark = pytest.mark.browser
 
 
+# Records every text the composer's error line shows, from the page's first script on.
+RECORD_ERRORS = """
+window.composerErrors = [];
+new MutationObserver(() => {
+  const line = document.getElementById("composer-error");
+  if (line && line.textContent) window.composerErrors.push(line.textContent);
+}).observe(document, { subtree: true, childList: true, characterData: true });
+"""
+
+
 def hold_chat_script(page):
     """Routes that hold chat.js (and with it every module it imports) until released."""
     held = []
@@ -34,6 +44,7 @@ def wait_until_held(page, held):
 def test_enter_before_the_page_scripts_run_sends_the_message_once_without_a_stray_line_break(page, upstream):
     log_in(page)
     held = hold_chat_script(page)
+    page.add_init_script(RECORD_ERRORS)
     page.goto("/", wait_until="commit")
     box = composer(page)
     box.click()
@@ -66,6 +77,8 @@ def test_enter_before_the_page_scripts_run_sends_the_message_once_without_a_stra
     expect(box).to_be_editable()
     assert len(upstream.requests) == requests + 1
     assert upstream.requests[-1]["body"]["input"][-1]["content"] == "First line\nsecond line"
+    # Sent while the page's first connection was being made: no "Not connected" alarm meanwhile.
+    assert page.evaluate("window.composerErrors") == []
 
 
 def test_enter_in_an_empty_box_before_the_page_scripts_run_sends_nothing_and_the_box_stays_usable(page, upstream):
