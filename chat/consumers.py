@@ -211,6 +211,15 @@ class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
         )
         await self.deliver(stored, worker)
 
+    async def chat_continue(self, frame):
+        # No role here: the verb refuses a user message with a sentence about continuing.
+        located = await answered(Message.objects.locate)(self.user, frame.message)
+        worker = await ready_worker(frame.model or located.model)
+        stored = await answered(Conversation.objects.continue_answer)(
+            self.user, frame.message, model=frame.model, client_id=frame.client_id, worker_id=worker.id
+        )
+        await self.deliver(stored, worker)
+
     async def chat_select(self, frame):
         located = await answered(Message.objects.locate)(self.user, frame.message)
         await self.follower.join(located.group, located.conversation)

@@ -6,7 +6,15 @@ import functools
 from channels.db import database_sync_to_async
 
 from chat.content import ModelCannotRead
-from chat.models import Attachment, Conversation, ConversationBusy, Message, SendRefused, WrongMessage
+from chat.models import (
+    Attachment,
+    CannotContinue,
+    Conversation,
+    ConversationBusy,
+    Message,
+    SendRefused,
+    WrongMessage,
+)
 
 
 class ClientError(Exception):
@@ -35,6 +43,7 @@ DOMAIN_ERRORS = {
     WrongMessage: ("invalid_field", None),
     ModelCannotRead: ("unsupported_attachment", None),
     SendRefused: (None, None),  # its subclasses carry a code: rate_limited, quota_exceeded
+    CannotContinue: (None, None),  # its code: not_finished, not_continuable
 }
 
 

@@ -205,6 +205,13 @@ class Edit(Frame):
     attachments: tuple | None = None  # upload ids; None (absent) keeps the edited message's
 
 
+@dataclasses.dataclass(frozen=True)
+class Continue(Frame):
+    message: uuid.UUID
+    model: str | None
+    client_id: str
+
+
 PARSERS = {
     protocol.CHAT_SEND: Send,
     protocol.CHAT_SUBSCRIBE: Subscribe,
@@ -212,4 +219,5 @@ PARSERS = {
     protocol.CHAT_REGENERATE: Regenerate,
     protocol.CHAT_EDIT: Edit,
     protocol.CHAT_SELECT: Select,
+    protocol.CHAT_CONTINUE: Continue,
 }

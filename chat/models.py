@@ -48,6 +48,14 @@ class WrongMessage(ValueError):
     """The message a frame names cannot take that action (regenerating a user message...)."""
 
 
+class CannotContinue(Exception):
+    """An answer Continue cannot go on from; `code` names the error frame, the text says why."""
+
+    def __init__(self, code, sentence):
+        super().__init__(sentence)
+        self.code = code
+
+
 class SendRefused(Exception):
     """A send its owner's limits do not admit now; `code` names the error frame, the text says why."""
 
@@ -213,6 +221,19 @@ class ConversationQuerySet(models.QuerySet):
         conversation = answer.conversation
         return Stored.of(
             conversation, conversation.regenerate(answer, model=model, client_id=client_id, worker_id=worker_id)
+        )
+
+    @transaction.atomic
+    def continue_answer(self, user, answer_id, *, model=None, client_id="", worker_id=None):
+        """A new queued version of the user's stopped or cut-short answer `answer_id`, beside it,
+        that goes on from its text (Conversation.continue_answer)."""
+        earlier = Stored.replayed(user, client_id)
+        if earlier is not None:
+            return earlier
+        answer = Message.objects.target(user, answer_id)
+        conversation = answer.conversation
+        return Stored.of(
+            conversation, conversation.continue_answer(answer, model=model, client_id=client_id, worker_id=worker_id)
         )
 
     @transaction.atomic
@@ -575,6 +596,9 @@ class Conversation(models.Model):
                     *content.input_content(attached[message.id], model),
                 ]
             pairs.append((message, {"type": "message", "role": message.role, "content": parts}))
+        # A continued answer goes on from its text so far (Message.continuation_input): part of
+        # the newest turn, attributed to the answer itself.
+        pairs.extend((before, item) for item in before.continuation_input())
         return pairs
 
     def fitted_input(self, before):
@@ -625,8 +649,9 @@ class Conversation(models.Model):
         return user_message, answer
 
     @transaction.atomic
-    def queue_answer(self, question, client_id="", worker_id=None):
-        """A queued answer to the user message `question`; the path now ends with it.
+    def queue_answer(self, question, client_id="", worker_id=None, continuing=None):
+        """A queued answer to the user message `question`; the path now ends with it. It starts
+        as the text of the answer `continuing`, when given, and goes on from there.
 
         Raises SendRateExceeded or BudgetSpent when the owner's limits do not admit it, and
         ModelCannotRead when the conversation's model cannot take an attachment the answer's
@@ -636,6 +661,7 @@ class Conversation(models.Model):
         path = [*self.tree().ancestors(question), question]
         attached = self.attachments_of(path)
         content.check_model_takes(self.model, [found for message in path for found in attached.get(message.id, ())])
+        start = continuing.text if continuing is not None else ""
         answer = self.messages.create(
             role=Message.Role.ASSISTANT,
             model=self.model,
@@ -643,6 +669,8 @@ class Conversation(models.Model):
             worker=worker_id,
             parent=question,
             client_id=client_id,
+            text=start,
+            continued_length=len(start),
         )
         self.move_to(answer)
         UsageEntry.objects.reserve(answer, self)
@@ -669,6 +697,32 @@ class Conversation(models.Model):
             raise WrongMessage("That answer has no question to answer again.")
         question = conversation.messages.get(pk=answer.parent_id)
         return [conversation.queue_answer(question, client_id=client_id, worker_id=worker_id)]
+
+    @transaction.atomic
+    def continue_answer(self, answer, *, model=None, client_id="", worker_id=None):
+        """A new queued version of `answer`, beside it, whose text starts as `answer`'s and which
+        asks the model to go on from there (Message.continuation_input); `answer` stays stored.
+
+        Only for an answer that was stopped, cut short or interrupted and has text: raises
+        CannotContinue otherwise, and ConversationBusy while another answer is being written.
+        """
+        if answer.role != Message.Role.ASSISTANT:
+            raise WrongMessage("Only answers can be continued.")
+        if not answer.is_finished:
+            # Told apart from a busy conversation: this very answer is the one being written.
+            raise CannotContinue("not_finished", "That answer is still being written: wait for it or press Stop.")
+        conversation = Conversation.objects.idle_for_update(self.pk, model)
+        # Read again under the lock: what is continued is the text as it ended.
+        answer = conversation.messages.get(pk=answer.pk)
+        refusal = CONTINUE_REFUSALS.get(answer.status)
+        if refusal is not None:
+            raise CannotContinue("not_continuable", refusal)
+        if not answer.text:
+            raise CannotContinue("not_continuable", "That answer has no text to go on from: regenerate it instead.")
+        if answer.parent_id is None:
+            raise WrongMessage("That answer has no question to answer.")
+        question = conversation.messages.get(pk=answer.parent_id)
+        return [conversation.queue_answer(question, client_id=client_id, worker_id=worker_id, continuing=answer)]
 
     @transaction.atomic
     def edit(self, message, text, *, model=None, client_id="", worker_id=None, attachments=()):
@@ -857,6 +911,11 @@ class Message(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPLETED)
     # Set on user messages: a retried send with the same client id is answered, not repeated.
     client_id = models.CharField(max_length=64, blank=True)
+    # An answer made by Continue starts as the text of the version it continues: this many
+    # characters of `text` were written by that version, and the rest by this answer.
+    continued_length = models.PositiveIntegerField(
+        default=0, editable=False, help_text="Characters at the start of the text that the version it continues wrote."
+    )
 
     # What the upstream names, kept whole: proxies make long ids (LiteLLM's run to ~500
     # characters) and an id cut short is useless for support requests or previous_response_id.
@@ -994,6 +1053,25 @@ class Message(models.Model):
             return None
         return {"code": self.error_code, "message": self.error_message}
 
+    @property
+    def continued_text(self):
+        """The text this answer started from, written by the version it continues ("" for most)."""
+        return self.text[: self.continued_length]
+
+    def continuation_input(self):
+        """The input items after the path that make the model go on from `continued_text`: the
+        text so far as the assistant's turn, then the ask to continue it. [] for other answers.
+
+        Open Responses has no way to make the model resume inside its own turn, so the text so
+        far is sent as a finished assistant message and the next turn asks for the rest.
+        """
+        if not self.continued_length:
+            return []
+        return [
+            {"type": "message", "role": Message.Role.ASSISTANT.value, "content": self.continued_text},
+            {"type": "message", "role": Message.Role.USER.value, "content": CONTINUE_REQUEST},
+        ]
+
     def as_frame(self, version_ids, attachments=()):
         """The message as the websocket protocol and the page describe it; never queries.
         `version_ids` come from MessageTree.version_ids, `attachments` (its Attachment rows) from
@@ -1059,6 +1137,18 @@ class Message(models.Model):
                 setattr(self, name, value)
         return bool(claimed)
 
+
+# What the model is asked after the text so far of an answer it continues.
+CONTINUE_REQUEST = (
+    "Your previous answer was cut off. Continue it exactly where it stopped, from the next character: "
+    "do not repeat anything already written, do not restart or summarise, and add no preamble."
+)
+# Why an ended answer cannot be continued, by its status; the others (incomplete, cancelled,
+# interrupted) stopped short of their end and can be.
+CONTINUE_REFUSALS = {
+    Message.Status.COMPLETED: "That answer is complete: there is nothing to continue.",
+    Message.Status.FAILED: "A failed answer cannot be continued: retry it instead.",
+}
 
 # Why a frame cannot act on a message of the other role.
 WRONG_ROLE = {
@@ -1403,7 +1493,8 @@ def spending_of(message, estimated_input_tokens):
     """(input, output, total tokens, estimated) that the ended answer `message` counts for."""
     if message.total_tokens is not None:
         return message.input_tokens or 0, message.output_tokens or 0, message.total_tokens, False
-    streamed = len(message.text) + len(message.reasoning) + len(message.refusal)
+    # Text a continued answer started from was the earlier version's output, not this one's.
+    streamed = max(0, len(message.text) - message.continued_length) + len(message.reasoning) + len(message.refusal)
     reported = message.input_tokens is not None or message.output_tokens is not None
     # A response id or a token means the upstream took the request, and read all of its input.
     began = bool(message.response_id or message.first_token_at or streamed or reported)

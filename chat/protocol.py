@@ -26,6 +26,7 @@ CHAT_SUBSCRIBE = "chat.subscribe"
 CHAT_REGENERATE = "chat.regenerate"
 CHAT_EDIT = "chat.edit"
 CHAT_SELECT = "chat.select"
+CHAT_CONTINUE = "chat.continue"
 
 # Server to client. The four `message.*` frames an answer makes while it is written are also the
 # types of the relay events that carry them.
@@ -169,11 +170,16 @@ def created_event(message):
     return frame_event(message["id"], frame)
 
 
-def status_event(message_id, status, **context):
-    """A change of status; a worker's taking of the answer carries `context` (CONTEXT_FIELDS)."""
+def status_event(message_id, status, start=None, **context):
+    """A change of status. A worker's taking of the answer carries `context` (CONTEXT_FIELDS) and,
+    for a continued answer, `start`: the text it goes on from, by stream name, with which the
+    relay starts the snapshot other processes resume from, before the answer's first delta."""
     frame = {"type": MESSAGE_STATUS, "message": str(message_id), "status": status}
     frame.update((name, jsonable(context[name])) for name in CONTEXT_FIELDS if name in context)
-    return frame_event(message_id, frame)
+    event = frame_event(message_id, frame)
+    if start:
+        event["start"] = start
+    return event
 
 
 def delta_event(message_id, seq, stream, delta):

@@ -235,7 +235,7 @@ class Relay:
             for group, event in batch:
                 self._keep_snapshot(transaction, event)
                 by_group.setdefault(group, []).append(
-                    {key: value for key, value in event.items() if key not in ("stream", "delta")}
+                    {key: value for key, value in event.items() if key not in ("stream", "delta", "start")}
                 )
             for group, events in by_group.items():
                 payload = json.dumps({"origin": self.origin, "group": group, "events": events})
@@ -248,9 +248,16 @@ class Relay:
     @staticmethod
     def _keep_snapshot(transaction, event):
         stream = event.get("stream")
+        seq_key, *stream_keys = snapshot_keys(event["message"])
+        if event.get("start"):
+            # A continued answer, claimed: its snapshot starts as the text it goes on from (seq 0),
+            # so that its deltas append to that text, as in the answer's own process.
+            for name, key in zip(protocol.STREAM_NAMES, stream_keys, strict=True):
+                transaction.set(key, event["start"].get(name, ""), ex=SNAPSHOT_TTL)
+            transaction.set(seq_key, 0, ex=SNAPSHOT_TTL)
+            return
         if stream is None and event["type"] != protocol.MESSAGE_DONE:
             return
-        seq_key, *stream_keys = snapshot_keys(event["message"])
         if stream is not None:
             key = stream_keys[protocol.STREAM_NAMES.index(stream)]
             transaction.append(key, event["delta"])

@@ -34,7 +34,7 @@ from tests.services import (  # noqa: F401  (the fixtures are used by name)
     s3_server,
     site_env,
 )
-from tests.upstream import UpstreamServer, answer, usage_object
+from tests.upstream import Gate, UpstreamServer, answer, usage_object
 
 PASSWORD = "correct horse battery"
 HEARTBEAT_INTERVAL = 0.5
@@ -717,3 +717,45 @@ async def test_the_servers_sweep_stale_unsent_uploads_from_the_bucket(site):
     await wait_until(lambda: not object_in_bucket(site, stale), "the stale upload's object is still in the bucket")
     assert await asyncio.to_thread(object_in_bucket, site, fresh)
     assert site.sql("SELECT id FROM chat_attachment WHERE id = %s", (fresh,)) != []
+
+
+# --- Continue across processes ----------------------------------------------------------------
+
+
+async def test_a_continuation_followed_from_b_starts_with_the_text_it_goes_on_from(site, upstream):
+    """A generates the continuation; B resumes it from the Redis snapshot, which the relay starts
+    with the earlier version's text, so B's tab shows that text and what follows, never less."""
+    session = site.log_in(site.create_user(), site.a)
+    tab_a = await Tab.open(site.a, session)
+    upstream.queue(answer(["Cut ", "short"], terminal="incomplete"))
+    await tab_a.send("chat.send", conversation=None, text="Begin", client_id=uuid.uuid4().hex)
+    first = await tab_a.receive_until("message.done")
+    conversation_id = first[0]["conversation"]["id"]
+    original = assistant_message(first)["id"]
+
+    gate = Gate()
+    steps = answer([" and", " then"])
+    end_of_deltas = next(
+        index for index, step in enumerate(steps) if isinstance(step, bytes) and b"response.output_text.done" in step
+    )
+    steps.insert(end_of_deltas, gate)
+    upstream.queue(steps)
+    await tab_a.send("chat.continue", message=original, client_id=uuid.uuid4().hex)
+    frames_a = await tab_a.receive_until("message.created")
+    continued = frames_a[-1]["message"]["id"]
+    while "".join(frame["delta"] for frame in deltas_of(frames_a, continued)) != " and then":
+        frames_a.append(await tab_a.receive())
+
+    tab_b = await Tab.open(site.b, session)
+    await tab_b.send("chat.subscribe", conversation=conversation_id)
+    frames_b = await tab_b.receive_until("message.snapshot", message=continued)
+    snapshot = frames_b[-1]
+    assert snapshot["text"].startswith("Cut short"), snapshot
+    gate.event.set()
+    frames_b += await tab_b.receive_until("message.done", message=continued)
+    rebuilt = snapshot["text"] + "".join(frame["delta"] for frame in deltas_of(frames_b, continued))
+    assert rebuilt == frames_b[-1]["text"] == "Cut short and then"
+    assert site.message(continued)["text"] == "Cut short and then"
+    assert site.message(original)["text"] == "Cut short"
+    await tab_a.close()
+    await tab_b.close()

@@ -26,6 +26,9 @@ class StreamBuffer:
         self.window = window
         self.clock = clock
         self.seq = 0
+        # What an answer made by Continue goes on from (its earlier version's text): part of every
+        # text and snapshot, never a delta, never counted as output (`has_output`).
+        self.start = {name: "" for name in self.streams}
         self.flushed = {name: [] for name in self.streams}
         self.pending = {name: [] for name in self.streams}
         self.last_flush = float("-inf")
@@ -74,9 +77,18 @@ class StreamBuffer:
             self.last_flush = self.clock()
         return chunks
 
+    def start_from(self, texts):
+        """Go on from `texts` ({stream name: text}, the continued version's), before any delta."""
+        self.start = {name: texts.get(name, "") for name in self.streams}
+
+    def after_start(self, texts):
+        """`texts` the upstream sent whole (its final texts, this answer's part only), each after
+        the text it went on from."""
+        return {name: self.start[name] + text for name, text in texts.items()}
+
     def text(self, stream):
-        """What was flushed of one stream so far."""
-        return "".join(self.flushed[stream])
+        """The stream's text so far: where it started, then what was flushed."""
+        return self.start[stream] + "".join(self.flushed[stream])
 
     def texts(self):
         return {name: self.text(name) for name in self.streams}
@@ -86,5 +98,6 @@ class StreamBuffer:
         return any(self.flushed[name] or self.pending[name] for name in self.streams)
 
     def replace(self, texts):
-        """Take the final texts as saved (they may differ from what streamed)."""
+        """Take the final texts as saved (they may differ from what streamed); whole texts, start included."""
+        self.start = {name: "" for name in self.streams}
         self.flushed = {name: [texts[name]] for name in self.streams}

@@ -57,6 +57,11 @@ class AnswerJob:
         self.ending = False
         self.final = None
         self.unsaved = False
+        # The database refused this answer's outcome once: the plain failure saved instead.
+        self.refused = False
+        # The row is this job's to write texts to once claimed: before that, its text is what it
+        # was queued with (an answer made by Continue starts with its earlier version's text).
+        self.claimed = False
         self.released = threading.Event()
 
         self.buffer = StreamBuffer(protocol.STREAM_NAMES, settings.CHAT_FLUSH_INTERVAL)
@@ -201,8 +206,16 @@ class AnswerJob:
             self.finish(Message.Status.CANCELLED)
             return None
         if claimed is not None:
-            context = protocol.fields_of(claimed[0], protocol.CONTEXT_FIELDS)
-            self.publish(protocol.status_event(self.message_id, Message.Status.STREAMING, **context))
+            message, _ = claimed
+            # A continued answer goes on from the text it was queued with: its snapshots, its
+            # checkpoints and its end all hold that text first, and its deltas follow it.
+            start = {"text": message.continued_text} if message.continued_length else None
+            with self.lock:
+                if start:
+                    self.buffer.start_from(start)
+                self.claimed = True
+            context = protocol.fields_of(message, protocol.CONTEXT_FIELDS)
+            self.publish(protocol.status_event(self.message_id, Message.Status.STREAMING, start, **context))
         return claimed
 
     def _claim(self):
@@ -298,7 +311,7 @@ class AnswerJob:
                 return
             self.ending = True
             self._send(self.buffer.flush())
-            texts = self.buffer.texts() | (final_texts or {})
+            texts = (self.buffer.texts() if self.claimed else {}) | self.buffer.after_start(final_texts or {})
             stop = self.stop_outcome
         try:
             if stop is not None:
@@ -337,8 +350,9 @@ class AnswerJob:
             self._hand_over()
             return False
         except Error:
-            if "text" not in self.final:
+            if self.refused:
                 raise  # even the plain failure below was refused: finish() lets the job go
+            self.refused = True
             # The database refuses this outcome for good (data it cannot store, a bug): end the
             # answer as failed, keeping its last checkpoint, rather than leave it unfinished.
             logger.exception("The database refused the final state of answer %s", self.message_id)

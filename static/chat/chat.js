@@ -15,6 +15,8 @@ import { ApiError, postForm, signedIn } from "./api.js";
 import { BudgetDisplay, budgetSentence } from "./budget.js";
 import { Composer } from "./composer.js";
 import { ContextDisplay } from "./context.js";
+import { takeOverComposer } from "./composer-takeover.js";
+import { continueFrame } from "./continue.js";
 import { ConversationState } from "./conversation.js";
 import { Follower } from "./follow.js";
 import { InstructionsPanel } from "./instructions.js";
@@ -133,6 +135,7 @@ const state = new ConversationState({
   createView: (frame, seq) =>
     createView(frame, {
       onRegenerate: regenerate,
+      onContinue: (view) => regenerate(view, continueFrame(view.id)),
       onSelect: selectVersion,
       onEdit: saveEdit,
       maxChars: page.max_message_chars,
@@ -245,7 +248,9 @@ function sendAnswerFrame(frame, onRefused) {
   frame.model = composer.modelName;
   composer.showError("");
   follower.follow();
-  if (!state.send(frame, { onRefused })) {
+  // Not while the page's first connection is still being made (the header says "Connecting…"):
+  // an Enter pressed as the page loaded (composer-early.js) would read as a failure.
+  if (!state.send(frame, { onRefused }) && dom.connection.dataset.state !== "connecting") {
     composer.showError("Not connected. Your message will be sent as soon as the connection is back.");
   }
   updateComposer();
@@ -295,16 +300,19 @@ async function submit() {
   sendText(text);
 }
 
-/** Regenerate, or Retry on a failed answer: a new version of the answer; the old one is kept. */
-function regenerate(answerView) {
+/**
+ * Regenerate, or Retry on a failed answer: a new version of the answer; the old one is kept.
+ * Continue (continue.js) is the same with its own `frame`: a version that goes on from this one.
+ */
+function regenerate(answerView, frame = { type: "chat.regenerate", message: answerView.id }) {
   if (state.isLocked() || state.budgetSpent()) {
     answerView.retried = false;
     answerView.updateActions();
     if (state.budgetSpent()) composer.showError(budgetSentence(state.budget));
     return;
   }
-  sendAnswerFrame({ type: "chat.regenerate", message: answerView.id }, () => {
-    // The answer is still in the conversation; its Retry or Regenerate button comes back.
+  sendAnswerFrame(frame, () => {
+    // The answer is still in the conversation; its Retry, Regenerate or Continue button comes back.
     answerView.retried = false;
     answerView.dirty = true;
     follower.schedule(answerView);
@@ -405,5 +413,7 @@ contextDisplay.load(page.messages);
 budget.set(page.budget);
 follower.scrollToBottom();
 socket.start();
+// An Enter pressed before this module ran (composer-early.js) sends now.
+if (takeOverComposer(composer.form, composer.input)) submit();
 // On touch screens focusing would pop up the keyboard over the conversation.
 if (window.matchMedia("(pointer: fine)").matches) composer.input.focus();

@@ -4,6 +4,7 @@
 // animation frame by follow.js) brings the DOM up to date. Text from the server reaches the page
 // through textContent or, for Markdown, through markdown.js's sanitizer.
 
+import { ContinueButton } from "./continue.js";
 import { UNFINISHED } from "./conversation.js";
 import { FeedbackControls } from "./feedback.js";
 import { MarkdownStream } from "./markdown.js";
@@ -262,7 +263,7 @@ export class UserMessageView {
 
 export class AssistantMessageView {
   /** `readOnly` (a shared page): no Regenerate, Retry or feedback, only Copy. */
-  constructor(frame, { onRegenerate, onSelect, seq = null, readOnly = false }) {
+  constructor(frame, { onRegenerate, onContinue, onSelect, seq = null, readOnly = false }) {
     this.id = frame.id;
     this.role = "assistant";
     this.retried = false;
@@ -298,6 +299,12 @@ export class AssistantMessageView {
         onRegenerate(this);
       });
     }
+    // Continue (continue.js): a new version that goes on from this one's text.
+    this.continueButton = new ContinueButton(() => {
+      this.retried = true;
+      this.updateActions();
+      onContinue(this);
+    });
     this.nav = new VersionNav((id, direction) => onSelect(this, id, direction));
     this.timing = element("span", "message-timing");
     this.timing.title = "Time to the first token · time to the whole answer";
@@ -309,7 +316,7 @@ export class AssistantMessageView {
     // A shared page shows one path and no versions: only what can be read and copied.
     if (!readOnly) foot.append(this.nav.element);
     foot.append(this.badge, this.meta, this.timing, this.copyButton);
-    if (!readOnly) foot.append(this.regenerateButton, this.retryButton);
+    if (!readOnly) foot.append(this.continueButton.element, this.regenerateButton, this.retryButton);
     this.feedback = readOnly ? null : new FeedbackControls(frame.id);
     if (this.feedback) foot.append(this.feedback.buttons);
 
@@ -493,6 +500,7 @@ export class AssistantMessageView {
     setHidden(this.regenerateButton, !(offered && !failed));
     setDisabled(this.retryButton, this.locked);
     setDisabled(this.regenerateButton, this.locked);
+    this.continueButton.update({ offered, locked: this.locked, status: this.status, text: this.text });
   }
 }
 

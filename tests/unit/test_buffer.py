@@ -105,3 +105,18 @@ def test_whatever_the_timing_every_delta_goes_out_once_in_order_and_none_waits_p
         expected = "".join(delta for stream, delta, _ in steps if stream == name)
         assert "".join(chunk.delta for chunk in sent if chunk.stream == name) == expected
         assert buffer.text(name) == expected
+
+
+def test_a_continued_answer_starts_from_its_earlier_text_which_is_never_a_delta_nor_output():
+    """Continue: the texts and snapshots hold the text continued from; the deltas only what follows."""
+    buffer, clock = buffer_and_clock()
+    buffer.start_from({"text": "Once upon"})
+    assert buffer.texts() == {"reasoning": "", "refusal": "", "text": "Once upon"}
+    assert (buffer.seq, buffer.has_output()) == (0, False)
+    assert buffer.add("text", " a time") == [Chunk(1, "text", " a time")]
+    assert buffer.text("text") == "Once upon a time"
+    # The upstream's final text is the continuation's own: it comes after the start.
+    assert buffer.after_start({"text": " a time."}) == {"text": "Once upon a time."}
+    # The saved final texts are whole: they replace the start too.
+    buffer.replace({"reasoning": "", "refusal": "", "text": "Once upon a time."})
+    assert buffer.text("text") == "Once upon a time."

@@ -5,7 +5,15 @@ import asyncio
 import pytest
 
 from chat.errors import BUSY, NO_SUCH_MESSAGE, NOT_FOUND, ClientError, answered, client_error
-from chat.models import BudgetSpent, Conversation, ConversationBusy, Message, SendRateExceeded, WrongMessage
+from chat.models import (
+    BudgetSpent,
+    CannotContinue,
+    Conversation,
+    ConversationBusy,
+    Message,
+    SendRateExceeded,
+    WrongMessage,
+)
 
 
 @pytest.mark.parametrize(
@@ -17,6 +25,7 @@ from chat.models import BudgetSpent, Conversation, ConversationBusy, Message, Se
         (WrongMessage("Only answers can be regenerated."), "invalid_field", "Only answers can be regenerated."),
         (SendRateExceeded(1), "rate_limited", "You are sending messages too fast: wait 1 second."),
         (BudgetSpent(100, 100), "quota_exceeded", "You have used today's budget of 100 tokens; it resets at midnight."),
+        (CannotContinue("not_finished", "Still being written."), "not_finished", "Still being written."),
     ],
 )
 def test_each_domain_exception_is_answered_with_its_code_and_sentence(error, code, sentence):

@@ -48,6 +48,9 @@ def test_each_frame_type_parses_into_a_frozen_value_of_its_fields():
     assert frames.parse({"type": "chat.edit", "message": MESSAGE, "text": "new"}) == frames.Edit(
         uuid.UUID(MESSAGE), "new", None, ""
     )
+    assert frames.parse({"type": "chat.continue", "message": MESSAGE, "client_id": "c"}) == frames.Continue(
+        uuid.UUID(MESSAGE), None, "c"
+    )
 
 
 @pytest.mark.parametrize(
