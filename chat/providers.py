@@ -34,6 +34,8 @@ class Provider:
     temperature: float | None = None  # sent with every request when set; remote models keep theirs
     local: bool = False
     problem: str = ""  # why it cannot answer yet (the local model still being installed)
+    # The most tokens one answer of this model may write (its own limit where known), or None.
+    max_output_tokens: int | None = None
 
     def __repr__(self):
         # Never show the key, even in a traceback's locals.
@@ -71,6 +73,7 @@ def remote(model):
         settings.OPENRESPONSES_API_KEY,
         timeout=settings.OPENRESPONSES_TIMEOUT,
         connect_timeout=settings.OPENRESPONSES_CONNECT_TIMEOUT,
+        max_output_tokens=settings.CHAT_MAX_OUTPUT_TOKENS or None,
     )
 
 
@@ -89,6 +92,8 @@ def local(label="", problem=""):
         temperature=settings.LOCAL_MODEL_TEMPERATURE,
         local=True,
         problem=problem,
+        # Whatever it reads and writes fits its context; a site limit may be lower.
+        max_output_tokens=min(filter(None, (settings.CHAT_MAX_OUTPUT_TOKENS, settings.LOCAL_MODEL_CONTEXT))),
     )
 
 

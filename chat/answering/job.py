@@ -23,7 +23,7 @@ from chat import protocol
 from chat.answering.buffer import StreamBuffer
 from chat.answering.database import TRANSIENT_DATABASE_ERRORS, Interrupted, reset_connections, retry_database
 from chat.answering.reading import Reading
-from chat.models import Message
+from chat.models import Message, UsageEntry
 from chat.upstream import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ class AnswerJob:
         return not stopped
 
     def claim(self):
-        """(message, upstream input) once the row is ours and streaming; None when the answer is
+        """(message, upstream input, max_output_tokens) once the row is ours and streaming; None when the answer is
         gone, ended elsewhere, or was stopped meanwhile (then it is ended here or by the stop
         thread)."""
         with self.lock:
@@ -207,11 +207,13 @@ class AnswerJob:
         if message.status != Message.Status.QUEUED and not ours:
             return None
         upstream_input = message.conversation.upstream_input(before=message)
+        # Decided when the answer was admitted, with its reservation (UsageEntryQuerySet.reserve).
+        cap = UsageEntry.objects.filter(message_id=message.id).values_list("max_output_tokens", flat=True).first()
         if not ours and not message.claim(self.worker.id):
             return None
-        return message, upstream_input
+        return message, upstream_input, cap
 
-    def open(self, message, upstream_input):
+    def open(self, message, upstream_input, max_output_tokens=None):
         """The upstream's open stream; None when the answer ended before it (a stop, an error)."""
         conversation = message.conversation
         model = message.model or conversation.model
@@ -221,7 +223,9 @@ class AnswerJob:
             return None
         try:
             instructions = conversation.instructions
-            stream = client.stream_response(model, upstream_input, instructions, stop_event=self.stop_event)
+            stream = client.stream_response(
+                model, upstream_input, instructions, stop_event=self.stop_event, max_output_tokens=max_output_tokens
+            )
         except UpstreamError as error:
             self.finish(Message.Status.FAILED, error_code=error.code, error_message=error.message)
             return None
@@ -341,6 +345,10 @@ class AnswerJob:
             }
             return self.save_final(patient)
         self.unsaved = False
+        if message is not None:
+            # Queued once the end is written and before the tabs hear of it (so that whoever hears
+            # can wait for the title); the title's own thread does the work: no answer waits.
+            self.worker.titles.after_answer(message, self.loop)
         self._told(message)
         self.worker.forget(self)
         return True
