@@ -7,7 +7,6 @@ tells a title request from an answer by its instructions (`routed`), so each tes
 """
 
 import asyncio
-import threading
 
 import pytest
 from channels.db import database_sync_to_async
@@ -21,7 +20,7 @@ from chat.models import AccountLimits, Conversation, Message, SharedConversation
 from chat.runtime import current
 from tests.conftest import make_user
 from tests.factories import conversation_with_answer
-from tests.upstream import Gate, Hangup, Status, answer, echo_answer, finished, started, stream, usage_object
+from tests.upstream import Gate, Hangup, Routed, Status, answer, finished, started, stream, usage_object
 from tests.websocket import assert_no_groups_left, connect, receive, receive_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -40,22 +39,9 @@ def is_title_request(body):
     return body.get("instructions") == TITLE_INSTRUCTIONS
 
 
-class Routed:
-    """A scenario for every request: titles get `title`, answers the queue of `answers`; each
-    title request is kept, and `asked` is set once one arrived."""
-
-    def __init__(self, title, *answers):
-        self.title = title
-        self.answers = list(answers)
-        self.asked = threading.Event()
-        self.title_bodies = []
-
-    def __call__(self, body):
-        if is_title_request(body):
-            self.title_bodies.append(body)
-            self.asked.set()
-            return self.title
-        return self.answers.pop(0) if self.answers else echo_answer(body)
+def titles(title, *answers):
+    """Title requests get `title`, answers `answers` in order (tests/upstream.py Routed)."""
+    return Routed(is_title_request, title, *answers)
 
 
 def route(upstream, routed, requests=8):
@@ -88,7 +74,7 @@ async def test_the_first_answer_is_followed_by_a_short_title_that_every_tab_of_t
     alice, bob, upstream, worker
 ):
     gate = Gate()
-    routed = route(upstream, Routed([gate, *answer(["“Por qué el cielo ", "es azul”."])], answer(ANSWER)))
+    routed = route(upstream, titles([gate, *answer(["“Por qué el cielo ", "es azul”."])], answer(ANSWER)))
     sending, _, _ = await connect(alice)
     other_tab, _, _ = await connect(alice)
     bobs, _, _ = await connect(bob)
@@ -109,7 +95,7 @@ async def test_the_first_answer_is_followed_by_a_short_title_that_every_tab_of_t
 
     stored = await conversation_of(conversation_id)
     assert (stored.title, stored.title_source) == ("Por qué el cielo es azul", Conversation.TitleSource.MODEL)
-    [body] = routed.title_bodies
+    [body] = routed.picked_bodies
     assert body["model"] == "test-model" and body["stream"] is True
     assert body["max_output_tokens"] == TITLE_MAX_OUTPUT_TOKENS
     [item] = body["input"]
@@ -129,12 +115,12 @@ async def test_later_answers_ask_for_no_title_and_a_first_answer_that_failed_wai
     alice, upstream, worker
 ):
     failed = [*stream(*started(), finished("failed", error={"code": "server_error", "message": "Down."}))]
-    routed = route(upstream, Routed(answer(["Sky colours"]), failed, answer(ANSWER), answer(["Again."])))
+    routed = route(upstream, titles(answer(["Sky colours"]), failed, answer(ANSWER), answer(["Again."])))
     socket, _, _ = await connect(alice)
     conversation_id, frames = await first_exchange(socket)
     assert frames[-1]["status"] == "failed"
     await idle_titles()
-    assert routed.title_bodies == []
+    assert routed.picked_bodies == []
 
     await socket.send_json_to({"type": "chat.regenerate", "message": frames[-1]["message"]})
     await receive_until(socket, "message.done", timeout=15)
@@ -144,14 +130,14 @@ async def test_later_answers_ask_for_no_title_and_a_first_answer_that_failed_wai
     await socket.send_json_to({"type": "chat.send", "conversation": conversation_id, "text": "¿Y de noche?"})
     await receive_until(socket, "message.done", timeout=15)
     await idle_titles()
-    assert len(routed.title_bodies) == 1
+    assert len(routed.picked_bodies) == 1
     assert len(upstream.requests) == 4
     await socket.disconnect()
 
 
 async def test_a_rename_while_the_title_is_written_wins_in_every_tab(alice, upstream, worker):
     gate = Gate()
-    routed = route(upstream, Routed([gate, *answer(["Sky colours"])], answer(ANSWER)))
+    routed = route(upstream, titles([gate, *answer(["Sky colours"])], answer(ANSWER)))
     socket, _, _ = await connect(alice)
     other_tab, _, _ = await connect(alice)
     conversation_id, _ = await first_exchange(socket)
@@ -179,7 +165,7 @@ async def test_a_rename_while_the_title_is_written_wins_in_every_tab(alice, upst
 
 async def test_a_title_the_owner_gave_before_the_first_answer_ended_is_kept(alice, upstream, worker):
     gate = Gate()
-    route(upstream, Routed(answer(["Sky colours"]), [*answer(["La luz"])[:3], gate, *answer(["La luz"])[3:]]))
+    route(upstream, titles(answer(["Sky colours"]), [*answer(["La luz"])[:3], gate, *answer(["La luz"])[3:]]))
     socket, _, _ = await connect(alice)
     await socket.send_json_to({"type": "chat.send", "conversation": None, "text": QUESTION})
     conversation_id = (await receive(socket))["conversation"]["id"]
@@ -206,11 +192,11 @@ FAILURES = {
 @pytest.mark.parametrize("failure", FAILURES, ids=list(FAILURES))
 async def test_a_title_request_that_fails_keeps_the_first_words_and_tells_nobody(alice, upstream, worker, failure):
     scenario, tokens = FAILURES[failure]
-    routed = route(upstream, Routed(scenario, answer(ANSWER)))
+    routed = route(upstream, titles(scenario, answer(ANSWER)))
     socket, _, _ = await connect(alice)
     conversation_id, frames = await first_exchange(socket)
     await idle_titles()
-    assert len(routed.title_bodies) == 1
+    assert len(routed.picked_bodies) == 1
     stored = await conversation_of(conversation_id)
     assert (stored.title, stored.title_source) == (FIRST_WORDS, Conversation.TitleSource.FIRST_WORDS)
     assert await socket.receive_nothing(timeout=0.5), "no error and no update reaches the owner"
@@ -228,13 +214,13 @@ async def test_the_title_counts_in_the_budget_and_none_is_asked_for_once_it_is_s
     await AccountLimits.objects.acreate(user=alice, daily_token_budget=40)
     routed = route(
         upstream,
-        Routed(answer(["Sky colours"], usage=usage_object(8, 2)), answer(ANSWER, usage=usage_object(10, 5))),
+        titles(answer(["Sky colours"], usage=usage_object(8, 2)), answer(ANSWER, usage=usage_object(10, 5))),
     )
     socket, _, _ = await connect(alice)
     await first_exchange(socket)
     await receive_until(socket, "conversation.updated", timeout=15)
     # The rest of the budget (40 - 15) bounds the title request like an answer's.
-    assert routed.title_bodies[0]["max_output_tokens"] == 25 < TITLE_MAX_OUTPUT_TOKENS
+    assert routed.picked_bodies[0]["max_output_tokens"] == 25 < TITLE_MAX_OUTPUT_TOKENS
     budget = await database_sync_to_async(limits.budget_status)(alice)
     assert (budget["used"], budget["reserved"]) == (15 + 10, 0)
 
@@ -243,7 +229,7 @@ async def test_the_title_counts_in_the_budget_and_none_is_asked_for_once_it_is_s
     conversation_id, frames = await first_exchange(socket, "Otra pregunta")
     assert frames[-1]["budget"]["exhausted"]
     await idle_titles()
-    assert len(routed.title_bodies) == 1
+    assert len(routed.picked_bodies) == 1
     assert (await conversation_of(conversation_id)).title == "Otra pregunta"
     # The usage report counts the title's tokens, and answers only as answers.
     staff = Client()
@@ -257,7 +243,7 @@ async def test_the_title_counts_in_the_budget_and_none_is_asked_for_once_it_is_s
 
 async def test_imported_and_shared_copies_keep_the_titles_they_came_with(alice, bob, upstream, worker):
     """Both copies end with an answer that said nothing, so their next answer is the first to speak."""
-    routed = route(upstream, Routed(answer(["Sky colours"]), answer(ANSWER), answer(ANSWER)))
+    routed = route(upstream, titles(answer(["Sky colours"]), answer(ANSWER), answer(ANSWER)))
     original = await database_sync_to_async(conversation_with_answer)(
         bob, QUESTION, "", title="Bob's own title", status=Message.Status.FAILED, tokens=(0, 0)
     )
@@ -282,24 +268,24 @@ async def test_imported_and_shared_copies_keep_the_titles_they_came_with(alice, 
         await socket.send_json_to({"type": "chat.send", "conversation": str(copy.id), "text": "¿Y de noche?"})
         assert (await receive_until(socket, "message.done", timeout=15))[-1]["status"] == "completed"
     await idle_titles()
-    assert routed.title_bodies == []
+    assert routed.picked_bodies == []
     assert {(await conversation_of(copy.id)).title for copy in copies} == {"Bob's own title"}
     await socket.disconnect()
 
 
 async def test_with_titles_off_nothing_is_asked(alice, upstream, worker, settings):
     settings.CHAT_GENERATED_TITLES = False
-    routed = route(upstream, Routed(answer(["Sky colours"]), answer(ANSWER)))
+    routed = route(upstream, titles(answer(["Sky colours"]), answer(ANSWER)))
     socket, _, _ = await connect(alice)
     conversation_id, _ = await first_exchange(socket)
     await idle_titles()
-    assert routed.title_bodies == [] and len(upstream.requests) == 1
+    assert routed.picked_bodies == [] and len(upstream.requests) == 1
     assert (await conversation_of(conversation_id)).title == FIRST_WORDS
     await socket.disconnect()
 
 
 async def test_the_admin_says_who_gave_the_title(alice, upstream, worker):
-    route(upstream, Routed(answer(["Sky colours"]), answer(ANSWER)))
+    route(upstream, titles(answer(["Sky colours"]), answer(ANSWER)))
     socket, _, _ = await connect(alice)
     conversation_id, _ = await first_exchange(socket)
     await receive_until(socket, "conversation.updated", timeout=15)
