@@ -516,7 +516,7 @@ class Conversation(models.Model):
             return False
         if self.imported_at is not None or answer.role != Message.Role.ASSISTANT or not answer.text.strip():
             return False
-        if answer.status not in (Message.Status.COMPLETED, Message.Status.INCOMPLETE):
+        if answer.status not in Message.SAID:
             return False
         said_before = (
             self.messages.filter(role=Message.Role.ASSISTANT, status__in=Message.SAID)

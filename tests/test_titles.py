@@ -7,23 +7,26 @@ tells a title request from an answer by its instructions (`routed`), so each tes
 """
 
 import asyncio
+import datetime
 
 import pytest
+import time_machine
 from channels.db import database_sync_to_async
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
+from django.utils import timezone
 
 from chat import limits
 from chat.answering.titles import TITLE_INSTRUCTIONS, TITLE_MAX_OUTPUT_TOKENS
-from chat.models import AccountLimits, Conversation, Message, SharedConversation, UsageEntry
+from chat.models import TITLE_ABANDONED_AFTER, AccountLimits, Conversation, Message, SharedConversation, UsageEntry
 from chat.runtime import current
 from tests.conftest import make_user
 from tests.factories import conversation_with_answer
 from tests.upstream import Gate, Hangup, Routed, Status, answer, finished, started, stream, usage_object
 from tests.websocket import assert_no_groups_left, connect, receive, receive_until
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 QUESTION = "¿Por qué el cielo es azul al mediodía y rojo al atardecer?"
 FIRST_WORDS = Conversation.title_from(QUESTION)
@@ -70,6 +73,7 @@ def title_entries(user):
     return list(UsageEntry.objects.filter(user=user, purpose=UsageEntry.Purpose.TITLE))
 
 
+@pytest.mark.asyncio
 async def test_the_first_answer_is_followed_by_a_short_title_that_every_tab_of_the_owner_hears(
     alice, bob, upstream, worker
 ):
@@ -111,6 +115,7 @@ async def test_the_first_answer_is_followed_by_a_short_title_that_every_tab_of_t
     assert_no_groups_left()
 
 
+@pytest.mark.asyncio
 async def test_later_answers_ask_for_no_title_and_a_first_answer_that_failed_waits_for_one_that_speaks(
     alice, upstream, worker
 ):
@@ -135,6 +140,7 @@ async def test_later_answers_ask_for_no_title_and_a_first_answer_that_failed_wai
     await socket.disconnect()
 
 
+@pytest.mark.asyncio
 async def test_a_rename_while_the_title_is_written_wins_in_every_tab(alice, upstream, worker):
     gate = Gate()
     routed = route(upstream, titles([gate, *answer(["Sky colours"])], answer(ANSWER)))
@@ -163,6 +169,7 @@ async def test_a_rename_while_the_title_is_written_wins_in_every_tab(alice, upst
     assert_no_groups_left()
 
 
+@pytest.mark.asyncio
 async def test_a_title_the_owner_gave_before_the_first_answer_ended_is_kept(alice, upstream, worker):
     gate = Gate()
     route(upstream, titles(answer(["Sky colours"]), [*answer(["La luz"])[:3], gate, *answer(["La luz"])[3:]]))
@@ -189,6 +196,7 @@ FAILURES = {
 }
 
 
+@pytest.mark.asyncio
 @pytest.mark.parametrize("failure", FAILURES, ids=list(FAILURES))
 async def test_a_title_request_that_fails_keeps_the_first_words_and_tells_nobody(alice, upstream, worker, failure):
     scenario, tokens = FAILURES[failure]
@@ -209,6 +217,7 @@ async def test_a_title_request_that_fails_keeps_the_first_words_and_tells_nobody
     await socket.disconnect()
 
 
+@pytest.mark.asyncio
 async def test_the_title_counts_in_the_budget_and_none_is_asked_for_once_it_is_spent(alice, upstream, worker, settings):
     settings.CHAT_SENDS_PER_MINUTE = 2  # a title is not a send: both sends below go
     await AccountLimits.objects.acreate(user=alice, daily_token_budget=40)
@@ -241,6 +250,7 @@ async def test_the_title_counts_in_the_budget_and_none_is_asked_for_once_it_is_s
     await socket.disconnect()
 
 
+@pytest.mark.asyncio
 async def test_imported_and_shared_copies_keep_the_titles_they_came_with(alice, bob, upstream, worker):
     """Both copies end with an answer that said nothing, so their next answer is the first to speak."""
     routed = route(upstream, titles(answer(["Sky colours"]), answer(ANSWER), answer(ANSWER)))
@@ -273,6 +283,7 @@ async def test_imported_and_shared_copies_keep_the_titles_they_came_with(alice, 
     await socket.disconnect()
 
 
+@pytest.mark.asyncio
 async def test_with_titles_off_nothing_is_asked(alice, upstream, worker, settings):
     settings.CHAT_GENERATED_TITLES = False
     routed = route(upstream, titles(answer(["Sky colours"]), answer(ANSWER)))
@@ -284,6 +295,7 @@ async def test_with_titles_off_nothing_is_asked(alice, upstream, worker, setting
     await socket.disconnect()
 
 
+@pytest.mark.asyncio
 async def test_the_admin_says_who_gave_the_title(alice, upstream, worker):
     route(upstream, titles(answer(["Sky colours"]), answer(ANSWER)))
     socket, _, _ = await connect(alice)
@@ -305,3 +317,18 @@ async def test_the_admin_says_who_gave_the_title(alice, upstream, worker):
         reverse("admin:chat_usageentry_changelist"), {"purpose__exact": "title"}
     )
     assert entries.status_code == 200 and "title of a conversation" in entries.content.decode()
+
+
+def test_the_reaper_leaves_a_title_being_written_alone_and_records_one_lost_with_its_process(alice):
+    conversation = conversation_with_answer(alice)
+    entry = UsageEntry.objects.reserve_title(conversation, 400, TITLE_MAX_OUTPUT_TOKENS)
+    assert (entry.estimated_input_tokens, entry.reserved_tokens) == (100, 100 + TITLE_MAX_OUTPUT_TOKENS)
+    assert UsageEntry.objects.record_ended() == 0
+    entry.refresh_from_db()
+    assert entry.recorded_at is None, "a title still being written is not taken for a lost one"
+    assert limits.budget_status(alice)["reserved"] == 160
+    with time_machine.travel(timezone.now() + TITLE_ABANDONED_AFTER + datetime.timedelta(seconds=1)):
+        assert UsageEntry.objects.record_ended() == 1
+    entry.refresh_from_db()
+    assert (entry.total_tokens, entry.estimated) == (160, True)
+    assert limits.budget_status(alice)["used"] == 15 + 160
