@@ -247,6 +247,9 @@ async def test_the_title_counts_in_the_budget_and_none_is_asked_for_once_it_is_s
     )
     report = await database_sync_to_async(staff.get)(reverse("admin:chat_usage_report"))
     assert (report.context["totals"]["answers"], report.context["totals"]["total_tokens"]) == (2, 40)
+    # So does the settings page's usage of today.
+    usage = await database_sync_to_async(limits.usage_today)(alice)
+    assert usage == [{"model": "test-model", "answers": 2, "tokens": 40}]
     await socket.disconnect()
 
 
