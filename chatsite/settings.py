@@ -276,6 +276,12 @@ CHAT_HEARTBEAT_TIMEOUT = envnumber("CHAT_HEARTBEAT_TIMEOUT", 30.0, float)
 # (chat/answering/titles.py); the first words of the first message stay the title until then, and
 # whenever that fails. The request's tokens count in the owner's usage and budget.
 CHAT_GENERATED_TITLES = envbool("CHAT_GENERATED_TITLES", True)
+# The most a title request may write (its max_output_tokens). A title of six words is about
+# fifteen tokens; a reasoning model's thinking counts in it too, and one that thinks past it
+# leaves the first words as the title.
+CHAT_TITLE_MAX_OUTPUT_TOKENS = envnumber("CHAT_TITLE_MAX_OUTPUT_TOKENS", 200)
+if CHAT_TITLE_MAX_OUTPUT_TOKENS < 16:
+    raise ImproperlyConfigured("CHAT_TITLE_MAX_OUTPUT_TOKENS must be at least 16, the API's floor")
 # The most tokens one answer may write, sent upstream as max_output_tokens (0: the model's own
 # limit, and nothing is sent unless a daily budget caps the answer). With a budget an answer may
 # also write at most the rest of it; a strict API that refuses a max_output_tokens above its

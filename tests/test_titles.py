@@ -18,7 +18,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from chat import limits
-from chat.answering.titles import TITLE_INSTRUCTIONS, TITLE_MAX_OUTPUT_TOKENS
+from chat.answering.titles import TITLE_INSTRUCTIONS
 from chat.models import TITLE_ABANDONED_AFTER, AccountLimits, Conversation, Message, SharedConversation, UsageEntry
 from chat.runtime import current
 from tests.conftest import make_user
@@ -75,7 +75,7 @@ def title_entries(user):
 
 @pytest.mark.asyncio
 async def test_the_first_answer_is_followed_by_a_short_title_that_every_tab_of_the_owner_hears(
-    alice, bob, upstream, worker
+    alice, bob, upstream, worker, settings
 ):
     gate = Gate()
     routed = route(upstream, titles([gate, *answer(["“Por qué el cielo ", "es azul”."])], answer(ANSWER)))
@@ -101,7 +101,7 @@ async def test_the_first_answer_is_followed_by_a_short_title_that_every_tab_of_t
     assert (stored.title, stored.title_source) == ("Por qué el cielo es azul", Conversation.TitleSource.MODEL)
     [body] = routed.picked_bodies
     assert body["model"] == "test-model" and body["stream"] is True
-    assert body["max_output_tokens"] == TITLE_MAX_OUTPUT_TOKENS
+    assert body["max_output_tokens"] == settings.CHAT_TITLE_MAX_OUTPUT_TOKENS == 200
     [item] = body["input"]
     assert item["role"] == "user"
     assert QUESTION in item["content"] and "La luz se dispersa." in item["content"]
@@ -229,7 +229,7 @@ async def test_the_title_counts_in_the_budget_and_none_is_asked_for_once_it_is_s
     await first_exchange(socket)
     await receive_until(socket, "conversation.updated", timeout=15)
     # The rest of the budget (40 - 15) bounds the title request like an answer's.
-    assert routed.picked_bodies[0]["max_output_tokens"] == 25 < TITLE_MAX_OUTPUT_TOKENS
+    assert routed.picked_bodies[0]["max_output_tokens"] == 25 < settings.CHAT_TITLE_MAX_OUTPUT_TOKENS
     budget = await database_sync_to_async(limits.budget_status)(alice)
     assert (budget["used"], budget["reserved"]) == (15 + 10, 0)
 
@@ -324,8 +324,8 @@ async def test_the_admin_says_who_gave_the_title(alice, upstream, worker):
 
 def test_the_reaper_leaves_a_title_being_written_alone_and_records_one_lost_with_its_process(alice):
     conversation = conversation_with_answer(alice)
-    entry = UsageEntry.objects.reserve_title(conversation, 400, TITLE_MAX_OUTPUT_TOKENS)
-    assert (entry.estimated_input_tokens, entry.reserved_tokens) == (100, 100 + TITLE_MAX_OUTPUT_TOKENS)
+    entry = UsageEntry.objects.reserve_title(conversation, 400, 60)
+    assert (entry.estimated_input_tokens, entry.reserved_tokens) == (100, 100 + 60)
     assert UsageEntry.objects.record_ended() == 0
     entry.refresh_from_db()
     assert entry.recorded_at is None, "a title still being written is not taken for a lost one"

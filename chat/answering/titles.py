@@ -10,7 +10,7 @@ delays an answer; one thread of the worker's own then
 - reserves the request against the owner's budget like an answer (UsageEntryQuerySet.reserve_title),
   and gives up when the budget is spent;
 - asks the conversation's model, through the same client as answers, with a small
-  max_output_tokens, and records what it spent in the ledger;
+  max_output_tokens (CHAT_TITLE_MAX_OUTPUT_TOKENS), and records what it spent in the ledger;
 - stores the cleaned title unless the owner renamed meanwhile (Conversation.take_generated_title:
   a conditional UPDATE, so a rename always wins), and tells every tab of the owner through the
   channel layer on the server's event loop (DESIGN.md: never a fresh loop from a thread).
@@ -36,10 +36,6 @@ from chat.models import TITLE_LENGTH, BudgetSpent, Message, UsageEntry
 logger = logging.getLogger(__name__)
 
 TITLE_THREAD = "answer-titles"
-# A title of six words is about fifteen tokens; the rest leaves room for a model that starts with
-# a word or two of its own ("Title: …"). Reasoning models may spend it thinking: the first
-# words then stay.
-TITLE_MAX_OUTPUT_TOKENS = 60
 # What the model reads of the first message and of the first answer: enough to name them.
 TITLE_INPUT_CHARACTERS = 2000
 TITLE_INSTRUCTIONS = (
@@ -135,7 +131,7 @@ class TitleWriter:
             return None
         input_items = title_input(answer)
         characters = len(TITLE_INSTRUCTIONS) + sum(len(item["content"]) for item in input_items)
-        limit = min(filter(None, (TITLE_MAX_OUTPUT_TOKENS, provider.max_output_tokens)))
+        limit = min(filter(None, (settings.CHAT_TITLE_MAX_OUTPUT_TOKENS, provider.max_output_tokens)))
         try:
             entry = UsageEntry.objects.reserve_title(conversation, characters, limit)
         except BudgetSpent:
