@@ -187,6 +187,24 @@ async def test_a_title_the_owner_gave_before_the_first_answer_ended_is_kept(alic
     await socket.disconnect()
 
 
+@pytest.mark.asyncio
+async def test_a_shutdown_gives_up_the_title_being_written_at_once(alice, upstream, worker):
+    gate = Gate()
+    held = answer(["Sky ", "colours"])
+    routed = route(upstream, titles([*held[:5], gate, *held[5:]], answer(ANSWER)))
+    socket, _, _ = await connect(alice)
+    conversation_id, _ = await first_exchange(socket)
+    assert await asyncio.to_thread(routed.asked.wait, 10)
+    await socket.disconnect()
+
+    await asyncio.wait_for(asyncio.to_thread(worker.interrupt_all), 15)
+    await asyncio.wait_for(idle_titles(), 5)  # not held until the upstream lets go
+    assert not gate.passed.is_set()
+    assert (await conversation_of(conversation_id)).title == FIRST_WORDS
+    [entry] = await title_entries(alice)
+    assert entry.recorded_at is not None and entry.estimated
+
+
 FAILURES = {
     "an HTTP error": ([Status(400, b'{"error": {"message": "No."}}', {"Content-Type": "application/json"})], 0),
     "a failed response": (stream(*started(), finished("failed", usage=usage_object(30, 0))), 30),

@@ -96,6 +96,15 @@ class TitleWriter:
         self.worker = worker
         self.closing = threading.Event()
         self.pool = ThreadPoolExecutor(1, thread_name_prefix=TITLE_THREAD)
+        self.stream = None  # the request being read, for `close`
+
+    def close(self):
+        """Give up the title being written, from any thread (shutdown): its stream is aborted, its
+        retries end, and what it spent so far is recorded by its own thread."""
+        self.closing.set()
+        stream = self.stream
+        if stream is not None:
+            stream.abort()
 
     def after_answer(self, message, loop):
         """Queue a title for the conversation of the ended answer `message` where it may want one
@@ -161,6 +170,9 @@ class TitleWriter:
             logger.warning("The title request failed before its answer (%s): %s", error.code, error.message)
             return reply
         reply.began = True
+        self.stream = stream
+        if self.closing.is_set():
+            stream.abort()  # close() came between the status line and here
         deltas = []
         try:
             for event in stream:
@@ -175,6 +187,8 @@ class TitleWriter:
         except upstream.UpstreamError as error:
             logger.warning("The title request broke off (%s): %s", error.code, error.message)
             reply.status = Message.Status.FAILED
+        finally:
+            self.stream = None
         reply.text = "".join(deltas)
         return reply
 

@@ -154,7 +154,7 @@ class StreamWorker:
     def close(self, timeout=5):
         """Stop this worker's threads once their current answers end (tests, shutdown)."""
         self.maintenance.stop(timeout)
-        self.titles.closing.set()
+        self.titles.close()
         for pool, threads in ((self.stops, 1), (self.titles.pool, 1), (self.pool, self.threads)):
             close_connections_of(pool, threads, timeout)
             pool.shutdown(wait=False, cancel_futures=True)
@@ -177,6 +177,7 @@ class StreamWorker:
         Stop, and this waits for them.
         """
         self.maintenance.stopping.set()
+        self.titles.close()  # a title is a nicety: it must not hold the process past its answers
         with self.jobs_lock:
             jobs = list(self.jobs.values())
         for job in jobs:
