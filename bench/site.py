@@ -39,6 +39,9 @@ def bench_env(folder, upstream_url, database_url=None, redis_url=None, **variabl
         # Every benchmark user sends several messages a minute.
         "CHAT_SENDS_PER_MINUTE": "0",
         "LOCAL_MODEL_ENABLED": "0",
+        # A title after each first answer would be one more request to the timed upstream, which
+        # plays the measured streams only.
+        "CHAT_GENERATED_TITLES": "0",
     }
     settings.update(variables)
     return site_env(**settings)

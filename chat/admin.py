@@ -225,6 +225,7 @@ class ConversationAdmin(TranscriptAdmin):
         LastAnswerStatusFilter,
         FeedbackFilter,
         ImportedFilter,
+        "title_source",
         "created_at",
     ]
     list_select_related = ["owner"]
@@ -234,6 +235,7 @@ class ConversationAdmin(TranscriptAdmin):
     fields = [
         "id",
         "title",
+        "title_source",
         "owner",
         "model",
         "instructions",
@@ -512,15 +514,17 @@ class UsageEntryAdmin(RecordAdminMixin, StrictAdminMixin, admin.ModelAdmin):
         "day",
         "username",
         "model",
+        "purpose",
         "status",
         "input_tokens",
         "output_tokens",
         "total_tokens",
         "estimated",
         "reserved_tokens",
+        "max_output_tokens",
         "recorded_at",
     ]
-    list_filter = ["estimated", "status", "model", "day"]
+    list_filter = ["purpose", "estimated", "status", "model", "day"]
     search_fields = ["username", "=message_id"]
     date_hierarchy = "day"
     readonly_fields = [field.name for field in UsageEntry._meta.fields]
@@ -686,8 +690,9 @@ def usage_rows(start, end):
         input_tokens=Coalesce(Sum("input_tokens"), 0),
         output_tokens=Coalesce(Sum("output_tokens"), 0),
         total_tokens=Coalesce(Sum("total_tokens"), 0),
-        answers=Count("id"),
-        failures=Count("id", filter=Q(status=Message.Status.FAILED)),
+        # Title requests add their tokens, not answers or failures.
+        answers=Count("id", filter=Q(purpose=UsageEntry.Purpose.ANSWER)),
+        failures=Count("id", filter=Q(status=Message.Status.FAILED, purpose=UsageEntry.Purpose.ANSWER)),
     )
     estimated = Coalesce(Sum("total_tokens", filter=Q(estimated=True)), 0)
     rows = (

@@ -784,6 +784,7 @@ def store(owner, draft, now):
     conversation = Conversation.objects.create(
         owner=owner,
         title=" ".join(title.split())[:TITLE_LENGTH],
+        title_source=Conversation.TitleSource.COPIED,
         model=draft.model[:MODEL_LENGTH],
         instructions=draft.instructions[:INSTRUCTIONS_LENGTH],
         created_at=start,

@@ -34,6 +34,12 @@ INSTRUCTIONS_LENGTH = 8000
 CHARS_PER_TOKEN = 4
 # The send rate limit (CHAT_SENDS_PER_MINUTE) counts the sends of the last this many seconds.
 SEND_RATE_WINDOW = 60
+# The smallest max_output_tokens the API takes (OpenAI's floor, and the local model's): a smaller
+# rest of a budget is sent as this much.
+MIN_OUTPUT_TOKENS = 16
+# A title request whose entry is still open after this long was lost with its process: the
+# reaper records what it held (UsageEntryQuerySet.record_ended).
+TITLE_ABANDONED_AFTER = datetime.timedelta(minutes=30)
 
 
 def tokens_for(characters):
@@ -408,9 +414,21 @@ class MessageTree:
 
 
 class Conversation(models.Model):
+    class TitleSource(models.TextChoices):
+        """Who gave the conversation its title: a model's title replaces the first words only,
+        and nothing replaces a title its owner chose or one it came with."""
+
+        FIRST_WORDS = "first_words", "the first words of the first message"
+        MODEL = "model", "the model, after the first answer"
+        OWNER = "owner", "the owner (renamed)"
+        COPIED = "copied", "copied with it (imported, or from a shared link)"
+
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="conversations")
     title = models.CharField(max_length=TITLE_LENGTH, blank=True)
+    title_source = models.CharField(
+        max_length=16, choices=TitleSource.choices, default=TitleSource.FIRST_WORDS, editable=False
+    )
     model = models.CharField(max_length=200)
     instructions = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -522,7 +540,39 @@ class Conversation(models.Model):
         if len(title) > TITLE_LENGTH:
             raise ValueError(f"A title can be at most {TITLE_LENGTH} characters.")
         self.title = title
-        self.save(update_fields=["title"])
+        # From now on the owner's: a title the model is writing meanwhile is not stored.
+        self.title_source = Conversation.TitleSource.OWNER
+        self.save(update_fields=["title", "title_source"])
+
+    # --- a title from the model (chat/answering/titles.py) ------------------------------------
+
+    def wants_generated_title(self, answer):
+        """Whether `answer`, just ended, is the first answer of a conversation still named by its
+        first words: then the model is asked for a title. Not for imported conversations, nor
+        after a later answer (an earlier one already said something)."""
+        if not settings.CHAT_GENERATED_TITLES or self.title_source != Conversation.TitleSource.FIRST_WORDS:
+            return False
+        if self.imported_at is not None or answer.role != Message.Role.ASSISTANT or not answer.text.strip():
+            return False
+        if answer.status not in Message.SAID:
+            return False
+        said_before = (
+            self.messages.filter(role=Message.Role.ASSISTANT, status__in=Message.SAID)
+            .exclude(pk=answer.pk)
+            .exclude(text="")
+        )
+        return not said_before.exists()
+
+    def take_generated_title(self, title):
+        """Store the model's `title` unless the title changed hands meanwhile (a rename); True if
+        stored. One conditional UPDATE, so that a rename at any moment wins; no post_save signal
+        (the title's thread tells the tabs itself, through the server's event loop)."""
+        stored = Conversation.objects.filter(pk=self.pk, title_source=Conversation.TitleSource.FIRST_WORDS).update(
+            title=title, title_source=Conversation.TitleSource.MODEL
+        )
+        if stored:
+            self.title, self.title_source = title, Conversation.TitleSource.MODEL
+        return bool(stored)
 
     @staticmethod
     def clean_instructions(instructions):
@@ -890,6 +940,8 @@ class Message(models.Model):
         INTERRUPTED = "interrupted"
 
     UNFINISHED = (Status.QUEUED, Status.STREAMING)
+    # Ended with the model's words (all of them, or up to a limit).
+    SAID = (Status.COMPLETED, Status.INCOMPLETE)
     # Transcript text (see Conversation.TEXT_FIELDS). The owner's feedback comment is their words too.
     TEXT_FIELDS = ("text", "reasoning", "refusal", "error_message", "feedback_comment")
 
@@ -1358,40 +1410,38 @@ class UsageEntryQuerySet(models.QuerySet):
         }
 
     def usage_by_model(self, user_id, day):
-        """[{model, answers, tokens}] the user's answers of `day` spent, per model, for the settings page."""
+        """[{model, answers, tokens}] the user's answers of `day` spent, per model, for the settings page
+        (the tokens of titles included; `answers` counts answers only)."""
         return list(
             self.filter(user_id=user_id, day=day)
             .values("model")
-            .annotate(answers=Count("id"), tokens=Coalesce(Sum("total_tokens"), 0))
+            .annotate(
+                answers=Count("id", filter=Q(purpose=UsageEntry.Purpose.ANSWER)),
+                tokens=Coalesce(Sum("total_tokens"), 0),
+            )
             .order_by("model")
         )
 
     def reserve(self, answer, conversation):
-        """Admit the queued `answer` against its owner's send rate and budget, and hold an
-        estimate of its cost until it ends; raises SendRateExceeded or BudgetSpent.
+        """Admit the queued `answer` against its owner's send rate and budget, and hold what it
+        may cost until it ends; raises SendRateExceeded or BudgetSpent.
 
         Runs in the transaction that stores the answer, after locking the owner's user row: the
         sends of one user are decided one at a time, whichever thread or process they reach, so
         they cannot all pass one check on the same figures. (On SQLite, where rows are not
-        locked, the site's IMMEDIATE transactions give the same order.) An answer is admitted
-        while today's spending and every reservation stay below the budget, so sends in parallel
-        overspend it by at most about one answer: the reservation is the input's estimate plus
-        CHAT_RESERVED_ANSWER_TOKENS for the answer.
+        locked, the site's IMMEDIATE transactions give the same order.) The entry holds the
+        input's estimate and what the answer may write: with a budget, its max_output_tokens,
+        which is at most what today's spending and every other reservation leave of the budget
+        (see `output_allowance`). So answers in parallel, and each one alone, stay within the
+        budget but for what they read: their input, which is only estimated beforehand.
         """
         user_id = conversation.owner_id
-        users = get_user_model().objects.select_for_update(
-            # Rows that merely refer to the user (a new conversation) need not wait for the lock.
-            no_key=connections[self.db].features.has_select_for_no_key_update
-        )
-        username = users.filter(pk=user_id).values_list(get_user_model().USERNAME_FIELD, flat=True).get()
+        limit = providers.provider_for(answer.model).max_output_tokens
+        username = self._lock_owner(user_id)
         now = timezone.now()
         self.check_send_rate(user_id, now)
         day = timezone.localdate(answer.created_at)
-        budget = AccountLimits.budget_of(user_id)
-        if budget:
-            spent, reserved = self.filter(user_id=user_id, day=day).spending()
-            if spent + reserved >= budget:
-                raise BudgetSpent(budget, spent)
+        cap, held = self.output_allowance(user_id, day, limit, settings.CHAT_RESERVED_ANSWER_TOKENS)
         input_tokens = tokens_for(conversation.input_characters(before=answer))
         return self.create(
             user_id=user_id,
@@ -1400,8 +1450,92 @@ class UsageEntryQuerySet(models.QuerySet):
             model=answer.model,
             day=day,
             estimated_input_tokens=input_tokens,
-            reserved_tokens=input_tokens + settings.CHAT_RESERVED_ANSWER_TOKENS,
+            reserved_tokens=input_tokens + held,
+            max_output_tokens=cap,
             created_at=now,
+        )
+
+    def _lock_owner(self, user_id):
+        """Lock the user's row until the transaction ends (see `reserve`); their username."""
+        users = get_user_model().objects.select_for_update(
+            # Rows that merely refer to the user (a new conversation) need not wait for the lock.
+            no_key=connections[self.db].features.has_select_for_no_key_update
+        )
+        return users.filter(pk=user_id).values_list(get_user_model().USERNAME_FIELD, flat=True).get()
+
+    def output_allowance(self, user_id, day, limit, unbudgeted_hold):
+        """(max_output_tokens to send or None, tokens to hold for the output) of a request made
+        now for the user, under the owner's lock; raises BudgetSpent when nothing is left.
+
+        Without a budget: `limit` (the model's, or None: nothing is sent), holding
+        `unbudgeted_hold`. With one: the rest of the budget after today's spending and every
+        reservation, at most `limit`, and held whole, so that parallel requests share the rest
+        rather than each spend it. A rest below MIN_OUTPUT_TOKENS is sent as that floor.
+        """
+        budget = AccountLimits.budget_of(user_id)
+        if not budget:
+            return limit, unbudgeted_hold
+        spent, reserved = self.filter(user_id=user_id, day=day).spending()
+        rest = budget - spent - reserved
+        if rest <= 0:
+            raise BudgetSpent(budget, spent)
+        cap = max(MIN_OUTPUT_TOKENS, min(rest, limit) if limit else rest)
+        return cap, cap
+
+    @transaction.atomic
+    def reserve_title(self, conversation, input_characters, limit):
+        """Admit a title request for the conversation's owner against their budget, holding its
+        input's estimate and its max_output_tokens (at most `limit`), as `reserve` holds an
+        answer's; the entry, or BudgetSpent. Not against the send rate: the owner sent nothing."""
+        user_id = conversation.owner_id
+        username = self._lock_owner(user_id)
+        now = timezone.now()
+        day = timezone.localdate(now)
+        cap, held = self.output_allowance(user_id, day, limit, limit)
+        input_tokens = tokens_for(input_characters)
+        return self.create(
+            user_id=user_id,
+            username=username,
+            # A request of its own, not an answer: an id of its own (see UsageEntry.message_id).
+            message_id=uuid.uuid4(),
+            purpose=UsageEntry.Purpose.TITLE,
+            model=conversation.model,
+            day=day,
+            estimated_input_tokens=input_tokens,
+            reserved_tokens=input_tokens + held,
+            max_output_tokens=cap,
+            created_at=now,
+        )
+
+    def record_title(self, entry_id, status, usage=None, streamed_characters=0, began=False):
+        """Write what the title request of entry `entry_id` spent, once: the upstream's usage
+        (an upstream.Usage) when it reported one, else an estimate as for answers (its input and
+        the text it streamed, when the upstream began); nothing when it never began."""
+        entry = self.get(pk=entry_id)
+        estimated = False
+        if usage is not None and usage.total_tokens is not None:
+            input_tokens, output_tokens, total_tokens = (
+                usage.input_tokens or 0,
+                usage.output_tokens or 0,
+                usage.total_tokens,
+            )
+        elif began:
+            input_tokens = (
+                usage.input_tokens if usage and usage.input_tokens is not None else entry.estimated_input_tokens
+            )
+            output_tokens = (
+                usage.output_tokens if usage and usage.output_tokens is not None else tokens_for(streamed_characters)
+            )
+            total_tokens, estimated = input_tokens + output_tokens, True
+        else:
+            input_tokens = output_tokens = total_tokens = 0
+        return self.filter(pk=entry_id, recorded_at=None).update(
+            status=status,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            total_tokens=total_tokens,
+            estimated=estimated,
+            recorded_at=timezone.now(),
         )
 
     def check_send_rate(self, user_id, now):
@@ -1414,7 +1548,8 @@ class UsageEntryQuerySet(models.QuerySet):
         if not limit:
             return
         window = datetime.timedelta(seconds=SEND_RATE_WINDOW)
-        recent = self.filter(user_id=user_id, created_at__gt=now - window).order_by("-created_at")
+        sends = self.filter(user_id=user_id, purpose=UsageEntry.Purpose.ANSWER)
+        recent = sends.filter(created_at__gt=now - window).order_by("-created_at")
         # The oldest of the last `limit` sends: the next send may go once it leaves the window.
         oldest = recent.values_list("created_at", flat=True)[limit - 1 : limit].first()
         if oldest is not None:
@@ -1469,8 +1604,13 @@ class UsageEntryQuerySet(models.QuerySet):
     def record_ended(self):
         """Record the entries of answers that ended without record() (a path that forgot it, a
         database error right after the final save) and of answers deleted before they ended,
-        whose reservation then stands as their estimated cost. Run with the reaper."""
-        pending = list(self.filter(recorded_at=None).values_list("message_id", flat=True)[:1000])
+        whose reservation then stands as their estimated cost, and of title requests lost with
+        their process (TITLE_ABANDONED_AFTER), whose reservation stands likewise. Run with the
+        reaper."""
+        # A title request names no message: it counts as gone once it cannot still be running.
+        lost_titles = Q(purpose=UsageEntry.Purpose.TITLE, created_at__lt=timezone.now() - TITLE_ABANDONED_AFTER)
+        open_entries = self.filter(recorded_at=None).filter(Q(purpose=UsageEntry.Purpose.ANSWER) | lost_titles)
+        pending = list(open_entries.values_list("message_id", flat=True)[:1000])
         if not pending:
             return 0
         still_there = dict(Message.objects.filter(pk__in=pending).values_list("id", "status"))
@@ -1506,12 +1646,14 @@ def spending_of(message, estimated_input_tokens):
 
 
 class UsageEntry(models.Model):
-    """What one answer spent: the ledger that budgets and the usage report read.
+    """What one answer (or one title request) spent: the ledger that budgets and the usage report read.
 
     Written when the answer is queued, holding `reserved_tokens` against the owner's budget, and
-    completed when it ends (`recorded_at`). Deleting the conversation, its messages or the user
-    changes no figure here: the message is named by id, not referred to, and a deleted user
-    leaves `username` (SET_NULL rather than PROTECT, so accounts can still be deleted).
+    completed when it ends (`recorded_at`). A title the model writes after a first answer
+    (chat/answering/titles.py) is a request of its own, with an entry of its own (`purpose`).
+    Deleting the conversation, its messages or the user changes no figure here: the message is
+    named by id, not referred to, and a deleted user leaves `username` (SET_NULL rather than
+    PROTECT, so accounts can still be deleted).
     """
 
     # No index of its own: the indexes below start with the user.
@@ -1519,8 +1661,16 @@ class UsageEntry(models.Model):
         settings.AUTH_USER_MODEL, models.SET_NULL, null=True, blank=True, related_name="+", db_index=False
     )
     username = models.CharField(max_length=150, help_text="Kept if the account is deleted.")
+
+    class Purpose(models.TextChoices):
+        ANSWER = "answer"
+        TITLE = "title", "title of a conversation"
+
     # Not a foreign key: the entry outlives the message, and deleting that changes nothing here.
-    message_id = models.UUIDField(unique=True, help_text="The answer; it may have been deleted since.")
+    message_id = models.UUIDField(
+        unique=True, help_text="The answer; it may have been deleted since. A title request has an id of its own."
+    )
+    purpose = models.CharField(max_length=8, choices=Purpose.choices, default=Purpose.ANSWER)
     model = models.CharField(max_length=200, blank=True)
     day = models.DateField(help_text="The day the answer was sent, in the site's time zone.")
     status = models.CharField(
@@ -1538,6 +1688,11 @@ class UsageEntry(models.Model):
     )
     reserved_tokens = models.PositiveIntegerField(
         default=0, help_text="Held against the budget while the answer was being written."
+    )
+    max_output_tokens = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="The most it could write, sent upstream: the rest of the budget, at most the model's limit.",
     )
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     recorded_at = models.DateTimeField(null=True, blank=True, help_text="When the answer ended.")
@@ -1683,6 +1838,7 @@ class SharedConversation(models.Model):
         conversation = Conversation.objects.create(
             owner=user,
             title=(self.title or Conversation.title_from(first))[:TITLE_LENGTH],
+            title_source=Conversation.TitleSource.COPIED,
             model=self.model or providers.default_model(),
         )
         parent = None

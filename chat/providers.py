@@ -41,6 +41,8 @@ class Provider:
     # `truncation: "auto"` (CHAT_TRUNCATION_MODELS).
     context_tokens: int = 32_768
     truncation: bool = False
+    # The most tokens one answer of this model may write (its own limit where known), or None.
+    max_output_tokens: int | None = None
 
     def __repr__(self):
         # Never show the key, even in a traceback's locals.
@@ -86,6 +88,7 @@ def remote(model):
         connect_timeout=settings.OPENRESPONSES_CONNECT_TIMEOUT,
         context_tokens=settings.CHAT_MODEL_CONTEXT.get(model, settings.CHAT_DEFAULT_MODEL_CONTEXT),
         truncation=bool({model, "*"} & set(settings.CHAT_TRUNCATION_MODELS)),
+        max_output_tokens=settings.CHAT_MAX_OUTPUT_TOKENS or None,
     )
 
 
@@ -105,6 +108,8 @@ def local(label="", problem=""):
         local=True,
         problem=problem,
         context_tokens=settings.LOCAL_MODEL_CONTEXT,
+        # Whatever it reads and writes fits its context; a site limit may be lower.
+        max_output_tokens=min(filter(None, (settings.CHAT_MAX_OUTPUT_TOKENS, settings.LOCAL_MODEL_CONTEXT))),
     )
 
 

@@ -14,7 +14,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from chat import importers, limits, providers, transcripts
+from chat import importers, limits, protocol, providers, transcripts
 from chat.models import (
     SHARE_LINKS_PER_CONVERSATION,
     AccountSettings,
@@ -25,6 +25,7 @@ from chat.models import (
     TooManyShareLinks,
 )
 from chat.runtime import current
+from chat.signals import tell_sockets_after_commit
 
 logger = logging.getLogger(__name__)
 
@@ -120,6 +121,10 @@ def change_conversation(request, conversation_id, change):
         change(found)
     except ValueError as error:
         return invalid(str(error))
+    # Every other tab of the owner shows it too, as it shows a title the model wrote
+    # (chat/answering/titles.py): one that showed the model's would otherwise keep it.
+    event = protocol.conversation_updated_event(found.sidebar_item())
+    tell_sockets_after_commit(protocol.user_group(request.user.pk), event)
     return JsonResponse({"conversation": found.as_frame()})
 
 

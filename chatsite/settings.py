@@ -274,6 +274,21 @@ CHAT_CHECKPOINT_INTERVAL = envnumber("CHAT_CHECKPOINT_INTERVAL", 1.0, float)
 # its unfinished answers are taken as interrupted.
 CHAT_HEARTBEAT_INTERVAL = envnumber("CHAT_HEARTBEAT_INTERVAL", 5.0, float)
 CHAT_HEARTBEAT_TIMEOUT = envnumber("CHAT_HEARTBEAT_TIMEOUT", 30.0, float)
+# On: after the first answer of a conversation, the worker asks the same model for a short title
+# (chat/answering/titles.py); the first words of the first message stay the title until then, and
+# whenever that fails. The request's tokens count in the owner's usage and budget.
+CHAT_GENERATED_TITLES = envbool("CHAT_GENERATED_TITLES", True)
+# The most a title request may write (its max_output_tokens). A title of six words is about
+# fifteen tokens; a reasoning model's thinking counts in it too, and one that thinks past it
+# leaves the first words as the title.
+CHAT_TITLE_MAX_OUTPUT_TOKENS = envnumber("CHAT_TITLE_MAX_OUTPUT_TOKENS", 200)
+if CHAT_TITLE_MAX_OUTPUT_TOKENS < 16:
+    raise ImproperlyConfigured("CHAT_TITLE_MAX_OUTPUT_TOKENS must be at least 16, the API's floor")
+# The most tokens one answer may write, sent upstream as max_output_tokens (0: the model's own
+# limit, and nothing is sent unless a daily budget caps the answer). With a budget an answer may
+# also write at most the rest of it; a strict API that refuses a max_output_tokens above its
+# model's limit needs this set to that limit.
+CHAT_MAX_OUTPUT_TOKENS = envnumber("CHAT_MAX_OUTPUT_TOKENS", 0)
 # How long (seconds) an answer thread keeps trying to save an answer while the database is
 # unavailable (locked, restarting); then the process's maintenance loop goes on trying, and the
 # thread serves the next answer.
@@ -283,9 +298,10 @@ CHAT_DATABASE_RETRY_SECONDS = envnumber("CHAT_DATABASE_RETRY_SECONDS", 300.0, fl
 
 # Tokens a user may spend per day (0: unlimited); staff can override it per user in the admin.
 CHAT_DAILY_TOKEN_BUDGET = envnumber("CHAT_DAILY_TOKEN_BUDGET", 0)
-# Tokens held against the budget for an answer being written, besides its input (estimated from
-# its characters), until its real figure replaces them: sends are admitted while today's spending
-# and these reservations stay below the budget, so parallel sends overspend by about one answer.
+# Tokens held for an answer being written, besides its input (estimated from its characters),
+# until its real figure replaces them, where the account has no budget. With a budget an answer
+# holds what it may write (its max_output_tokens: the rest of the budget, at most the model's
+# limit), so that parallel sends stay within the budget but for their input.
 CHAT_RESERVED_ANSWER_TOKENS = envnumber("CHAT_RESERVED_ANSWER_TOKENS", 1000)
 # Messages (sends, edits, regenerations) a user may send in any 60 seconds (0: unlimited).
 CHAT_SENDS_PER_MINUTE = envnumber("CHAT_SENDS_PER_MINUTE", 20)

@@ -29,6 +29,14 @@ def django_db_setup(django_db_setup):
 
 
 @pytest.fixture(autouse=True)
+def no_generated_titles(settings):
+    """No model-written titles unless a test turns them on (`settings.CHAT_GENERATED_TITLES = True`,
+    tests/test_titles.py): each would be one more upstream request after a first answer, taking
+    the scenario a test queued for its next answer."""
+    settings.CHAT_GENERATED_TITLES = False
+
+
+@pytest.fixture(autouse=True)
 def empty_cache():
     """Rate-limit counters and resume snapshots must not leak from one test into the next."""
     from django.core.cache import cache

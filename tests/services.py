@@ -428,7 +428,9 @@ def site_env(**variables):
         for key, value in os.environ.items()
         if key not in ("DATABASE_URL", "REDIS_URL") and not key.startswith("CHAT_S3_")
     }
-    env.update(DJANGO_SETTINGS_MODULE="chatsite.settings", PYTHONUNBUFFERED="1")
+    # No model-written titles unless a test asks: each would be one more request to the upstream,
+    # taking the scenario queued for the next answer (tests/test_titles.py turns them on).
+    env.update(DJANGO_SETTINGS_MODULE="chatsite.settings", PYTHONUNBUFFERED="1", CHAT_GENERATED_TITLES="0")
     env.update({key: str(value) for key, value in variables.items() if value is not None})
     return env
 

@@ -319,6 +319,9 @@ async def first_outcome(communicator):
 async def test_racing_sends_overspend_the_budget_by_at_most_one_answer(alice, upstream, worker, settings, senders):
     """Sends, edits and regenerations from many tabs at once: each reserves before it goes upstream."""
     settings.CHAT_SENDS_PER_MINUTE = 0
+    # Each answer holds what it may write: without a limit of the model's the first would hold
+    # the whole budget (tests/test_output_cap.py), with this one two answers share it.
+    settings.CHAT_MAX_OUTPUT_TOKENS = 1000
     settings.CHAT_MAX_SOCKETS_PER_USER = senders
     await AccountLimits.objects.acreate(user=alice, daily_token_budget=1500)
     earlier = []
@@ -358,6 +361,7 @@ def test_sends_on_many_database_connections_at_once_are_admitted_one_at_a_time(a
     """Each thread has its own connection, as each server process has: the lock on the user's row
     (PostgreSQL) or the IMMEDIATE transaction (SQLite) lets one decide at a time."""
     settings.CHAT_SENDS_PER_MINUTE = 0
+    settings.CHAT_MAX_OUTPUT_TOKENS = 1000  # two answers share the budget (see the test above)
     AccountLimits.objects.create(user=alice, daily_token_budget=1500)
     threads, start, outcomes = 12, threading.Barrier(12), []
 

@@ -207,6 +207,9 @@ def cluster(postgres_server, redis_server, s3_server, cluster_upstream, tmp_path
         CHAT_CHECKPOINT_INTERVAL="0.2",
         CHAT_SENDS_PER_MINUTE=SENDS_PER_MINUTE,
         CHAT_DAILY_TOKEN_BUDGET="0",
+        # An answer holds what it may write: with this limit two answers share a budget of 1500
+        # (test_racing_sends_through_both_processes_overspend_the_budget_by_at_most_one_answer).
+        CHAT_MAX_OUTPUT_TOKENS="1000",
     )
     logs = tmp_path_factory.mktemp("cluster")
     a = Daphne("A", {**env, "DJANGO_MEDIA_ROOT": str(logs / "media-a")}, logs)

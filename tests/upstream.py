@@ -15,7 +15,7 @@ A scenario is a list of steps the handler performs in order:
 with `echo_answer()` of the last user message. Every request is recorded in `server.requests` with
 its headers and decoded JSON body. `chunked(steps, size)` re-cuts a scenario's bytes into chunks of
 `size` bytes; `closed_port_url()` and `unresponsive_url()` give APIs that refuse connections and
-that never accept them.
+that never accept them; `Routed` answers two kinds of request (answers and titles) apart.
 """
 
 import contextlib
@@ -313,6 +313,26 @@ def echo_answer(request_body):
     text = f"You said: {last}"
     deltas = [text[index : index + 4] for index in range(0, len(text), 4)]
     return answer(deltas, model=request_body.get("model") or "test-model", pause=0.01)
+
+
+class Routed:
+    """A scenario for requests of two kinds, queued once per request it may serve: those
+    `picks(body)` chooses (a title request, say) play `picked` and are kept in `picked_bodies`
+    (`asked` is set at the first); the others play `answers` in order, then `echo_answer`."""
+
+    def __init__(self, picks, picked, *answers):
+        self.picks = picks
+        self.picked = picked
+        self.answers = list(answers)
+        self.asked = threading.Event()
+        self.picked_bodies = []
+
+    def __call__(self, body):
+        if self.picks(body):
+            self.picked_bodies.append(body)
+            self.asked.set()
+            return self.picked
+        return self.answers.pop(0) if self.answers else echo_answer(body)
 
 
 def chunked(steps, size):

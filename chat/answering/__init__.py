@@ -6,6 +6,7 @@
 - `reading`: one answer's upstream events, applied to its job, and the outcome of the last one;
 - `job`: one answer: claim, open, apply, finish, and its stop;
 - `checkpoints`: the thread that saves the text so far of the answers that are due;
+- `titles`: the title the model writes after the first answer of a conversation;
 - `maintenance`: the heartbeat, the stops found on rows, unsaved ends and the reapers;
 - `worker`: the pool (a ThreadPoolExecutor), the stop thread, and the jobs of this process.
 

@@ -24,7 +24,7 @@ from chat.answering.buffer import StreamBuffer
 from chat.answering.database import TRANSIENT_DATABASE_ERRORS, Interrupted, reset_connections, retry_database
 from chat.answering.reading import Reading
 from chat.content import AttachmentUnreadable, ModelCannotRead
-from chat.models import Message
+from chat.models import Message, UsageEntry
 from chat.upstream import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -193,7 +193,7 @@ class AnswerJob:
         return not stopped
 
     def claim(self):
-        """(message, upstream input) once the row is ours and streaming; None when the answer is
+        """(message, upstream input, max_output_tokens) once the row is ours and streaming; None when the answer is
         gone, ended elsewhere, or was stopped meanwhile (then it is ended here or by the stop
         thread)."""
         with self.lock:
@@ -206,7 +206,7 @@ class AnswerJob:
             self.finish(Message.Status.CANCELLED)
             return None
         if claimed is not None:
-            message, _ = claimed
+            message = claimed[0]
             # A continued answer goes on from the text it was queued with: its snapshots, its
             # checkpoints and its end all hold that text first, and its deltas follow it.
             start = {"text": message.continued_text} if message.continued_length else None
@@ -229,11 +229,13 @@ class AnswerJob:
             return None
         # Fitted to the model's context (chat/answering/context.py) and recorded with the claim.
         sent = message.conversation.fitted_input(before=message)
+        # Decided when the answer was admitted, with its reservation (UsageEntryQuerySet.reserve).
+        cap = UsageEntry.objects.filter(message_id=message.id).values_list("max_output_tokens", flat=True).first()
         if not ours and not message.claim(self.worker.id, sent):
             return None
-        return message, sent[0].items
+        return message, sent[0].items, cap
 
-    def open(self, message, upstream_input):
+    def open(self, message, upstream_input, max_output_tokens=None):
         """The upstream's open stream; None when the answer ended before it (a stop, an error)."""
         conversation = message.conversation
         model = message.model or conversation.model
@@ -243,7 +245,9 @@ class AnswerJob:
             return None
         try:
             instructions = conversation.instructions
-            stream = client.stream_response(model, upstream_input, instructions, stop_event=self.stop_event)
+            stream = client.stream_response(
+                model, upstream_input, instructions, stop_event=self.stop_event, max_output_tokens=max_output_tokens
+            )
         except UpstreamError as error:
             self.finish(Message.Status.FAILED, error_code=error.code, error_message=error.message)
             return None
@@ -364,6 +368,10 @@ class AnswerJob:
             }
             return self.save_final(patient)
         self.unsaved = False
+        if message is not None:
+            # Queued once the end is written and before the tabs hear of it (so that whoever hears
+            # can wait for the title); the title's own thread does the work: no answer waits.
+            self.worker.titles.after_answer(message, self.loop)
         self._told(message)
         self.worker.forget(self)
         return True

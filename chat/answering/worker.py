@@ -2,7 +2,8 @@
 
 Answers run on a `ThreadPoolExecutor` of CHAT_WORKER_THREADS threads; beyond that they wait in its
 queue and the tabs see them queued. Beside the pool: one thread for stopped answers no pool thread
-attends (queued, or waiting for the upstream), the checkpointer's, and the maintenance loop's.
+attends (queued, or waiting for the upstream), one for the titles the model writes after a first
+answer (chat/answering/titles.py), the checkpointer's, and the maintenance loop's.
 The worker is built and closed by the process's runtime (chat/runtime.py), which it reaches the
 relays and the local model through; nothing here starts on import or on first use.
 
@@ -28,6 +29,7 @@ from chat.answering.checkpoints import Checkpointer
 from chat.answering.database import reset_connections
 from chat.answering.job import AnswerJob
 from chat.answering.maintenance import Maintenance
+from chat.answering.titles import TitleWriter
 from chat.localmodel import transport
 from chat.models import Message, ServerProcess
 
@@ -53,6 +55,7 @@ class StreamWorker:
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix=POOL_THREADS)
         self.stops = ThreadPoolExecutor(1, thread_name_prefix=STOP_THREAD)
         self.checkpointer = Checkpointer()
+        self.titles = TitleWriter(self)
         self.maintenance.start()
 
     # --- jobs -------------------------------------------------------------------------------
@@ -151,7 +154,8 @@ class StreamWorker:
     def close(self, timeout=5):
         """Stop this worker's threads once their current answers end (tests, shutdown)."""
         self.maintenance.stop(timeout)
-        for pool, threads in ((self.stops, 1), (self.pool, self.threads)):
+        self.titles.close()
+        for pool, threads in ((self.stops, 1), (self.titles.pool, 1), (self.pool, self.threads)):
             close_connections_of(pool, threads, timeout)
             pool.shutdown(wait=False, cancel_futures=True)
         self.checkpointer.close(timeout)
@@ -173,6 +177,7 @@ class StreamWorker:
         Stop, and this waits for them.
         """
         self.maintenance.stopping.set()
+        self.titles.close()  # a title is a nicety: it must not hold the process past its answers
         with self.jobs_lock:
             jobs = list(self.jobs.values())
         for job in jobs:

@@ -210,8 +210,11 @@ class UpstreamClient:
         # Never show the key, even in a traceback's locals.
         return f"UpstreamClient(base_url={self.base_url!r})"
 
-    def stream_response(self, model, input_items, instructions="", stop_event=None):
+    def stream_response(self, model, input_items, instructions="", stop_event=None, max_output_tokens=None):
         """POST the request and return the open stream once the upstream answered 2xx.
+
+        `max_output_tokens`, when given, bounds what the model writes (reasoning included); the
+        upstream then ends the answer as incomplete with that reason.
 
         Retries 429, 502, 503, 504 and refused connections a bounded number of times with
         backoff, honouring Retry-After; nothing is retried once the stream has started.
@@ -224,6 +227,8 @@ class UpstreamClient:
             body["temperature"] = self.temperature
         if self.truncation:
             body["truncation"] = "auto"
+        if max_output_tokens is not None:
+            body["max_output_tokens"] = max_output_tokens
         tries = 0
         while True:
             tries += 1

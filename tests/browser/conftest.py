@@ -92,6 +92,9 @@ def serve_site(folder, **variables):
         "PYTHONUNBUFFERED": "1",
         # Every test sends as alice within about a minute; the send rate limit has tests of its own.
         "CHAT_SENDS_PER_MINUTE": "1000",
+        # No model-written titles unless a test asks (tests/browser/test_titles.py): each would be
+        # one more request to the shared upstream, taking the scenario queued for the next answer.
+        "CHAT_GENERATED_TITLES": "0",
     }
     for name in ("REDIS_URL", "OPENRESPONSES_BASE_URL", "OPENRESPONSES_API_KEY", "OPENRESPONSES_MODELS"):
         env.pop(name, None)

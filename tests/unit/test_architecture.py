@@ -39,11 +39,14 @@ LAYERS = [
         "answering.reading",
         "answering.checkpoints",
         "answering.maintenance",
+        "answering.titles",
     },
     {"frames", "follower", "session_socket", "answering.job", "importers"},
     {"answering.worker"},
     {"runtime"},
-    {"signals", "consumers", "views", "uploads", "accounts", "health", "admin"},
+    # The account events: views tell the owner's other tabs of a rename through them.
+    {"signals"},
+    {"consumers", "views", "uploads", "accounts", "health", "admin"},
     {"routing", "urls", "apps", "admin_site", "management"},
 ]
 MAX_FUNCTION_LINES = 50
