@@ -5,6 +5,7 @@
 // requestAnimationFrame callback renders whatever changed, so a burst of deltas costs one render.
 
 import { ApiError, getJson, postForm, signedIn } from "./api.js";
+import { AttachmentTray } from "./attachments.js";
 import { copyCode, copyText } from "./markdown.js";
 import { createView, incompleteReason, UNFINISHED } from "./render.js";
 import { ShareDialog } from "./share-dialog.js";
@@ -313,6 +314,7 @@ const handlers = {
     if (!belongsHere(frame.conversation)) return;
     const message = frame.message;
     if (state.pendingSend !== null) {
+      tray.release(state.pendingSend.attachments);
       // Acknowledged. Another tab's send into this conversation while ours is unacknowledged
       // would make the server refuse ours as busy, with an error naming our client_id.
       state.pendingSend = null;
@@ -399,13 +401,14 @@ function giveBack(pending) {
   } else if (pending.editing) {
     // The edited text goes back into the message's editor, if the message is still shown.
     if (state.views.get(pending.editing.id) === pending.editing) {
-      pending.editing.startEditing(pending.frame.text);
+      pending.editing.startEditing(pending.frame.text, pending.frame.attachments);
     }
   } else {
     // Nothing typed is lost: the refused text goes back into the composer.
     const current = dom.input.value;
     dom.input.value = current.trim() ? `${pending.frame.text}\n\n${current}` : pending.frame.text;
     resizeInput();
+    tray.giveBack(pending.attachments); // and so are its files
   }
 }
 
@@ -544,6 +547,17 @@ function showModelTitle() {
 
 dom.model.addEventListener("change", showModelTitle);
 
+// Files for the next message (attachments.js): uploaded as they are added; Send waits for them.
+const tray = new AttachmentTray({
+  button: document.getElementById("attach-button"),
+  input: document.getElementById("attach-input"),
+  list: document.getElementById("attachment-tray"),
+  status: document.getElementById("attachment-status"),
+  dropHint: document.getElementById("drop-hint"),
+  textarea: dom.input,
+  onChange: updateComposer,
+});
+
 function resizeInput() {
   dom.input.style.height = "auto";
   dom.input.style.height = `${Math.min(dom.input.scrollHeight, 240)}px`;
@@ -560,7 +574,8 @@ function updateComposer() {
   dom.stop.disabled = busy && state.stopping === answer.id;
   // What is typed stays in the disabled box: it can be sent once the budget resets.
   dom.input.disabled = spent;
-  dom.send.disabled = spent || !dom.input.value.trim() || tooLong || state.pendingSend !== null || state.starting;
+  dom.send.disabled =
+    spent || !dom.input.value.trim() || tooLong || state.pendingSend !== null || state.starting || tray.busy;
   dom.charCount.hidden = length < page.max_message_chars * 0.9;
   dom.charCount.textContent = `${length.toLocaleString()} / ${page.max_message_chars.toLocaleString()}`;
   dom.charCount.classList.toggle("is-over", tooLong);
@@ -586,12 +601,14 @@ function sendAnswerFrame(frame, origin = {}) {
   updateComposer();
 }
 
-function sendText(text) {
+/** `attachments`: the tray's files taken for this message, given back with the text if refused. */
+function sendText(text, attachments = []) {
   const frame = { type: "chat.send", conversation: state.conversation ? state.conversation.id : null, text };
+  if (attachments.length) frame.attachments = attachments.map((item) => item.attachment.id);
   // The new message follows the answer this tab shows last, even if another tab moved elsewhere.
   const last = state.order[state.order.length - 1];
   if (state.conversation && last?.role === "assistant") frame.parent = last.id;
-  sendAnswerFrame(frame);
+  sendAnswerFrame(frame, { attachments });
 }
 
 function isLocked() {
@@ -601,7 +618,8 @@ function isLocked() {
 async function submit() {
   const text = dom.input.value;
   if (!text.trim() || activeAnswer() !== null || state.pendingSend !== null || budgetSpent()) return;
-  if (text.length > page.max_message_chars || state.starting) return;
+  if (text.length > page.max_message_chars || state.starting || tray.busy) return;
+  const attachments = tray.take();
   dom.input.value = "";
   resizeInput();
   // The settings panel has done its part; the conversation is what matters now.
@@ -619,7 +637,7 @@ async function submit() {
       });
       setConversation(conversation);
     } catch (error) {
-      giveBack({ frame: { text } });
+      giveBack({ frame: { text }, attachments });
       showError(error instanceof ApiError ? error.message : "Could not start the conversation.");
       return;
     } finally {
@@ -627,7 +645,7 @@ async function submit() {
       updateComposer();
     }
   }
-  sendText(text);
+  sendText(text, attachments);
 }
 
 function stop() {
@@ -648,15 +666,20 @@ function regenerate(answerView) {
   sendAnswerFrame({ type: "chat.regenerate", message: answerView.id }, { regenerating: answerView });
 }
 
-/** "Save and send" in a user message's editor: a new version of it, answered afresh. */
-function saveEdit(userView, text) {
+/**
+ * "Save and send" in a user message's editor: a new version of it, answered afresh. `attachments`:
+ * the ids it keeps, or undefined to keep all the edited message's.
+ */
+function saveEdit(userView, text, attachments) {
   if (budgetSpent()) {
     showError(budgetSentence(state.budget)); // the editor stays open with the text
     return;
   }
   if (isLocked() || !text.trim() || text.length > page.max_message_chars) return;
   userView.stopEditing();
-  sendAnswerFrame({ type: "chat.edit", message: userView.id, text }, { editing: userView });
+  const frame = { type: "chat.edit", message: userView.id, text };
+  if (attachments) frame.attachments = attachments;
+  sendAnswerFrame(frame, { editing: userView });
 }
 
 /** A version arrow: show the path through that version (the server remembers the choice). */
