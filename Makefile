@@ -2,7 +2,8 @@
 #   mode); the local model's packages install in the background meanwhile (scripts/local-model.sh)
 # `make dev`: the same with Django's debug server (auto-reload, debug pages)
 # `make test`: set everything up and run every test, then the suite again on PostgreSQL and Redis
-# `make test-fast`: the unit tests alone (tests/unit: no server, database or threads; seconds)
+# `make test-fast`: the unit tests alone (tests/unit and tests/js: no server, database, threads or
+#   browser; seconds)
 # `make run-cluster`: the scaled-out site on one machine (PostgreSQL, Redis, two daphne, nginx)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -10,6 +11,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8000
+# The chat page's browser-free modules under Node's own test runner (no package to install).
+JS_TESTS := node --test tests/js/
 
 .PHONY: run dev run-cluster test test-fast bench setup serve-packages system-packages python-packages \
 	site-packages dev-packages local-model local-model-background browser-packages migrate lint format clean
@@ -30,11 +33,14 @@ dev: serve-packages local-model-background migrate
 # browser tests and tests/test_scale_out.py start their own servers whatever those say, so
 # running them again would repeat the first run.
 test: setup
+	$(JS_TESTS)
 	$(BIN)/python -m pytest
 	bash scripts/with-services.sh $(BIN)/python -m pytest -q --ignore=tests/browser --ignore=tests/test_scale_out.py
 
-# Only the Python packages: the unit tests need no browser, database, system service or model.
+# Only the Python packages (and Node, there with npm): the unit tests need no browser, database,
+# system service or model.
 test-fast: dev-packages
+	$(JS_TESTS)
 	$(BIN)/python -m pytest tests/unit -q
 
 # Benchmarks: figures printed and written to docs/benchmarks.md (about 10 minutes on 2 cores).

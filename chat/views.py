@@ -110,26 +110,29 @@ def search(request):
     return JsonResponse({"conversations": items})
 
 
-@login_required
-@require_POST
-def rename(request, conversation_id):
+def change_conversation(request, conversation_id, change):
+    """Rename and instructions: the owner's conversation changed by one model method, which
+    raises ValueError with the sentence to show; the answer is the conversation as it now is."""
     found = owned_or_404(request, conversation_id)
     try:
-        found.rename(request.POST.get("title", ""))
+        change(found)
     except ValueError as error:
         return invalid(str(error))
     return JsonResponse({"conversation": found.as_frame()})
+
+
+@login_required
+@require_POST
+def rename(request, conversation_id):
+    title = request.POST.get("title", "")
+    return change_conversation(request, conversation_id, lambda found: found.rename(title))
 
 
 @login_required
 @require_POST
 def instructions(request, conversation_id):
-    found = owned_or_404(request, conversation_id)
-    try:
-        found.set_instructions(request.POST.get("instructions", ""))
-    except ValueError as error:
-        return invalid(str(error))
-    return JsonResponse({"conversation": found.as_frame()})
+    text = request.POST.get("instructions", "")
+    return change_conversation(request, conversation_id, lambda found: found.set_instructions(text))
 
 
 @login_required

@@ -204,7 +204,7 @@ class TrayItem {
 /**
  * The files picked, dropped or pasted for the next message. `onChange()` is called whenever Send's
  * readiness may have changed. The tray is emptied like the text box: `take()` at Send, `giveBack()`
- * if the server refuses the message, `release()` once it is acknowledged.
+ * if the server refuses the message, `release()` once it acknowledges it.
  */
 export class AttachmentTray {
   constructor({ button, input, list, status, dropHint, textarea, onChange }) {
@@ -214,6 +214,7 @@ export class AttachmentTray {
     this.status = status;
     this.onChange = onChange;
     this.items = [];
+    this.taken = []; // sent with the message awaiting the server's answer
     this.pasted = 0;
 
     button.addEventListener("click", () => input.click());
@@ -290,21 +291,24 @@ export class AttachmentTray {
     const taken = this.ready;
     this.items = this.items.filter((item) => item.state !== "ready");
     for (const item of taken) item.element.remove();
+    this.taken = taken;
     this.update();
     return taken;
   }
 
   /** A refused message's files come back, ahead of any added since. */
   giveBack(items) {
+    this.taken = [];
     if (!items?.length) return;
     this.items = [...items, ...this.items];
     this.list.prepend(...items.map((item) => item.element));
     this.update();
   }
 
-  /** A message's files were taken by the server: their previews can go. */
-  release(items) {
-    for (const item of items || []) item.forget();
+  /** The server took the message: the previews of its files can go. */
+  release() {
+    for (const item of this.taken) item.forget();
+    this.taken = [];
   }
 
   update() {

@@ -227,7 +227,7 @@ function firstDifference(one, other) {
  * rendered once and kept ("committed"), in chunks of CHUNK_BLOCKS blocks; only the open last
  * block (the "tail") is parsed and rendered again on each update. Text arrives through
  * `append()` (a delta: no work on what came before) or `set()` (the whole text, e.g. a snapshot
- * after a reconnect) and reaches the page on `render()` (chat.js calls it at most ten times a
+ * after a reconnect) and reaches the page on `render()` (follow.js calls it at most ten times a
  * second while an answer streams).
  *
  * `finish()` renders the final text. When it starts with what was committed (the usual case),

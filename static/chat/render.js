@@ -1,14 +1,13 @@
 // One message of the conversation as an <article>, kept in step with the websocket frames.
 //
 // Frames only change a view's state and mark it dirty; `render()` (called at most once per
-// animation frame by chat.js) brings the DOM up to date. Text from the server reaches the page
+// animation frame by follow.js) brings the DOM up to date. Text from the server reaches the page
 // through textContent or, for Markdown, through markdown.js's sanitizer.
 
 import { EditorAttachments, messageAttachments } from "./attachments.js";
+import { UNFINISHED } from "./conversation.js";
 import { FeedbackControls } from "./feedback.js";
 import { MarkdownStream } from "./markdown.js";
-
-export const UNFINISHED = new Set(["queued", "streaming"]);
 
 const BADGES = {
   queued: "Queued",

@@ -2,8 +2,8 @@
 //
 // States reported to `onState`: "connecting" (first attempt), "connected", "reconnecting".
 // Frames are JSON objects both ways; `send` returns false when the socket is not open, and the
-// caller decides what to keep for `onOpen` (chat.js re-sends an unacknowledged chat.send, whose
-// client_id makes the repeat harmless).
+// caller decides what to keep for `onOpen` (conversation.js re-sends an unacknowledged
+// chat.send, whose client_id makes the repeat harmless).
 //
 // The server closes a socket whose session ended with SESSION_ENDED, and refuses the handshake of
 // one without a valid session, which the browser cannot tell from a network failure. After either,
