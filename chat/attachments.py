@@ -5,11 +5,9 @@ for plain text), never by its name or the browser's claim, and must be one of CH
 Images are decoded and re-encoded with Pillow: what is stored is only the pixels (no EXIF, so no
 GPS position; no bytes hidden after the image data), scaled to CHAT_IMAGE_MAX_SIDE at most.
 
-`input_content` turns a message's attachments into Open Responses content items, and
-`check_model_takes` refuses, before anything is sent, attachments a model cannot read.
+What the upstream is sent of them, and which model takes what, is chat/content.py.
 """
 
-import base64
 import codecs
 import io
 import logging
@@ -17,7 +15,6 @@ import unicodedata
 from dataclasses import dataclass
 
 import filetype
-import pypdf
 from django.conf import settings
 from django.core.files.base import ContentFile
 from django.db import transaction
@@ -25,12 +22,11 @@ from django.db.models.signals import post_delete
 from django.dispatch import receiver
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from chat.models import Attachment, UploadRefused
+from chat.models import Attachment, MessageAttachment, UploadRefused
 
 logger = logging.getLogger(__name__)
 
 TEXT_TYPE = "text/plain"
-PDF_TYPE = "application/pdf"
 # Images are stored in the format they came in, except GIF: only its first frame is kept, as PNG.
 IMAGE_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP", "image/gif": "PNG"}
 STORED_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
@@ -39,12 +35,6 @@ STORED_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/w
 MAX_IMAGE_PIXELS = 50_000_000
 # Bytes filetype looks at: every signature it knows sits in the first few kilobytes.
 SNIFF_BYTES = 8192
-# Characters of an attachment's text sent upstream at most (a PDF's extracted text, a text file).
-MAX_TEXT_CHARS = 200_000
-
-# Capabilities a model may have (CHAT_MODEL_CAPABILITIES).
-IMAGES = "images"
-FILES = "files"
 
 
 @dataclass
@@ -178,77 +168,9 @@ def delete_stored_file(sender, instance, **kwargs):
     transaction.on_commit(delete, robust=True)
 
 
-# --- What the upstream is sent ----------------------------------------------------------------
-
-
-class ModelCannotRead(Exception):
-    """A model offered attachments it cannot take; the text names the model."""
-
-    code = "unsupported_attachment"
-
-
-def capabilities_of(model):
-    """What `model` takes besides text: a set of IMAGES and FILES (CHAT_MODEL_CAPABILITIES)."""
-    if model == settings.LOCAL_MODEL_NAME:
-        return frozenset()
-    listed = settings.CHAT_MODEL_CAPABILITIES
-    return frozenset(listed[model] if model in listed else settings.CHAT_DEFAULT_MODEL_CAPABILITIES)
-
-
-def check_model_takes(model, attachments):
-    """Raise ModelCannotRead when `model` cannot take one of `attachments`.
-
-    Only images can be refused: a PDF reaches a model without FILES as its extracted text, and a
-    text file is text for every model.
-    """
-    images = [attachment for attachment in attachments if attachment.is_image]
-    if images and IMAGES not in capabilities_of(model):
-        raise ModelCannotRead(f"The model {model} cannot read images; remove {images[0].name} or choose another model.")
-
-
-def data_url(content_type, data):
-    return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
-
-
-def pdf_text(data):
-    """The text of a PDF's pages, or '' when it has none that can be read (scans, encryption)."""
-    try:
-        reader = pypdf.PdfReader(io.BytesIO(data))
-        pages = [page.extract_text() or "" for page in reader.pages]
-    except Exception as error:
-        # pypdf raises many kinds on malformed or encrypted files; any of them means no text.
-        logger.info("No text read from a PDF attachment: %s", type(error).__name__)
-        return ""
-    return "\n\n".join(page.strip() for page in pages if page.strip())
-
-
-def clipped(text):
-    if len(text) <= MAX_TEXT_CHARS:
-        return text
-    return text[:MAX_TEXT_CHARS] + f"\n[… cut: the first {MAX_TEXT_CHARS} characters of {len(text)}]"
-
-
-def input_content(attachments, model):
-    """Open Responses content items for `attachments` sent to `model`, in their order.
-
-    Images: `input_image` with a base64 data URL. PDFs: `input_file` (filename, file_data as a
-    base64 data URL) for a model that takes files, and always their extracted text as
-    `input_text`, so a text-only model can read them. Text files: `input_text` naming the file.
-    Reads only the stored files; call check_model_takes first.
-    """
-    takes = capabilities_of(model)
-    items = []
-    for attachment in attachments:
-        data = attachment.read()
-        if attachment.is_image:
-            items.append({"type": "input_image", "image_url": data_url(attachment.content_type, data)})
-        elif attachment.content_type == PDF_TYPE:
-            if FILES in takes:
-                items.append({"type": "input_file", "filename": attachment.name, "file_data": data_url(PDF_TYPE, data)})
-            text = pdf_text(data)
-            body = clipped(text) if text else "(no text could be read from this PDF)"
-            items.append({"type": "input_text", "text": f"Text of the attached PDF {attachment.name}:\n\n{body}"})
-        else:
-            text = data.decode("utf-8", errors="replace")
-            items.append({"type": "input_text", "text": f"Attached file {attachment.name}:\n\n{clipped(text)}"})
-    return items
+@receiver(post_delete, sender=MessageAttachment)
+def delete_unused_attachment(sender, instance, **kwargs):
+    """An attachment goes with the last message that used it: a conversation's deletion (its
+    messages' cascade) takes its files, while one an edited version still shares stays. In the
+    deleting transaction, so that a rolled-back deletion keeps it."""
+    Attachment.objects.delete_unused([instance.attachment_id])

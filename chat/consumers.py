@@ -177,6 +177,7 @@ class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
             client_id=frame.client_id,
             worker_id=worker.id,
             parent_id=frame.parent,
+            attachments=frame.attachments or (),
         )
         await self.deliver(stored, worker)
 
@@ -200,7 +201,13 @@ class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
         located = await answered(Message.objects.locate)(self.user, frame.message, Message.Role.USER)
         worker = await ready_worker(frame.model or located.model)
         stored = await answered(Conversation.objects.edit)(
-            self.user, frame.message, frame.text, model=frame.model, client_id=frame.client_id, worker_id=worker.id
+            self.user,
+            frame.message,
+            frame.text,
+            model=frame.model,
+            client_id=frame.client_id,
+            worker_id=worker.id,
+            attachments=frame.attachments,
         )
         await self.deliver(stored, worker)
 

@@ -5,7 +5,8 @@ import functools
 
 from channels.db import database_sync_to_async
 
-from chat.models import Conversation, ConversationBusy, Message, SendRefused, WrongMessage
+from chat.content import ModelCannotRead
+from chat.models import Attachment, Conversation, ConversationBusy, Message, SendRefused, WrongMessage
 
 
 class ClientError(Exception):
@@ -19,6 +20,8 @@ class ClientError(Exception):
 
 NOT_FOUND = "No such conversation."
 NO_SUCH_MESSAGE = "No such message."
+# Another user's upload, or one already sent with another message, is answered like an unknown one.
+NO_SUCH_UPLOAD = "No such upload to attach: upload the file again."
 BUSY = "An answer is still being written in this conversation: wait for it or press Stop."
 INTERNAL_ERROR = "Something went wrong on the server; nothing was done. Try again."
 
@@ -27,8 +30,10 @@ INTERNAL_ERROR = "Something went wrong on the server; nothing was done. Try agai
 DOMAIN_ERRORS = {
     Conversation.DoesNotExist: ("not_found", NOT_FOUND),
     Message.DoesNotExist: ("not_found", NO_SUCH_MESSAGE),
+    Attachment.DoesNotExist: ("not_found", NO_SUCH_UPLOAD),
     ConversationBusy: ("busy", BUSY),
     WrongMessage: ("invalid_field", None),
+    ModelCannotRead: ("unsupported_attachment", None),
     SendRefused: (None, None),  # its subclasses carry a code: rate_limited, quota_exceeded
 }
 

@@ -8,7 +8,8 @@ import uuid
 from django.conf import settings
 
 from chat import protocol, providers
-from chat.errors import ClientError
+from chat.errors import NO_SUCH_UPLOAD, ClientError
+from chat.models import Attachment
 
 
 def decode(text_data, bytes_data=None):
@@ -102,9 +103,39 @@ def clean_client_id(content):
     return require_storable(client_id, "client_id")
 
 
+def clean_attachments(content):
+    """The ids of `attachments` in their order, or None when the frame has no such key (chat.edit
+    then keeps the edited message's). Malformed ids are refused like unknown ones: whose upload an
+    id names is decided where it is stored (Attachment.objects.for_message)."""
+    if "attachments" not in content or content["attachments"] is None:
+        return None
+    listed = content["attachments"]
+    if not isinstance(listed, list) or not all(isinstance(item, str) for item in listed):
+        raise ClientError("invalid_field", "`attachments` must be a list of upload id strings.")
+    limit = Attachment.PER_MESSAGE
+    if len(listed) > limit:
+        raise ClientError(
+            "too_many_attachments", f"A message can carry at most {limit} attachments; this one has {len(listed)}."
+        )
+    ids = []
+    for item in listed:
+        try:
+            ids.append(uuid.UUID(item))
+        except ValueError:
+            raise ClientError("not_found", NO_SUCH_UPLOAD) from None
+    if len(set(ids)) != len(ids):
+        raise ClientError("invalid_field", "`attachments` lists an upload twice.")
+    return tuple(ids)
+
+
 # --- the frames ----------------------------------------------------------------------------------
 
-CLEANERS = {"text": clean_text, "model": clean_model, "client_id": clean_client_id}
+CLEANERS = {
+    "text": clean_text,
+    "model": clean_model,
+    "client_id": clean_client_id,
+    "attachments": clean_attachments,
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +165,7 @@ class Send(Frame):
     client_id: str
     conversation: uuid.UUID | None
     parent: uuid.UUID | None
+    attachments: tuple | None = None  # upload ids; None (absent) is none
 
     optional = ("conversation", "parent")
 
@@ -170,6 +202,7 @@ class Edit(Frame):
     text: str
     model: str | None
     client_id: str
+    attachments: tuple | None = None  # upload ids; None (absent) keeps the edited message's
 
 
 PARSERS = {

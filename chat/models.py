@@ -10,12 +10,12 @@ from collections import defaultdict
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections, models, transaction
-from django.db.models import Count, F, Q, Sum, Value
+from django.db.models import Count, Exists, F, OuterRef, Q, Sum, Value
 from django.db.models.functions import Coalesce
 from django.urls import reverse
 from django.utils import timezone
 
-from chat import protocol, providers
+from chat import content, protocol, providers
 
 logger = logging.getLogger(__name__)
 
@@ -171,11 +171,14 @@ class ConversationQuerySet(models.QuerySet):
     # owner's limits do not admit the send (chat/errors.py names each for the client).
 
     @transaction.atomic
-    def send(self, user, conversation_id, text, *, model=None, client_id="", worker_id=None, parent_id=None):
+    def send(
+        self, user, conversation_id, text, *, model=None, client_id="", worker_id=None, parent_id=None, attachments=()
+    ):
         """Store a user's message and its queued answer, in a new or an owned conversation.
 
         The message follows the answer `parent_id` when given (the end of the path the person
-        sees), else the conversation's current path.
+        sees), else the conversation's current path. `attachments` are ids of the user's unsent
+        uploads (Attachment.DoesNotExist for any other).
         """
         earlier = Stored.replayed(user, client_id)
         if earlier is not None:
@@ -193,7 +196,10 @@ class ConversationQuerySet(models.QuerySet):
         parent = None
         if parent_id is not None:
             parent = conversation.messages.get(pk=parent_id, role=Message.Role.ASSISTANT)
-        messages = conversation.start_exchange(text, client_id=client_id, worker_id=worker_id, after=parent)
+        attached = Attachment.objects.for_message(user, attachments)
+        messages = conversation.start_exchange(
+            text, client_id=client_id, worker_id=worker_id, after=parent, attachments=attached
+        )
         return Stored.of(conversation, messages, created=created)
 
     @transaction.atomic
@@ -209,14 +215,22 @@ class ConversationQuerySet(models.QuerySet):
         )
 
     @transaction.atomic
-    def edit(self, user, message_id, text, *, model=None, client_id="", worker_id=None):
-        """A new version of the user's message `message_id` with `text`, and its queued answer."""
+    def edit(self, user, message_id, text, *, model=None, client_id="", worker_id=None, attachments=None):
+        """A new version of the user's message `message_id` with `text`, and its queued answer.
+
+        `attachments` None keeps the message's attachments; a list of ids is exactly the new
+        version's: ids of the message's own attachments or of the user's unsent uploads.
+        """
         earlier = Stored.replayed(user, client_id)
         if earlier is not None:
             return earlier
         message = Message.objects.target(user, message_id, Message.Role.USER)
         conversation = message.conversation
-        stored = conversation.edit(message, text, model=model, client_id=client_id, worker_id=worker_id)
+        kept = Attachment.objects.by_message([message.id])[message.id]
+        attached = kept if attachments is None else Attachment.objects.for_message(user, attachments, kept=kept)
+        stored = conversation.edit(
+            message, text, model=model, client_id=client_id, worker_id=worker_id, attachments=attached
+        )
         return Stored.of(conversation, stored)
 
     @transaction.atomic
@@ -337,8 +351,10 @@ class MessageTree:
         return [sibling.id for sibling in self.children[message.parent_id] if sibling.role == message.role]
 
     def frames(self, messages):
-        """The frames of `messages` (of this tree's conversation), with their versions."""
-        return [message.as_frame(self.version_ids(message)) for message in messages]
+        """The frames of `messages` (of this tree's conversation), with their versions and
+        attachments (one query for all of them)."""
+        attached = Conversation.attachments_of(messages)
+        return [message.as_frame(self.version_ids(message), attached.get(message.id, ())) for message in messages]
 
     def ancestors(self, message):
         """The messages before `message` on its path, first message first."""
@@ -527,19 +543,39 @@ class Conversation(models.Model):
         tree = self.tree()
         return tree.frames(self.current_path(tree))
 
-    def upstream_input(self, before):
+    def upstream_input(self, before, *, with_attachments=True):
         """The path to `before` (exclusive) as Open Responses message items.
 
         Only `before`'s ancestors count: other versions are not part of what the model is
-        answering. Assistant turns that produced no text (failed before the first token, queued
-        and cancelled) are left out: the model never said them.
+        answering, nor are their attachments. Assistant turns that produced no text (failed
+        before the first token, queued and cancelled) are left out: the model never said them.
+        A user message with attachments has a list of content parts: its text, then its
+        attachments as the model `before` is for takes them (chat.content.input_content,
+        which reads the stored files; ModelCannotRead or AttachmentUnreadable when it cannot).
+        Without `with_attachments`, the texts alone (nothing is read).
         """
+        path = self.tree().ancestors(before)
+        attached = self.attachments_of(path) if with_attachments else {}
+        model = before.model or self.model
+        if with_attachments:
+            content.check_model_takes(model, [found for files in attached.values() for found in files])
         items = []
-        for message in self.tree().ancestors(before):
+        for message in path:
             if not message.text:
                 continue
-            items.append({"type": "message", "role": message.role, "content": message.text})
+            parts = message.text
+            if attached.get(message.id):
+                parts = [
+                    {"type": "input_text", "text": message.text},
+                    *content.input_content(attached[message.id], model),
+                ]
+            items.append({"type": "message", "role": message.role, "content": parts})
         return items
+
+    @staticmethod
+    def attachments_of(messages):
+        """{message id: its attachments in order} for those of `messages` that have some."""
+        return Attachment.objects.by_message(message.id for message in messages if message.attachment_count)
 
     def move_to(self, leaf, *, touch=True):
         """Make the path to `leaf` the current one."""
@@ -551,8 +587,9 @@ class Conversation(models.Model):
         self.save(update_fields=fields)
 
     @transaction.atomic
-    def start_exchange(self, text, client_id="", worker_id=None, after=None):
-        """Store the user's message and the assistant's answer to come, queued on a worker.
+    def start_exchange(self, text, client_id="", worker_id=None, after=None, attachments=()):
+        """Store the user's message (with `attachments`, rows) and the assistant's answer to come,
+        queued on a worker.
 
         The message follows the answer `after`, else the end of the current path.
         """
@@ -567,6 +604,7 @@ class Conversation(models.Model):
         user_message = self.messages.create(
             role=Message.Role.USER, text=text, status=Message.Status.COMPLETED, client_id=client_id, parent_id=after_id
         )
+        MessageAttachment.link(user_message, attachments)
         answer = self.queue_answer(user_message, worker_id=worker_id)
         return user_message, answer
 
@@ -574,9 +612,14 @@ class Conversation(models.Model):
     def queue_answer(self, question, client_id="", worker_id=None):
         """A queued answer to the user message `question`; the path now ends with it.
 
-        Raises SendRateExceeded or BudgetSpent when the owner's limits do not admit it; the
-        transaction that stores the send then stores none of it.
+        Raises SendRateExceeded or BudgetSpent when the owner's limits do not admit it, and
+        ModelCannotRead when the conversation's model cannot take an attachment the answer's
+        input would carry (any on the path up to `question`); the transaction that stores the
+        send then stores none of it.
         """
+        path = [*self.tree().ancestors(question), question]
+        attached = self.attachments_of(path)
+        content.check_model_takes(self.model, [found for message in path for found in attached.get(message.id, ())])
         answer = self.messages.create(
             role=Message.Role.ASSISTANT,
             model=self.model,
@@ -591,7 +634,10 @@ class Conversation(models.Model):
 
     def input_characters(self, before):
         """The characters sent upstream to answer `before`: its path so far and the instructions."""
-        return len(self.instructions) + sum(len(item["content"]) for item in self.upstream_input(before))
+        # Attachments are not read for an estimate: their tokens count through the usage the
+        # upstream reports when the answer ends.
+        texts = self.upstream_input(before, with_attachments=False)
+        return len(self.instructions) + sum(len(item["content"]) for item in texts)
 
     @transaction.atomic
     def regenerate(self, answer, *, model=None, client_id="", worker_id=None):
@@ -609,8 +655,9 @@ class Conversation(models.Model):
         return [conversation.queue_answer(question, client_id=client_id, worker_id=worker_id)]
 
     @transaction.atomic
-    def edit(self, message, text, *, model=None, client_id="", worker_id=None):
-        """A new version of the user message `message` with `text`, beside it, and its queued answer.
+    def edit(self, message, text, *, model=None, client_id="", worker_id=None, attachments=()):
+        """A new version of the user message `message` with `text` and `attachments` (rows),
+        beside it, and its queued answer.
 
         The earlier message and everything after it stay stored. Raises ConversationBusy while an
         answer is being written.
@@ -625,6 +672,7 @@ class Conversation(models.Model):
             client_id=client_id,
             parent_id=message.parent_id,
         )
+        MessageAttachment.link(user_message, attachments)
         answer = conversation.queue_answer(user_message, worker_id=worker_id)
         return [user_message, answer]
 
@@ -827,6 +875,16 @@ class Message(models.Model):
     feedback_comment = models.TextField(blank=True, editable=False)
     feedback_at = models.DateTimeField(null=True, blank=True, editable=False)
 
+    # The files sent with a user message, in the order given. A version made by an edit shares
+    # them with the message it edits (the same rows, no copies): an upload is sent once linked to
+    # any message, and its file goes when the last message using it does (MessageAttachment).
+    attachments = models.ManyToManyField(
+        "Attachment", through="MessageAttachment", related_name="messages", blank=True, editable=False
+    )
+    # How many it has, set with its links (they change only with the message's deletion): most
+    # messages have none, and their frames then need no query for them (MessageTree.frames).
+    attachment_count = models.PositiveSmallIntegerField(default=0, editable=False)
+
     objects = MessageQuerySet.as_manager()
 
     class Meta:
@@ -902,10 +960,11 @@ class Message(models.Model):
             return None
         return {"code": self.error_code, "message": self.error_message}
 
-    def as_frame(self, version_ids):
+    def as_frame(self, version_ids, attachments=()):
         """The message as the websocket protocol and the page describe it; never queries.
-        `version_ids` come from MessageTree.version_ids (MessageTree.frames)."""
-        return protocol.message_frame(self, version_ids)
+        `version_ids` come from MessageTree.version_ids, `attachments` (its Attachment rows) from
+        Attachment.objects.by_message (MessageTree.frames)."""
+        return protocol.message_frame(self, version_ids, [attachment.message_frame() for attachment in attachments])
 
     @property
     def feedback_frame(self):
@@ -1477,7 +1536,9 @@ class SharedConversation(models.Model):
     def as_frames(self):
         """The snapshot's messages as the chat's renderer takes them, numbered instead of named."""
         return [
-            {**message, "id": str(index), "parent": None, "versions": None}
+            # Attachments are not shared: their files are their owner's alone (/uploads/ serves
+            # only the owner), so a snapshot keeps the words only.
+            {**message, "id": str(index), "parent": None, "versions": None, "attachments": []}
             for index, message in enumerate(self.messages, start=1)
         ]
 
@@ -1518,7 +1579,7 @@ def transcript_text_fields():
     """The model fields that hold transcript text, across every model that copies some."""
     return {
         model._meta.get_field(name)
-        for model in (Conversation, Message, AuditEvent, SharedConversation, AccountSettings)
+        for model in (Conversation, Message, AuditEvent, SharedConversation, AccountSettings, Attachment)
         for name in model.TEXT_FIELDS
     }
 
@@ -1545,8 +1606,12 @@ class AttachmentQuerySet(models.QuerySet):
     def owned_by(self, user):
         return self.filter(owner=user)
 
+    def sent(self):
+        """Uploads linked to a message (to any: versions share them)."""
+        return self.filter(Exists(MessageAttachment.objects.filter(attachment=OuterRef("pk"))))
+
     def unsent(self):
-        return self.filter(message=None)
+        return self.exclude(Exists(MessageAttachment.objects.filter(attachment=OuterRef("pk"))))
 
     def unsent_for(self, user, attachment_id):
         """The user's own upload not yet sent with a message; DoesNotExist otherwise, whoever's it is."""
@@ -1556,6 +1621,49 @@ class AttachmentQuerySet(models.QuerySet):
         """Uploads never sent within CHAT_UPLOAD_UNSENT_HOURS: the sweep removes them."""
         cutoff = (now or timezone.now()) - datetime.timedelta(hours=settings.CHAT_UPLOAD_UNSENT_HOURS)
         return self.unsent().filter(created_at__lt=cutoff)
+
+    def for_message(self, user, attachment_ids, kept=()):
+        """The attachments `attachment_ids` name, in that order, for a message the user sends.
+
+        Each must be the user's own upload not yet sent, or one of `kept` (the attachments of the
+        message an edit replaces). Anything else, another user's or already sent elsewhere, raises
+        Attachment.DoesNotExist exactly like an unknown id. Call inside the transaction that links
+        them: the rows stay locked until it ends, so two sends cannot both take one upload.
+        """
+        if not attachment_ids:
+            return []
+        kept = {attachment.pk: attachment for attachment in kept}
+        new_ids = [attachment_id for attachment_id in attachment_ids if attachment_id not in kept]
+        # Locked first, checked second, in a statement of its own: under PostgreSQL's READ
+        # COMMITTED a waiting lock re-reads the row only, so a link committed meanwhile by another
+        # send is seen by the next statement, not by a subquery of the locking one.
+        list(self.owned_by(user).filter(pk__in=new_ids).select_for_update().values_list("pk", flat=True))
+        found = {attachment.pk: attachment for attachment in self.owned_by(user).unsent().filter(pk__in=new_ids)}
+        found.update(kept)
+        missing = [attachment_id for attachment_id in attachment_ids if attachment_id not in found]
+        if missing:
+            raise Attachment.DoesNotExist(f"No upload {missing[0]} to send.")
+        return [found[attachment_id] for attachment_id in attachment_ids]
+
+    def by_message(self, message_ids):
+        """{message id: [its attachments, in their order]} for `message_ids`, in one query (none
+        for no ids)."""
+        message_ids = list(message_ids)
+        if not message_ids:
+            return {}
+        links = (
+            MessageAttachment.objects.filter(message_id__in=message_ids)
+            .select_related("attachment")
+            .order_by("message_id", "position")
+        )
+        found = defaultdict(list)
+        for link in links:
+            found[link.message_id].append(link.attachment)
+        return found
+
+    def delete_unused(self, attachment_ids):
+        """Delete those of `attachment_ids` no message uses any more (their files after commit)."""
+        return self.filter(pk__in=list(attachment_ids)).unsent().delete()[0]
 
     def bytes_used(self, user_id):
         return self.filter(owner_id=user_id).aggregate(used=Coalesce(Sum("size"), 0))["used"]
@@ -1606,8 +1714,10 @@ class Attachment(models.Model):
     """A file a user uploaded, to send with a message: an image, a PDF or a plain-text file.
 
     Stored through Django's storage API (MEDIA_ROOT by default). Unsent until a message takes it
-    (`message`); deleting the row, or the message or conversation it belongs to, deletes the
-    stored file once the deletion commits (chat.attachments.delete_stored_file).
+    (Message.attachments, through MessageAttachment); the versions an edit makes share it. The row
+    goes when the last message using it goes (MessageAttachment's post_delete), with its owner, or
+    by the sweep while unsent; its stored file once that deletion commits
+    (chat.attachments.delete_stored_file).
     """
 
     class Kind(models.TextChoices):
@@ -1615,12 +1725,14 @@ class Attachment(models.Model):
         FILE = "file"
 
     NAME_LENGTH = 200
+    # Attachments one message may carry.
+    PER_MESSAGE = 10
+    # What the uploader called the file is theirs, like a title: transcript text (see
+    # Conversation.TEXT_FIELDS); the admin shows it only on audited pages.
+    TEXT_FIELDS = ("name",)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, models.CASCADE, related_name="attachments")
-    message = models.ForeignKey(
-        Message, models.CASCADE, null=True, blank=True, related_name="attachments", editable=False
-    )
     file = models.FileField(upload_to=attachment_storage_name, max_length=255, editable=False)
     name = models.CharField(max_length=NAME_LENGTH, help_text="The file's name as the uploader gave it.")
     content_type = models.CharField(max_length=100, help_text="Decided from the content, not the name.")
@@ -1635,8 +1747,8 @@ class Attachment(models.Model):
     class Meta:
         ordering = ["created_at"]
         indexes = [
-            # The sweep: uploads never sent, oldest first.
-            models.Index(fields=["created_at"], condition=Q(message=None), name="attachment_unsent"),
+            # The sweep: uploads older than the cutoff (then the unsent among them, by their links).
+            models.Index(fields=["created_at"], name="attachment_created"),
         ]
 
     def __str__(self):
@@ -1648,6 +1760,7 @@ class Attachment(models.Model):
         return self.kind == self.Kind.IMAGE
 
     def as_frame(self):
+        """The upload as POST /uploads/ answers it."""
         return {
             "id": str(self.id),
             "name": self.name,
@@ -1656,6 +1769,52 @@ class Attachment(models.Model):
             "kind": self.kind,
         }
 
+    def message_frame(self):
+        """The attachment as a message's frame carries it: where its owner downloads it, and an
+        image's size (for a thumbnail laid out before it loads)."""
+        frame = {**self.as_frame(), "url": reverse("chat:upload_detail", args=[self.id])}
+        if self.is_image:
+            frame.update(width=self.width, height=self.height)
+        return frame
+
     def read(self):
         with self.file.open("rb") as stored:
             return stored.read()
+
+
+class MessageAttachment(models.Model):
+    """An attachment sent with a message, at its place among the message's attachments.
+
+    A model of its own (not the many-to-many's implicit table) so that deleting a link sends
+    post_delete, whatever deletes it (a message's or conversation's cascade, a queryset's
+    delete()): chat.attachments.delete_unused_attachment then deletes the attachment once no
+    message uses it, so no file outlives the messages it was sent with.
+    """
+
+    message = models.ForeignKey(Message, models.CASCADE, related_name="attachment_links")
+    # Its index (a foreign key's) serves unsent(): is an attachment linked to any message.
+    attachment = models.ForeignKey(Attachment, models.CASCADE, related_name="links")
+    position = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["message", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["message", "attachment"], name="message_attachment_once"),
+            # Its unique index also serves by_message(): a message's links in order.
+            models.UniqueConstraint(fields=["message", "position"], name="message_attachment_position"),
+        ]
+
+    def __str__(self):
+        return f"Attachment {self.attachment_id} of message {self.message_id}"
+
+    @classmethod
+    def link(cls, message, attachments):
+        """Send `attachments` with `message`, a new one (its links are made once, with it)."""
+        if not attachments:
+            return
+        cls.objects.bulk_create(
+            cls(message=message, attachment=attachment, position=position)
+            for position, attachment in enumerate(attachments)
+        )
+        message.attachment_count = len(attachments)
+        message.save(update_fields=["attachment_count"])

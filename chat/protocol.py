@@ -130,9 +130,10 @@ def conversation_frame(conversation):
     return fields_of(conversation, CONVERSATION_FIELDS)
 
 
-def message_frame(message, version_ids):
+def message_frame(message, version_ids, attachments=()):
     """The message as the protocol and the page describe it; `version_ids` are the ids of its
-    versions, itself included, oldest first (chat.models.MessageTree.version_ids)."""
+    versions, itself included, oldest first (chat.models.MessageTree.version_ids); `attachments`
+    the frames of its attachments in order (chat.models.Attachment.message_frame)."""
     ids = [str(version) for version in version_ids]
     versions = {"index": ids.index(str(message.id)), "count": len(ids), "ids": ids}
     return {
@@ -141,6 +142,8 @@ def message_frame(message, version_ids):
         **fields_of(message, ANSWER_FIELDS),
         # The owner's rating of an answer (message.done carries none: a new answer has none yet).
         "feedback": message.feedback_frame,
+        # The files sent with a user message; an answer has none.
+        "attachments": list(attachments),
     }
 
 

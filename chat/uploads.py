@@ -136,7 +136,7 @@ def delete(request, attachment_id):
 def discard(request, attachment_id):
     """Delete an upload not yet sent; a sent one goes with its message or conversation."""
     found = owned_or_404(request, attachment_id)
-    if found.message_id is not None:
+    if found.links.exists():
         return refused("sent", 409, "This file was sent with a message; delete the conversation to delete it.")
     found.delete()
     return JsonResponse({"deleted": str(attachment_id)})

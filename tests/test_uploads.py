@@ -18,8 +18,8 @@ from django.urls import reverse
 from django.utils import timezone
 from PIL import Image
 
-from chat import attachments
-from chat.models import Attachment, Message
+from chat import content
+from chat.models import Attachment, Message, MessageAttachment
 from chat.uploads import SizeLimitHandler
 from tests.factories import conversation_with_answer
 from tests.files import GPS_IFD, image_bytes, jpeg_with_gps, pdf_with_text
@@ -49,6 +49,13 @@ def upload(client, name, data, content_type="application/octet-stream", **extra)
     return client.post(UPLOAD_URL, {"file": SimpleUploadedFile(name, data, content_type=content_type)}, **extra)
 
 
+def attach(attachment_id, message):
+    """Link an upload to a message as a send does (tests/test_attachments.py sends for real)."""
+    MessageAttachment.objects.create(
+        message=message, attachment_id=attachment_id, position=message.attachment_links.count()
+    )
+
+
 def stored_bytes(answer):
     return Attachment.objects.get(pk=answer["id"]).read()
 
@@ -67,7 +74,7 @@ def test_it_stores_a_jpeg_without_its_exif_and_gps_position(alice_client, alice,
         assert image.format == "JPEG" and image.size == (64, 48)
         assert not image.getexif().get_ifd(GPS_IFD) and not dict(image.getexif())
     row = Attachment.objects.get(pk=answer["id"])
-    assert (row.owner, row.message, row.width, row.height) == (alice, None, 64, 48)
+    assert (row.owner, row.messages.first(), row.width, row.height) == (alice, None, 64, 48)
     assert len(stored_files(media_root)) == 1
     assert "holiday" not in str(stored_files(media_root)[0]), "the storage name is the id, not the user's name"
 
@@ -265,7 +272,7 @@ def test_an_unsent_upload_can_be_deleted_and_a_sent_one_cannot(
     assert not Attachment.objects.exists() and stored_files(media_root) == []
     conversation = conversation_with_answer(alice)
     sent = upload(alice_client, "c.txt", b"three").json()
-    Attachment.objects.filter(pk=sent["id"]).update(message=conversation.messages.filter(role="user").get())
+    attach(sent["id"], conversation.messages.filter(role="user").get())
     response = alice_client.delete(f"/uploads/{sent['id']}/")
     assert response.status_code == 409 and response.json()["error"]["code"] == "sent"
     assert len(stored_files(media_root)) == 1
@@ -277,9 +284,9 @@ def test_deleting_a_conversation_deletes_its_files(alice_client, alice, media_ro
     question = conversation.messages.get(role=Message.Role.USER)
     for name, data in (("a.png", image_bytes()), ("b.pdf", pdf_with_text()), ("c.txt", b"notes")):
         answer = upload(alice_client, name, data).json()
-        Attachment.objects.filter(pk=answer["id"]).update(message=question)
+        attach(answer["id"], question)
     other = upload(alice_client, "d.txt", b"elsewhere").json()
-    Attachment.objects.filter(pk=other["id"]).update(message=kept_conversation.messages.get(role="user"))
+    attach(other["id"], kept_conversation.messages.get(role="user"))
     assert len(stored_files(media_root)) == 4
     with django_capture_on_commit_callbacks(execute=True) as callbacks:
         response = alice_client.post(reverse("chat:delete", args=[conversation.id]))
@@ -304,7 +311,7 @@ def test_the_sweep_removes_uploads_never_sent_after_a_day(
     old_unsent, old_sent, fresh = (upload(alice_client, f"{n}.txt", b"x").json()["id"] for n in "abc")
     day_ago = timezone.now() - datetime.timedelta(hours=settings.CHAT_UPLOAD_UNSENT_HOURS, minutes=1)
     Attachment.objects.filter(pk__in=[old_unsent, old_sent]).update(created_at=day_ago)
-    Attachment.objects.filter(pk=old_sent).update(message=conversation.messages.get(role="user"))
+    attach(old_sent, conversation.messages.get(role="user"))
     output = io.StringIO()
     with django_capture_on_commit_callbacks(execute=True):
         call_command("sweep_uploads", stdout=output)
@@ -322,8 +329,8 @@ def test_stored_uploads_become_the_items_sent_upstream(alice_client, settings):
         upload(alice_client, "notes.md", b"# Notes\nsalt water").json()["id"],
     ]
     stored = [Attachment.objects.get(pk=attachment_id) for attachment_id in ids]
-    attachments.check_model_takes("vision-model", stored)
-    items = attachments.input_content(stored, "vision-model")
+    content.check_model_takes("vision-model", stored)
+    items = content.input_content(stored, "vision-model")
     assert [item["type"] for item in items] == ["input_image", "input_file", "input_text", "input_text"]
     prefix = "data:image/jpeg;base64,"
     assert items[0]["image_url"].startswith(prefix)
@@ -333,8 +340,8 @@ def test_stored_uploads_become_the_items_sent_upstream(alice_client, settings):
     assert base64.b64decode(items[1]["file_data"].split(",", 1)[1]) == stored[1].read()
     assert "Rivers flow to the sea." in items[2]["text"]
     assert items[3]["text"] == "Attached file notes.md:\n\n# Notes\nsalt water"
-    with pytest.raises(attachments.ModelCannotRead, match=settings.LOCAL_MODEL_NAME):
-        attachments.check_model_takes(settings.LOCAL_MODEL_NAME, stored)
+    with pytest.raises(content.ModelCannotRead, match=settings.LOCAL_MODEL_NAME):
+        content.check_model_takes(settings.LOCAL_MODEL_NAME, stored)
 
 
 def test_a_rolled_back_deletion_keeps_the_file(alice_client, media_root, django_capture_on_commit_callbacks):

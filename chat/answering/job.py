@@ -23,6 +23,7 @@ from chat import protocol
 from chat.answering.buffer import StreamBuffer
 from chat.answering.database import TRANSIENT_DATABASE_ERRORS, Interrupted, reset_connections, retry_database
 from chat.answering.reading import Reading
+from chat.content import AttachmentUnreadable, ModelCannotRead
 from chat.models import Message
 from chat.upstream import UpstreamError
 
@@ -158,7 +159,13 @@ class AnswerJob:
             reset_connections()
 
     def _run(self):
-        claimed = self.claim()
+        try:
+            claimed = self.claim()
+        except (AttachmentUnreadable, ModelCannotRead) as error:
+            # The input could not be built (a stored file unreadable, a model's capabilities
+            # changed since the send): nothing went upstream, and the answer says why.
+            self.finish(Message.Status.FAILED, error_code=error.code, error_message=str(error))
+            return
         if claimed is None:
             return
         stream = self.open(*claimed)

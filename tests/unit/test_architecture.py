@@ -12,6 +12,7 @@ CHAT = pathlib.Path(__file__).resolve().parents[2] / "chat"
 LAYERS = [
     {
         "protocol",
+        "content",
         "authority",
         "origin",
         "security",

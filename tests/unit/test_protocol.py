@@ -62,7 +62,7 @@ def test_a_message_frame_has_every_documented_field_and_its_versions_without_a_q
     assert list(frame) == [
         *("id", "conversation", "parent", "role", "created_at", "versions", "status"),
         *("reasoning", "refusal", "text", "model", "started_at", "first_token_at", "finished_at"),
-        *("usage", "estimated_tokens", "error", "incomplete_reason", "feedback"),
+        *("usage", "estimated_tokens", "error", "incomplete_reason", "feedback", "attachments"),
     ]
     assert frame["versions"] == {"index": 1, "count": 2, "ids": [str(other), str(message.id)]}
     assert frame["conversation"] == str(message.conversation_id) and frame["parent"] == str(message.parent_id)

@@ -1,0 +1,110 @@
+"""What the upstream is sent of a message's attachments, and which model takes what.
+
+`input_content` turns attachments into Open Responses content items, and `check_model_takes`
+refuses, before anything is stored or sent, attachments a model cannot read. Below the models
+(docs/architecture.md): it works on anything with an attachment's attributes and `read()`.
+"""
+
+import base64
+import io
+import logging
+
+import pypdf
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+PDF_TYPE = "application/pdf"
+# Characters of an attachment's text sent upstream at most (a PDF's extracted text, a text file).
+MAX_TEXT_CHARS = 200_000
+
+# Capabilities a model may have (CHAT_MODEL_CAPABILITIES).
+IMAGES = "images"
+FILES = "files"
+
+
+class ModelCannotRead(Exception):
+    """A model offered attachments it cannot take; the text names the model."""
+
+    code = "unsupported_attachment"
+
+
+class AttachmentUnreadable(Exception):
+    """A stored file that could not be read back (a store that failed); the answer fails with it."""
+
+    code = "attachment_unreadable"
+
+
+def capabilities_of(model):
+    """What `model` takes besides text: a set of IMAGES and FILES (CHAT_MODEL_CAPABILITIES)."""
+    if model == settings.LOCAL_MODEL_NAME:
+        return frozenset()
+    listed = settings.CHAT_MODEL_CAPABILITIES
+    return frozenset(listed[model] if model in listed else settings.CHAT_DEFAULT_MODEL_CAPABILITIES)
+
+
+def check_model_takes(model, attachments):
+    """Raise ModelCannotRead when `model` cannot take one of `attachments`.
+
+    Only images can be refused: a PDF reaches a model without FILES as its extracted text, and a
+    text file is text for every model.
+    """
+    images = [attachment for attachment in attachments if attachment.is_image]
+    if images and IMAGES not in capabilities_of(model):
+        raise ModelCannotRead(f"The model {model} cannot read images; remove {images[0].name} or choose another model.")
+
+
+def data_url(content_type, data):
+    return f"data:{content_type};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def pdf_text(data):
+    """The text of a PDF's pages, or '' when it has none that can be read (scans, encryption)."""
+    try:
+        reader = pypdf.PdfReader(io.BytesIO(data))
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except Exception as error:
+        # pypdf raises many kinds on malformed or encrypted files; any of them means no text.
+        logger.info("No text read from a PDF attachment: %s", type(error).__name__)
+        return ""
+    return "\n\n".join(page.strip() for page in pages if page.strip())
+
+
+def clipped(text):
+    if len(text) <= MAX_TEXT_CHARS:
+        return text
+    return text[:MAX_TEXT_CHARS] + f"\n[… cut: the first {MAX_TEXT_CHARS} characters of {len(text)}]"
+
+
+def input_content(attachments, model):
+    """Open Responses content items for `attachments` sent to `model`, in their order.
+
+    Images: `input_image` with a base64 data URL. PDFs: `input_file` (filename, file_data as a
+    base64 data URL) for a model that takes files, and always their extracted text as
+    `input_text`, so a text-only model can read them. Text files: `input_text` naming the file.
+    Reads only the stored files; call check_model_takes first.
+    """
+    takes = capabilities_of(model)
+    items = []
+    for attachment in attachments:
+        try:
+            data = attachment.read()
+        except Exception as error:
+            # The store's own kinds of failure (OSError, a remote store's client errors): the
+            # answer fails saying which file, and the log says why.
+            logger.warning("Attachment %s could not be read for an answer", attachment.pk, exc_info=True)
+            raise AttachmentUnreadable(
+                f"The attached file {attachment.name} could not be read from storage; try again later."
+            ) from error
+        if attachment.is_image:
+            items.append({"type": "input_image", "image_url": data_url(attachment.content_type, data)})
+        elif attachment.content_type == PDF_TYPE:
+            if FILES in takes:
+                items.append({"type": "input_file", "filename": attachment.name, "file_data": data_url(PDF_TYPE, data)})
+            text = pdf_text(data)
+            body = clipped(text) if text else "(no text could be read from this PDF)"
+            items.append({"type": "input_text", "text": f"Text of the attached PDF {attachment.name}:\n\n{body}"})
+        else:
+            text = data.decode("utf-8", errors="replace")
+            items.append({"type": "input_text", "text": f"Attached file {attachment.name}:\n\n{clipped(text)}"})
+    return items
