@@ -203,16 +203,20 @@ class TrayItem {
 
 /**
  * The files picked, dropped or pasted for the next message. `onChange()` is called whenever Send's
- * readiness may have changed. The tray is emptied like the text box: `take()` at Send, `giveBack()`
- * if the server refuses the message, `release()` once it acknowledges it.
+ * readiness may have changed; `announce(text)` tells a screen reader when the uploads are done.
+ * The tray is emptied like the text box: `take()` at Send, `giveBack()` if the server refuses the
+ * message, `release()` once it acknowledges it.
  */
 export class AttachmentTray {
-  constructor({ button, input, list, status, dropHint, textarea, onChange }) {
+  constructor({ button, input, list, status, dropHint, textarea, onChange, announce }) {
     this.button = button;
     this.input = input;
     this.list = list;
+    // Send's description (chat.html): why it waits. Not a live region of its own: the page's
+    // announcer says when the wait is over, and each failed file's error is an alert.
     this.status = status;
     this.onChange = onChange;
+    this.announce = announce;
     this.items = [];
     this.taken = []; // sent with the message awaiting the server's answer
     this.pasted = 0;
@@ -262,6 +266,7 @@ export class AttachmentTray {
       onDone: (attachment) => {
         item.uploaded(attachment);
         this.update();
+        if (!this.busy) this.announce(`${attachment.name} uploaded; the files are ready to send.`);
       },
       onFailed: (message) => {
         item.failed(message);

@@ -112,6 +112,7 @@ const tray = new AttachmentTray({
   dropHint: document.getElementById("drop-hint"),
   textarea: composer.input,
   onChange: () => updateComposer(),
+  announce,
 });
 
 const instructions = new InstructionsPanel({ current: () => state.conversation, announce });

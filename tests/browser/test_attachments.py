@@ -380,6 +380,8 @@ def test_attaching_sending_and_viewing_work_with_the_keyboard_alone(chat, upstre
         chat.keyboard.press("Enter")
     chooser.value.set_files([png_file("keys.png", width=240, height=160), text_file("extra.txt")])
     wait_uploaded(chat, "keys.png", "extra.txt")
+    # A screen reader hears that the wait is over (the page's polite announcer).
+    expect(chat.locator("#announcer")).to_have_text(re.compile("ready to send"))
 
     # Back through the message box to the chips' remove buttons.
     chat.keyboard.press("Shift+Tab")
