@@ -337,11 +337,12 @@ export class AttachmentTray {
     if (!files.length) return;
     if (!data.types.includes("text/plain")) event.preventDefault();
     // Browsers call every pasted image "image.png": each gets a name of its own, so that two can
-    // be told apart (and removed) by name.
+    // be told apart (and removed) by name. A copied file keeps its own.
     this.add(
       files.map((file) => {
+        if (!file.type.startsWith("image/")) return file;
         this.pasted += 1;
-        const type = file.type.split("/")[1] || "png";
+        const type = file.type.split("/")[1].split("+")[0];
         return new File([file], `Pasted image ${this.pasted}.${type === "jpeg" ? "jpg" : type}`, { type: file.type });
       }),
     );
