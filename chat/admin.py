@@ -11,20 +11,23 @@ from django.contrib.auth.admin import GroupAdmin, UserAdmin
 from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db import transaction
-from django.db.models import Count, IntegerField, OuterRef, Q, Subquery, Sum
+from django.db.models import Count, IntegerField, OuterRef, Prefetch, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
-from django.http import HttpResponse
+from django.http import Http404, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 
+from chat import attachments
 from chat.admin_guards import StrictAdminMixin
 from chat.models import (
     CHARS_PER_TOKEN,
     AccountLimits,
+    Attachment,
     AuditEvent,
     Conversation,
     Message,
+    MessageAttachment,
     ServerProcess,
     SharedConversation,
     UsageEntry,
@@ -77,6 +80,10 @@ class TranscriptAdmin(ReadOnlyAdminMixin, StrictAdminMixin, admin.ModelAdmin):
       REFUSED, 400 (chat/admin_guards.py). Lookups outside the declared filters through relations
       were refused by Django already; malformed values answer 400 as well.
     - the transcript and message pages: AUDITED, a `viewed` row.
+    - an attachment's file, linked (and, for images, shown as a thumbnail) on the transcript page:
+      AUDITED, a `downloaded` row per fetch naming the attachment; served with the owner's
+      download's headers (chat.attachments.file_response); only an attachment of a message of
+      that conversation, else 404.
     - raw-id popups (`?_popup=1`, `?_to_field=`): REFUSED, 403. Transcripts are read-only and no
       form picks a conversation or a message, so a popup has no use but listing.
     - autocomplete: REFUSED, 403, for every field no admin declares (chat/admin_site.py); none
@@ -281,9 +288,12 @@ class ConversationAdmin(TranscriptAdmin):
         conversation = self.get_object(request, object_id)
         if conversation is not None and self.has_view_permission(request, conversation):
             AuditEvent.record(request.user, AuditEvent.Action.VIEWED, [conversation], detail="transcript page")
+            links = MessageAttachment.objects.select_related("attachment")
             extra_context = {
                 **(extra_context or {}),
-                "transcript": conversation.messages.order_by("created_at"),
+                "transcript": conversation.messages.order_by("created_at").prefetch_related(
+                    Prefetch("attachment_links", queryset=links)
+                ),
                 # Regenerated and edited messages keep their earlier versions: marked, not hidden.
                 "on_current_path": {message.id for message in conversation.path()},
                 "readers": conversation.audit_events.order_by("-at")[:20] if request.user.is_superuser else None,
@@ -327,9 +337,29 @@ class ConversationAdmin(TranscriptAdmin):
     def export_markdown(self, request, queryset):
         return self._export(request, queryset, "markdown")
 
+    def attachment_view(self, request, object_id, attachment_id):
+        """One attachment's file, for staff who may read the conversation; audited per fetch."""
+        self.refuse_popups(request)
+        conversation = self.get_object(request, object_id)
+        if conversation is None:
+            raise Http404("No such conversation.")
+        if not self.has_view_permission(request, conversation):
+            raise PermissionDenied
+        found = Attachment.objects.in_conversation(conversation).filter(pk=attachment_id).first()
+        if found is None:
+            raise Http404("No such attachment in this conversation.")
+        AuditEvent.record(request.user, AuditEvent.Action.DOWNLOADED, [conversation], detail=f"attachment {found.id}")
+        return attachments.file_response(found)
+
     def get_urls(self):
         report = self.admin_site.admin_view(usage_report)
-        return [path("usage/", report, name="chat_usage_report"), *super().get_urls()]
+        attachment = self.admin_site.admin_view(self.attachment_view)
+        return [
+            path("usage/", report, name="chat_usage_report"),
+            # Before the change view's catch-all `<object_id>/`.
+            path("<path:object_id>/attachments/<uuid:attachment_id>/", attachment, name="chat_conversation_attachment"),
+            *super().get_urls(),
+        ]
 
 
 @admin.register(Message)

@@ -20,6 +20,7 @@ from django.core.files.base import ContentFile
 from django.db import transaction
 from django.db.models.signals import post_delete
 from django.dispatch import receiver
+from django.http import FileResponse
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from chat.models import Attachment, MessageAttachment, UploadRefused
@@ -33,6 +34,8 @@ STORED_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/w
 # Decoding an image costs memory by its pixels, not its bytes: a few kilobytes of PNG can claim a
 # gigapixel. Refused before decoding, from the header's size.
 MAX_IMAGE_PIXELS = 50_000_000
+# Served with every stored file: nothing in it may run, whatever a browser makes of it.
+SANDBOX_POLICY = "default-src 'none'; sandbox"
 # Bytes filetype looks at: every signature it knows sits in the first few kilobytes.
 SNIFF_BYTES = 8192
 
@@ -145,6 +148,24 @@ def prepare(uploaded):
         return Prepared(name, ContentFile(data), stored_type, Attachment.Kind.IMAGE, width, height)
     uploaded.seek(0)
     return Prepared(name, uploaded, content_type, Attachment.Kind.FILE)
+
+
+def file_response(attachment):
+    """The stored file as every door serves it (its owner's /uploads/<id>/, staff's audited
+    transcript): read through the storage API, and never run by a browser."""
+    response = FileResponse(
+        attachment.file.open("rb"),
+        content_type=attachment.content_type,
+        # Only re-encoded images show in the page; anything else could be HTML, SVG or XML that a
+        # browser would run, so it downloads.
+        as_attachment=not attachment.is_image,
+        filename=attachment.name,
+    )
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = SANDBOX_POLICY  # the site's middleware keeps a set header
+    response["Cross-Origin-Resource-Policy"] = "same-origin"
+    response["Cache-Control"] = "private, no-store"
+    return response
 
 
 @receiver(post_delete, sender=Attachment)

@@ -348,6 +348,10 @@ def read_our_conversation(record, index):
     )
     messages = list_of(record.get("messages"), f"{where}: `messages`")
     nodes = [read_our_message(message, number, where) for number, message in enumerate(messages, 1)]
+    # An export names its attachments but holds no file: there is nothing to attach here.
+    attached = sum(len(message["attachments"]) for message in messages if isinstance(message.get("attachments"), list))
+    if attached:
+        draft.left_out["attached files (an export names them, it does not hold them)"] += attached
     current = text_of(record.get("current"), f"{where}: `current`", default=None)
     build_tree(draft, nodes, current, where)
     return draft

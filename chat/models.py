@@ -1066,6 +1066,7 @@ class AuditEvent(models.Model):
         SEARCHED = "searched"
         EXPORTED = "exported"
         DELETED = "deleted"
+        DOWNLOADED = "downloaded"  # an attachment's file, from the transcript page
 
     # The title is transcript text too: the audit admin shows it only while transcripts are readable.
     TEXT_FIELDS = ("conversation_title",)
@@ -1606,16 +1607,9 @@ class AttachmentQuerySet(models.QuerySet):
     def owned_by(self, user):
         return self.filter(owner=user)
 
-    def sent(self):
-        """Uploads linked to a message (to any: versions share them)."""
-        return self.filter(Exists(MessageAttachment.objects.filter(attachment=OuterRef("pk"))))
-
     def unsent(self):
+        """Uploads linked to no message ("sent" is linked to any: versions share them)."""
         return self.exclude(Exists(MessageAttachment.objects.filter(attachment=OuterRef("pk"))))
-
-    def unsent_for(self, user, attachment_id):
-        """The user's own upload not yet sent with a message; DoesNotExist otherwise, whoever's it is."""
-        return self.owned_by(user).unsent().get(pk=attachment_id)
 
     def stale(self, now=None):
         """Uploads never sent within CHAT_UPLOAD_UNSENT_HOURS: the sweep removes them."""
@@ -1632,6 +1626,10 @@ class AttachmentQuerySet(models.QuerySet):
         """
         if not attachment_ids:
             return []
+        try:
+            attachment_ids = [uuid.UUID(str(attachment_id)) for attachment_id in attachment_ids]
+        except ValueError:
+            raise Attachment.DoesNotExist("An upload id that is not one.") from None
         kept = {attachment.pk: attachment for attachment in kept}
         new_ids = [attachment_id for attachment_id in attachment_ids if attachment_id not in kept]
         # Locked first, checked second, in a statement of its own: under PostgreSQL's READ
@@ -1660,6 +1658,12 @@ class AttachmentQuerySet(models.QuerySet):
         for link in links:
             found[link.message_id].append(link.attachment)
         return found
+
+    def in_conversation(self, conversation):
+        """The attachments sent with any message (any version) of `conversation`."""
+        return self.filter(
+            Exists(MessageAttachment.objects.filter(attachment=OuterRef("pk"), message__conversation=conversation))
+        )
 
     def delete_unused(self, attachment_ids):
         """Delete those of `attachment_ids` no message uses any more (their files after commit)."""

@@ -3,9 +3,10 @@
 import json
 
 from django.db.models import Prefetch
+from django.template.defaultfilters import filesizeformat
 
 from chat import protocol
-from chat.models import Message
+from chat.models import Message, MessageAttachment
 
 FORMATS = ("json", "markdown")
 MESSAGE_FIELDS = (
@@ -33,9 +34,16 @@ CONVERSATION_FIELDS = (*protocol.CONVERSATION_FIELDS, ("current", "current_id"))
 
 
 def with_messages(conversations):
+    links = MessageAttachment.objects.select_related("attachment")
     return conversations.select_related("owner").prefetch_related(
-        Prefetch("messages", queryset=Message.objects.order_by("created_at"))
+        Prefetch("messages", queryset=Message.objects.order_by("created_at")),
+        Prefetch("messages__attachment_links", queryset=links),
     )
+
+
+def attachments_of(message):
+    """What was attached, as the upload answered it: names, types and sizes, not the files."""
+    return [link.attachment.as_frame() for link in message.attachment_links.all()]
 
 
 def on_current_path(conversation):
@@ -49,7 +57,11 @@ def conversation_record(conversation):
         **protocol.fields_of(conversation, CONVERSATION_FIELDS),
         "owner": conversation.owner.get_username(),
         "messages": [
-            {**protocol.fields_of(message, MESSAGE_FIELDS), "on_current_path": message.id in shown}
+            {
+                **protocol.fields_of(message, MESSAGE_FIELDS),
+                "on_current_path": message.id in shown,
+                "attachments": attachments_of(message),
+            }
             for message in conversation.messages.all()
         ],
     }
@@ -91,6 +103,10 @@ def as_markdown(conversations):
                 parts.append("<details><summary>Thinking</summary>\n\n" + message.reasoning + "\n\n</details>\n")
             if message.text:
                 parts.append(message.text + "\n")
+            attached = attachments_of(message)
+            if attached:
+                lines = [f"- {item['name']} ({item['type']}, {filesizeformat(item['size'])})" for item in attached]
+                parts.append("**Attachments:**\n\n" + "\n".join(lines) + "\n")
             if message.refusal:
                 parts.append(f"**Refused:** {message.refusal}\n")
             if message.error_message:

@@ -9,7 +9,7 @@ import logging
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.files.uploadhandler import FileUploadHandler, StopUpload, TemporaryFileUploadHandler
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import Http404, JsonResponse
 from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST
 
@@ -20,8 +20,6 @@ logger = logging.getLogger(__name__)
 
 # Room for the multipart boundaries and part headers around the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
-# Served with every stored file: nothing in it may run, whatever a browser makes of it.
-SANDBOX_POLICY = "default-src 'none'; sandbox"
 
 
 def refused(code, status, message):
@@ -111,20 +109,7 @@ def owned_or_404(request, attachment_id):
 def detail(request, attachment_id):
     if request.method == "DELETE":
         return discard(request, attachment_id)
-    found = owned_or_404(request, attachment_id)
-    response = FileResponse(
-        found.file.open("rb"),
-        content_type=found.content_type,
-        # Only re-encoded images show in the page; anything else could be HTML, SVG or XML that a
-        # browser would run, so it downloads.
-        as_attachment=not found.is_image,
-        filename=found.name,
-    )
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = SANDBOX_POLICY  # the site's middleware keeps a set header
-    response["Cross-Origin-Resource-Policy"] = "same-origin"
-    response["Cache-Control"] = "private, no-store"
-    return response
+    return attachments.file_response(owned_or_404(request, attachment_id))
 
 
 @login_required

@@ -482,3 +482,25 @@ async def test_a_file_two_versions_share_goes_only_when_both_do(alice_browser, u
     assert not await Attachment.objects.aexists()
     assert stored_files(media_root) == []
     await communicator.disconnect()
+
+
+async def test_a_retried_send_with_attachments_is_answered_not_refused(alice_browser, upstream, worker):
+    """The retry finds its first send by client id before the uploads are looked at: they are sent
+    by then, and the retry must not be told they are unknown."""
+    notes = await alice_browser.upload("notes.txt", b"once")
+    communicator = await alice_browser.socket()
+    frame = {
+        "type": "chat.send",
+        "conversation": None,
+        "text": "once",
+        "attachments": [notes["id"]],
+        "client_id": "retry-1",
+    }
+    (question, _), _ = await exchange(communicator, frame, upstream)
+    stored = await counts()
+    await communicator.send_json_to(frame)
+    frames = await receive_until(communicator, "message.created")
+    assert frames[-1]["message"]["id"] == question["id"]
+    assert frames[-1]["message"]["attachments"] == question["attachments"]
+    assert await counts() == stored and len(upstream.requests) == 1
+    await communicator.disconnect()

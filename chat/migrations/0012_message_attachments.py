@@ -88,4 +88,9 @@ class Migration(migrations.Migration):
             model_name='attachment',
             index=models.Index(fields=['created_at'], name='attachment_created'),
         ),
+        migrations.AlterField(
+            model_name='auditevent',
+            name='action',
+            field=models.CharField(choices=[('viewed', 'Viewed'), ('listed', 'Listed'), ('searched', 'Searched'), ('exported', 'Exported'), ('deleted', 'Deleted'), ('downloaded', 'Downloaded')], max_length=16),
+        ),
     ]
