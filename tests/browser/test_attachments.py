@@ -449,3 +449,17 @@ def test_the_composer_and_the_sent_files_fit_a_phone(chat, upstream, screenshots
     expect(chat.get_by_role("button", name="Send")).to_be_in_viewport()
     expect(chat.get_by_role("button", name="Attach files")).to_be_in_viewport()
     chat.screenshot(path=screenshots / "attachments-phone.png", animations="disabled")
+
+
+def test_a_file_past_ten_is_not_uploaded_and_its_chip_says_why(chat, upstream):
+    uploads = []
+    chat.on("request", lambda request: uploads.append(request) if request.url.endswith("/uploads/") else None)
+    attach(chat, *(text_file(f"part-{number:02}.txt", f"part {number}") for number in range(1, 12)))
+    wait_uploaded(chat, *(f"part-{number:02}.txt" for number in range(1, 11)))
+    extra = chip(chat, "part-11.txt")
+    expect(extra).to_have_attribute("data-state", "failed")
+    expect(extra.get_by_role("alert")).to_have_text("At most 10 files go with one message.")
+    assert len(uploads) == 10
+    send_typed(chat, "Ten parts", upstream, "All ten.")
+    expect(questions(chat).last.get_by_role("listitem")).to_have_count(10)
+    assert sum("part " in part.get("text", "") for part in last_input_content(upstream)) == 10
