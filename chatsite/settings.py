@@ -489,14 +489,16 @@ CHAT_TRUNCATION_MODELS = envlist("CHAT_TRUNCATION_MODELS", [])
 # Images in answers load only from these hosts: none by default, so a model's Markdown cannot
 # make browsers call out to arbitrary servers. Never from this site itself, even if listed: an
 # image loads with the reader's cookies (static/chat/markdown.js). 'self' in img-src below is for
-# the site's own icons.
+# the site's own icons and for an owner's uploaded images (/uploads/<id>/, drawn by
+# static/chat/attachments.js, never by Markdown). blob: is for the composer's previews of files
+# being attached: object URLs only this page's own scripts can make, of files the user picked.
 CHAT_IMAGE_HOSTS = envlist("CHAT_IMAGE_HOSTS", [])
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'none'"],
         "script-src": ["'self'"],
         "style-src": ["'self'"],
-        "img-src": ["'self'", *CHAT_IMAGE_HOSTS],
+        "img-src": ["'self'", "blob:", *CHAT_IMAGE_HOSTS],
         "font-src": ["'self'"],
         "connect-src": ["'self'"],
         "manifest-src": ["'self'"],

@@ -1,7 +1,7 @@
 // The chat page's JSON endpoints (chat/urls.py). State-changing ones are POSTs carrying Django's
 // CSRF token, read from its cookie, in the X-CSRFToken header.
 
-function csrfToken() {
+export function csrfToken() {
   for (const part of document.cookie.split(";")) {
     const [name, ...value] = part.trim().split("=");
     if (name === "csrftoken") return decodeURIComponent(value.join("="));

@@ -4,6 +4,7 @@
 //   frames change it through `apply`, sends go through `send`; it never touches the document.
 // - follow.js: render scheduling (one render per frame or streaming interval) and scroll-following.
 // - composer.js: the message box, the model picker, Send and Stop, the error line.
+// - attachments.js: the files for the next message (the tray), and a message's files.
 // - instructions.js, budget.js, sidebar.js, share-dialog.js, shortcuts.js: the rest of the page.
 // - context.js: the context gauge and the marker of the messages the model is not sent.
 // - render.js: one message's view.
@@ -12,6 +13,7 @@
 // through markup built from strings.
 
 import { ApiError, postForm, signedIn } from "./api.js";
+import { AttachmentTray } from "./attachments.js";
 import { BudgetDisplay, budgetSentence } from "./budget.js";
 import { Composer } from "./composer.js";
 import { ContextDisplay } from "./context.js";
@@ -105,6 +107,18 @@ const composer = new Composer({
   onInput: () => updateComposer(),
 });
 
+// Files for the next message: uploaded as they are added; Send waits for them.
+const tray = new AttachmentTray({
+  button: document.getElementById("attach-button"),
+  input: document.getElementById("attach-input"),
+  list: document.getElementById("attachment-tray"),
+  status: document.getElementById("attachment-status"),
+  dropHint: document.getElementById("drop-hint"),
+  textarea: composer.input,
+  onChange: () => updateComposer(),
+  announce,
+});
+
 const instructions = new InstructionsPanel({ current: () => state.conversation, announce });
 
 const sidebar = new Sidebar({
@@ -147,6 +161,7 @@ const state = new ConversationState({
     acknowledged(conversation) {
       // The most recently active conversation leads the unpinned ones, as it will after a reload.
       sidebar.markCurrent(conversation, { active: true });
+      tray.release(); // the files taken for the message are the server's now
     },
     subscribed: (conversation) => instructions.show(conversation),
     added(view) {
@@ -221,7 +236,7 @@ function updateComposer() {
     busy,
     stopping: busy && state.stopping === answer.id,
     spent: state.budgetSpent(),
-    waiting: state.pendingSend !== null || state.starting,
+    waiting: state.pendingSend !== null || state.starting || tray.busy,
   });
   updateMessageControls(busy || state.pendingSend !== null);
 }
@@ -256,23 +271,27 @@ function sendAnswerFrame(frame, onRefused) {
   updateComposer();
 }
 
-/** A refused text goes back into the composer. */
-function giveBackText(frame) {
+/** A refused text goes back into the composer, and its files into the tray. */
+function giveBackText(frame, attachments) {
   composer.giveBack(frame.text);
+  tray.giveBack(attachments);
 }
 
-function sendText(text) {
+/** `attachments`: the tray's files taken for this message (AttachmentTray.take). */
+function sendText(text, attachments = []) {
   const frame = { type: "chat.send", conversation: state.conversation ? state.conversation.id : null, text };
+  if (attachments.length) frame.attachments = attachments.map((item) => item.attachment.id);
   // The new message follows the answer this tab shows last, even if another tab moved elsewhere.
   const last = state.last();
   if (state.conversation && last?.role === "assistant") frame.parent = last.id;
-  sendAnswerFrame(frame, giveBackText);
+  sendAnswerFrame(frame, (refused) => giveBackText(refused, attachments));
 }
 
 async function submit() {
   const text = composer.text;
   if (!text.trim() || state.activeAnswer() !== null || state.pendingSend !== null || state.budgetSpent()) return;
-  if (text.length > page.max_message_chars || state.starting) return;
+  if (text.length > page.max_message_chars || state.starting || tray.busy) return;
+  const attachments = tray.take();
   composer.clear();
   // The settings panel has done its part; the conversation is what matters now.
   dom.conversationSettings.open = false;
@@ -289,7 +308,7 @@ async function submit() {
       });
       state.setConversation(conversation);
     } catch (error) {
-      giveBackText({ text });
+      giveBackText({ text }, attachments);
       composer.showError(error instanceof ApiError ? error.message : "Could not start the conversation.");
       return;
     } finally {
@@ -297,7 +316,7 @@ async function submit() {
       updateComposer();
     }
   }
-  sendText(text);
+  sendText(text, attachments);
 }
 
 /**
@@ -319,17 +338,22 @@ function regenerate(answerView, frame = { type: "chat.regenerate", message: answ
   });
 }
 
-/** "Save and send" in a user message's editor: a new version of it, answered afresh. */
-function saveEdit(userView, text) {
+/**
+ * "Save and send" in a user message's editor: a new version of it, answered afresh. `attachments`:
+ * the ids it keeps, or undefined to keep all the edited message's.
+ */
+function saveEdit(userView, text, attachments) {
   if (state.budgetSpent()) {
     composer.showError(budgetSentence(state.budget)); // the editor stays open with the text
     return;
   }
   if (state.isLocked() || !text.trim() || text.length > page.max_message_chars) return;
   userView.stopEditing();
-  sendAnswerFrame({ type: "chat.edit", message: userView.id, text }, (frame) => {
+  const frame = { type: "chat.edit", message: userView.id, text };
+  if (attachments) frame.attachments = attachments;
+  sendAnswerFrame(frame, (refused) => {
     // The edited text goes back into the message's editor, if the message is still shown.
-    if (state.views.get(userView.id) === userView) userView.startEditing(frame.text);
+    if (state.views.get(userView.id) === userView) userView.startEditing(refused.text, refused.attachments);
   });
 }
 

@@ -5,6 +5,7 @@
 // through textContent or, for Markdown, through markdown.js's sanitizer.
 
 import { ContinueButton } from "./continue.js";
+import { EditorAttachments, messageAttachments } from "./attachments.js";
 import { UNFINISHED } from "./conversation.js";
 import { FeedbackControls } from "./feedback.js";
 import { MarkdownStream } from "./markdown.js";
@@ -159,6 +160,9 @@ export class UserMessageView {
     this.element.dataset.id = frame.id;
     this.bubble = element("div", "message-bubble", frame.text);
     this.bubble.title = formatTime(frame.created_at);
+    // Its files, above its text (attachments.js); a message's files never change, its versions can.
+    this.attachments = frame.attachments || [];
+    this.files = messageAttachments(this.attachments);
     this.nav = new VersionNav((id, direction) => onSelect(this, id, direction));
     this.copyButton = button("copy-message-button", "Copy", "Copy message");
     this.editButton = button("edit-button", "Edit");
@@ -170,7 +174,7 @@ export class UserMessageView {
     if (!readOnly) actions.append(this.editButton);
     this.foot = element("div", "message-foot user-foot");
     this.foot.append(this.nav.element, actions);
-    this.element.append(this.bubble, this.foot);
+    this.element.append(this.files, this.bubble, this.foot);
     this.apply(frame);
   }
 
@@ -194,8 +198,11 @@ export class UserMessageView {
     this.nav.focus(direction);
   }
 
-  /** Turns the message into a form that sends its text, changed, as a new version. */
-  startEditing(text = this.text) {
+  /**
+   * Turns the message into a form that sends its text, changed, as a new version, with the
+   * attachments kept (`keep`: the ids a refused edit had kept; all by default).
+   */
+  startEditing(text = this.text, keep = null) {
     if (this.editor) return;
     const form = element("form", "message-editor");
     const box = element("textarea", "message-editor-input");
@@ -207,7 +214,8 @@ export class UserMessageView {
     save.type = "submit";
     const bar = element("div", "message-editor-bar");
     bar.append(cancel, save);
-    form.append(box, bar);
+    const files = new EditorAttachments(this.attachments, keep);
+    form.append(box, files.element, bar);
     this.editor = { form, box, save };
 
     const resize = () => {
@@ -232,11 +240,12 @@ export class UserMessageView {
     form.addEventListener("submit", (event) => {
       event.preventDefault();
       if (save.disabled) return;
-      this.onEdit(this, box.value);
+      this.onEdit(this, box.value, files.selection());
     });
 
     this.element.classList.add("is-editing");
     this.bubble.hidden = true;
+    this.files.hidden = true;
     this.foot.hidden = true;
     this.element.append(form);
     this.updateEditor();
@@ -256,6 +265,7 @@ export class UserMessageView {
     this.editor = null;
     this.element.classList.remove("is-editing");
     this.bubble.hidden = false;
+    this.files.hidden = this.attachments.length === 0;
     this.foot.hidden = false;
     if (restoreFocus) this.editButton.focus();
   }
