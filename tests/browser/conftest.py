@@ -168,8 +168,11 @@ def browser():
             "CI must install it" if os.environ.get("CI") == "true" else "install it or deselect with -m 'not browser'"
         )
         pytest.fail(f"Chromium is needed for browser tests (Debian package `chromium`); {where}.")
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # expect() has a timeout of its own (5 s) that the context's default does not change: on a
+    # loaded machine a Stop button or a frame may take longer than that to appear.
+    expect.set_options(timeout=BROWSER_TIMEOUT_MS)
     playwright = sync_playwright().start()
     try:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
