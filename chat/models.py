@@ -660,6 +660,15 @@ class Conversation(models.Model):
         window = providers.provider_for(before.model or self.model).window()
         fitted = context.fit([item for _, item in pairs], self.instructions, window, self.messages.token_rate())
         first_sent = pairs[fitted.dropped][0] if fitted.dropped and fitted.items else None
+        if first_sent is not None:
+            logger.info(
+                "Answer %s is sent the newest %s of %s messages, about %s tokens, to fit %s",
+                before.id,
+                len(fitted.items),
+                len(pairs),
+                fitted.estimated_tokens,
+                window,
+            )
         return fitted, first_sent
 
     @staticmethod

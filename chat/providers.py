@@ -12,7 +12,7 @@ also knows its model's context size (CHAT_MODEL_CONTEXT, LOCAL_MODEL_CONTEXT), w
 input is fitted to (chat/answering/context.py), and whether its API takes `truncation: "auto"`.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from django.conf import settings
@@ -39,7 +39,7 @@ class Provider:
     problem: str = ""  # why it cannot answer yet (the local model still being installed)
     # Tokens the model reads at most, input and answer together; whether the API takes
     # `truncation: "auto"` (CHAT_TRUNCATION_MODELS).
-    context_tokens: int = 32_768
+    context_tokens: int = field(default_factory=lambda: settings.CHAT_DEFAULT_MODEL_CONTEXT)
     truncation: bool = False
     # The most tokens one answer of this model may write (its own limit where known), or None.
     max_output_tokens: int | None = None

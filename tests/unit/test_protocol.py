@@ -123,3 +123,13 @@ def test_error_frames_repeat_the_client_id_only_when_there_is_one():
     assert protocol.error_frame("busy", "Wait.") == {"type": "error", "code": "busy", "message": "Wait."}
     assert protocol.error_frame("busy", "Wait.", "k")["client_id"] == "k"
     assert protocol.session_ended_frame("logged_out")["message"] == protocol.SESSION_ENDINGS["logged_out"]
+
+
+def test_the_status_frame_of_a_worker_taking_an_answer_says_where_its_input_started():
+    first = uuid.uuid4()
+    taken = json.loads(protocol.status_event("a1", "streaming", context_start=first)["frame"])
+    assert taken == {"type": "message.status", "message": "a1", "status": "streaming", "context_start": str(first)}
+    whole = json.loads(protocol.status_event("a1", "streaming", context_start=None)["frame"])
+    assert "context_start" in whole and whole["context_start"] is None, "decided: all of it was sent"
+    requeued = json.loads(protocol.status_event("a1", "queued")["frame"])
+    assert "context_start" not in requeued, "the upstream queueing it decides nothing about its input"
