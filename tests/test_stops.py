@@ -44,6 +44,14 @@ def no_send_rate_limit(settings):
 
 
 @pytest.fixture
+def upstream(upstream, settings):
+    """The loopback upstream, patient: a stop is what must end these answers, and on a loaded
+    machine the tests' 5 s silence timeout ended one first (a shell took 9 s to start)."""
+    settings.OPENRESPONSES_TIMEOUT = 120.0
+    return upstream
+
+
+@pytest.fixture
 def root(db):
     return make_user("root", is_staff=True, is_superuser=True)
 
