@@ -76,11 +76,14 @@ def require_storable(value, field):
 
 
 def clean_text(content):
-    """The `text` of a frame that stores a user message, as chat.send and chat.edit take it."""
+    """The `text` of a frame that stores a user message, as chat.send and chat.edit take it.
+    Empty only beside attachments: files alone make a message (a screenshot, asked about in the
+    next turn); chat.edit refuses it still (Edit.__post_init__)."""
     text = content.get("text")
     if not isinstance(text, str):
         raise ClientError("invalid_field", "`text` must be a string.")
-    if not text.strip():
+    files = content.get("attachments")
+    if not text.strip() and not (isinstance(files, list) and files):
         raise ClientError("empty_text", "The message is empty.")
     limit = settings.CHAT_MAX_MESSAGE_CHARS
     if len(text) > limit:
@@ -203,6 +206,11 @@ class Edit(Frame):
     model: str | None
     client_id: str
     attachments: tuple | None = None  # upload ids; None (absent) keeps the edited message's
+
+    def __post_init__(self):
+        # An edit is of the words: even a message of files alone is edited into one with text.
+        if not self.text.strip():
+            raise ClientError("empty_text", "The message is empty.")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -198,11 +198,13 @@ class ConversationQuerySet(models.QuerySet):
         earlier = Stored.replayed(user, client_id)
         if earlier is not None:
             return earlier
+        attached = Attachment.objects.for_message(user, attachments)
         created = conversation_id is None
         if created:
             conversation = self.create(
                 owner=user,
-                title=Conversation.title_from(text),
+                # A message of files alone is named after its first file until the model names it.
+                title=Conversation.title_from(text if text.strip() else attached[0].name),
                 model=model or providers.default_model(),
                 instructions=AccountSettings.of(user).default_instructions,
             )
@@ -211,7 +213,6 @@ class ConversationQuerySet(models.QuerySet):
         parent = None
         if parent_id is not None:
             parent = conversation.messages.get(pk=parent_id, role=Message.Role.ASSISTANT)
-        attached = Attachment.objects.for_message(user, attachments)
         messages = conversation.start_exchange(
             text, client_id=client_id, worker_id=worker_id, after=parent, attachments=attached
         )
@@ -637,14 +638,14 @@ class Conversation(models.Model):
             content.check_model_takes(model, [found for files in attached.values() for found in files])
         pairs = []
         for message in path:
-            if not message.text:
+            files = attached.get(message.id)
+            if not message.text and not files:
                 continue
             parts = message.text
-            if attached.get(message.id):
-                parts = [
-                    {"type": "input_text", "text": message.text},
-                    *content.input_content(attached[message.id], model),
-                ]
+            if files:
+                # Its text (none for a message of files alone), then its files.
+                text = [{"type": "input_text", "text": message.text}] if message.text else []
+                parts = [*text, *content.input_content(files, model)]
             pairs.append((message, {"type": "message", "role": message.role, "content": parts}))
         # A continued answer goes on from its text so far (Message.continuation_input): part of
         # the newest turn, attributed to the answer itself.

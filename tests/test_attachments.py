@@ -168,6 +168,32 @@ async def test_an_image_a_pdf_and_a_text_file_reach_the_upstream_as_content_item
     assert_no_groups_left()
 
 
+async def test_files_alone_make_a_message_named_after_its_first_file(alice_browser, upstream, worker):
+    """A screenshot with no words is a message (as in other chat apps); no words and no files is
+    not, and an edit still needs words."""
+    photo = await alice_browser.upload("screenshot.jpg", image_bytes((40, 30), "JPEG"))
+    communicator = await alice_browser.socket()
+    empty = await refused(communicator, {"type": "chat.send", "conversation": None, "text": "  "})
+    assert empty["code"] == "empty_text"
+    (question, reply), done = await exchange(
+        communicator, {"type": "chat.send", "conversation": None, "text": "", "attachments": [photo["id"]]}, upstream
+    )
+    assert done["status"] == "completed", done
+    assert question["text"] == "" and [item["id"] for item in question["attachments"]] == [photo["id"]]
+    conversation = await Conversation.objects.aget(pk=question["conversation"])
+    assert conversation.title == "screenshot.jpg"
+    # The upstream is sent the image alone: no empty text part.
+    [request] = upstream.requests
+    [image] = last_content(request)
+    assert decoded_image(image) == ("JPEG", (40, 30))
+    # Later answers still see it, and an edit of it needs words.
+    await exchange(communicator, {"type": "chat.send", "conversation": str(conversation.id), "text": "And?"}, upstream)
+    assert [item["role"] for item in upstream.requests[-1]["body"]["input"]] == ["user", "assistant", "user"]
+    edit = await refused(communicator, {"type": "chat.edit", "message": question["id"], "text": ""})
+    assert edit["code"] == "empty_text"
+    await communicator.disconnect()
+
+
 async def test_a_text_only_model_gets_a_pdfs_text_and_no_file(alice_browser, upstream, worker, settings):
     settings.CHAT_MODEL_CAPABILITIES = {"other-model": []}
     report = await alice_browser.upload("report.pdf", pdf_with_text("Salt is in the sea."))

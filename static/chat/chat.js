@@ -237,6 +237,7 @@ function updateComposer() {
     stopping: busy && state.stopping === answer.id,
     spent: state.budgetSpent(),
     waiting: state.pendingSend !== null || state.starting || tray.busy,
+    files: tray.ready.length,
   });
   updateMessageControls(busy || state.pendingSend !== null);
 }
@@ -289,7 +290,8 @@ function sendText(text, attachments = []) {
 
 async function submit() {
   const text = composer.text;
-  if (!text.trim() || state.activeAnswer() !== null || state.pendingSend !== null || state.budgetSpent()) return;
+  const empty = !text.trim() && !tray.ready.length; // files alone make a message
+  if (empty || state.activeAnswer() !== null || state.pendingSend !== null || state.budgetSpent()) return;
   if (text.length > page.max_message_chars || state.starting || tray.busy) return;
   const attachments = tray.take();
   composer.clear();

@@ -91,16 +91,17 @@ export class Composer {
   /**
    * Shows the page's state: `busy` (an answer is being written: Stop instead of Send), `stopping`
    * (its Stop was sent), `spent` (today's budget: the box is disabled, what is typed stays in it)
-   * and `waiting` (a send or a new chat awaits the server).
+   * and `waiting` (a send or a new chat awaits the server); `files`, how many uploaded files wait
+   * to go with the message: files alone make one.
    */
-  update({ busy, stopping, spent, waiting }) {
+  update({ busy, stopping, spent, waiting, files = 0 }) {
     const length = this.input.value.length;
     const tooLong = length > this.maxChars;
     this.sendButton.hidden = busy;
     this.stopButton.hidden = !busy;
     this.stopButton.disabled = stopping;
     this.input.disabled = spent;
-    this.sendButton.disabled = spent || !this.input.value.trim() || tooLong || waiting;
+    this.sendButton.disabled = spent || (!this.input.value.trim() && !files) || tooLong || waiting;
     this.charCount.hidden = length < this.maxChars * 0.9;
     this.charCount.textContent = `${length.toLocaleString()} / ${this.maxChars.toLocaleString()}`;
     this.charCount.classList.toggle("is-over", tooLong);

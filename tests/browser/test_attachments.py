@@ -202,6 +202,22 @@ def test_an_image_pasted_into_the_message_box_is_attached_and_sent(chat, context
     chat.wait_for_function("image => image.complete && image.naturalWidth === 320", arg=image.element_handle())
 
 
+def test_a_picture_alone_is_a_message(chat, upstream):
+    """No words needed beside a file, as in other chat apps: Send wakes once the upload is done."""
+    send_button = chat.get_by_role("button", name="Send")
+    expect(send_button).to_be_disabled()
+    attach(chat, png_file("alone.png"))
+    wait_uploaded(chat, "alone.png")
+    expect(send_button).to_be_enabled()
+    upstream.queue(answer(["A lone picture."]))
+    send_button.click()
+    expect(answers(chat).last).to_contain_text("A lone picture.")
+    wait_until_idle(chat)
+    expect(questions(chat).last.get_by_role("img", name="alone.png")).to_be_visible()
+    assert [part["type"] for part in last_input_content(upstream)] == ["input_image"]
+    expect(chat.get_by_role("navigation", name="Conversations").get_by_text("alone.png")).to_be_visible()
+
+
 def test_files_dropped_on_the_page_are_attached_with_a_visible_hint(chat):
     transfer = chat.evaluate_handle(
         """() => {
