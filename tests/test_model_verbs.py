@@ -146,7 +146,7 @@ def test_frames_never_query_and_a_path_reads_in_one_query_however_long(alice, dj
 # runtime's database pool): a change that adds one fails here, and says which it added.
 # The transaction's own two (here a savepoint and its release, as the test runs in a transaction)
 # included. Before the savepoints of the nested atomics and the deferred conversation_id of the
-# versions' rows were cut: 21 for a new conversation's send, 20 for an existing one's.
+# versions' rows were cut: 22, 21, 22 and 23.
 SEND_STATEMENTS = {"new": 16, "existing": 15, "regenerate": 16, "edit": 16}
 
 
