@@ -160,7 +160,16 @@ class Bench:
         sizes = self.sizes
         levels, profiles = [], []
         with running_redis() as redis, running_postgres() as postgres:
-            folder, env = self.env("redis", DATABASE_URL=postgres.url, REDIS_URL=redis.url, DATABASE_CONN_MAX_AGE="0")
+            # Each process takes its connections from psycopg's pool (DATABASE_POOL), at most 100
+            # of the test server's 300; streaming answers give theirs back after the claim.
+            folder, env = self.env(
+                "redis",
+                DATABASE_URL=postgres.url,
+                REDIS_URL=redis.url,
+                DATABASE_CONN_MAX_AGE="0",
+                DATABASE_POOL="1",
+                DATABASE_POOL_MAX_SIZE="100",
+            )
             keys = prepare_database(env, max(sizes.redis_levels))
             for answers in sizes.redis_levels:
                 servers = [relay.Server(f"redis-{name}-{answers}", env, folder) for name in "ab"]

@@ -3,7 +3,7 @@ model layer's exceptions to the `error` frame's codes (docs/protocol.md, "Errors
 
 import functools
 
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync, database_sync_to_async
 
 from chat.content import ModelCannotRead
 from chat.models import (
@@ -55,10 +55,7 @@ def client_error(error):
     return None
 
 
-def answered(function):
-    """`function`, a synchronous call of the model layer, run in the ORM's thread for the event
-    loop, its domain exceptions raised as the ClientError that answers them."""
-
+def _answering(function):
     @functools.wraps(function)
     def call(*args, **kwargs):
         try:
@@ -66,4 +63,16 @@ def answered(function):
         except tuple(DOMAIN_ERRORS) as error:
             raise client_error(error) from None
 
-    return database_sync_to_async(call)
+    return call
+
+
+def answered(function):
+    """`function`, a synchronous call of the model layer, run in the ORM's thread for the event
+    loop, its domain exceptions raised as the ClientError that answers them."""
+    return database_sync_to_async(_answering(function))
+
+
+def answered_on(executor, function):
+    """`answered`, on the threads of `executor` (the runtime's database pool) instead of the
+    ORM's one thread, with channels' connection clean-up before and after each call."""
+    return DatabaseSyncToAsync(_answering(function), thread_sensitive=False, executor=executor)

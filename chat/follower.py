@@ -72,26 +72,33 @@ class Follower:
         self.held = None
 
     async def deliver(self, event):
-        """One event of the followed conversation, from the relay."""
+        """One event of the followed conversation, from the relay (for every socket and every
+        flush: the frame goes straight out, encoded once for all sockets)."""
         if self.closed:
             return
         if self.held is not None:
             self.held.append(event)
             return
-        await self.forward(event)
+        if self.admits(event):
+            await self.send(event["frame"])
 
     async def forward(self, event):
+        if self.admits(event):
+            await self.send(event["frame"])
+
+    def admits(self, event):
+        """Whether the socket is to get `event`: a delta only once, and only past its snapshot."""
         message_id, kind = event["message"], event["type"]
         if kind == protocol.MESSAGE_DELTA:
             last = self.seen.get(message_id)
             if last is not None and event["seq"] <= last:
-                return  # already part of the snapshot this socket got
+                return False  # already part of the snapshot this socket got
             self.seen[message_id] = event["seq"]
         elif kind == protocol.MESSAGE_CREATED:
             self.seen.setdefault(message_id, 0)
         elif kind == protocol.MESSAGE_DONE:
             self.seen.pop(message_id, None)
-        await self.send(event["frame"])
+        return True
 
     async def resync(self):
         """Bring the socket up to date after events were lost on their way to this process: the

@@ -373,7 +373,10 @@ class MessageTree:
         beside = Q(parent__in=[parent for parent in parents if parent is not None])
         if None in parents:
             beside |= Q(parent__isnull=True)
-        return cls(conversation.messages.filter(beside).only("id", "parent_id", "role", "created_at"))
+        # conversation_id too: the related manager reads it on every row it returns, and a
+        # deferred field is one more query per message.
+        fields = ("id", "conversation_id", "parent_id", "role", "created_at")
+        return cls(conversation.messages.filter(beside).only(*fields))
 
     def version_ids(self, message):
         """Ids of `message`'s versions, itself included, oldest first."""
@@ -686,7 +689,9 @@ class Conversation(models.Model):
             fields.append("updated_at")
         self.save(update_fields=fields)
 
-    @transaction.atomic
+    # No savepoint of its own (here and in queue_answer): inside a verb's transaction a failure
+    # rolls back the whole send anyway, and each savepoint is two statements on every send.
+    @transaction.atomic(savepoint=False)
     def start_exchange(self, text, client_id="", worker_id=None, after=None, attachments=()):
         """Store the user's message (with `attachments`, rows) and the assistant's answer to come,
         queued on a worker.
@@ -708,7 +713,7 @@ class Conversation(models.Model):
         answer = self.queue_answer(user_message, worker_id=worker_id)
         return user_message, answer
 
-    @transaction.atomic
+    @transaction.atomic(savepoint=False)
     def queue_answer(self, question, client_id="", worker_id=None, continuing=None):
         """A queued answer to the user message `question`; the path now ends with it. It starts
         as the text of the answer `continuing`, when given, and goes on from there.
@@ -743,7 +748,7 @@ class Conversation(models.Model):
         texts = self.upstream_input(before, with_attachments=False)
         return len(self.instructions) + sum(len(item["content"]) for item in texts)
 
-    @transaction.atomic
+    @transaction.atomic(savepoint=False)  # inside the verb's transaction (see start_exchange)
     def regenerate(self, answer, *, model=None, client_id="", worker_id=None):
         """A new queued version of `answer`, beside it; the earlier one stays stored.
 
@@ -784,7 +789,7 @@ class Conversation(models.Model):
         question = conversation.messages.get(pk=answer.parent_id)
         return [conversation.queue_answer(question, client_id=client_id, worker_id=worker_id, continuing=answer)]
 
-    @transaction.atomic
+    @transaction.atomic(savepoint=False)  # inside the verb's transaction (see start_exchange)
     def edit(self, message, text, *, model=None, client_id="", worker_id=None, attachments=()):
         """A new version of the user message `message` with `text` and `attachments` (rows),
         beside it, and its queued answer.

@@ -185,8 +185,32 @@ def status_event(message_id, status, start=None, **context):
 def delta_event(message_id, seq, stream, delta):
     """One flush of one stream. `stream` and `delta` let the relay keep the snapshot that other
     processes resume from (chat/relay.py); `seq` lets each socket drop what its snapshot holds."""
-    frame = {"type": stream.frame_type, "message": str(message_id), "seq": seq, "delta": delta}
-    return frame_event(message_id, frame, MESSAGE_DELTA, seq=seq, stream=stream.name, delta=delta)
+    return DeltaEvents(message_id).event(seq, stream.name, delta)
+
+
+class DeltaEvents:
+    """The delta events of one answer (see delta_event), made once per flush on the answer's
+    thread: the frame is the text json.dumps gives for it, but only the delta is encoded, after a
+    prefix encoded once per answer and stream (tests/unit/test_protocol.py compares the two)."""
+
+    def __init__(self, message_id):
+        self.message_id = str(message_id)
+        message = json.dumps(self.message_id)
+        self.prefixes = {
+            stream.name: f'{{"type": {json.dumps(stream.frame_type)}, "message": {message}, "seq": '
+            for stream in STREAMS
+        }
+
+    def event(self, seq, stream_name, delta):
+        frame = f'{self.prefixes[stream_name]}{int(seq)}, "delta": {json.dumps(delta)}}}'
+        return {
+            "type": MESSAGE_DELTA,
+            "message": self.message_id,
+            "frame": frame,
+            "seq": seq,
+            "stream": stream_name,
+            "delta": delta,
+        }
 
 
 def done_event(message):

@@ -36,9 +36,12 @@ The relays of a process, one per event loop, are its runtime's (chat/runtime.py)
 
 import asyncio
 import collections
+import heapq
+import itertools
 import json
 import logging
 import threading
+import time
 import uuid
 
 from django.conf import settings
@@ -80,6 +83,36 @@ def publish_stops(client, message_ids_by_worker):
         client.publish(stop_channel(worker_id), json.dumps({"stop": [str(pk) for pk in message_ids]}))
 
 
+def encode_event(event):
+    """One line of a published batch: the event's own fields in JSON, a tab, then its frame as
+    it was encoded once (JSON has no raw tab or newline), so that no frame is encoded again. The
+    stream, delta and a continued answer's start stay out: they are for the snapshot (keep_snapshots)."""
+    fields = {key: value for key, value in event.items() if key not in ("frame", "stream", "delta", "start")}
+    return f"{json.dumps(fields)}\t{event['frame']}"
+
+
+def decode_event(line):
+    fields, _, frame = line.partition("\t")
+    event = json.loads(fields)
+    event["frame"] = frame
+    return event
+
+
+def keep_snapshots(transaction, snapshots, finished):
+    """Queue on `transaction` the snapshot updates of one round: for each answer that streamed,
+    its new text appended per stream and its last seq; for each that finished, a short life."""
+    for message_id, (seq, streams) in snapshots.items():
+        seq_key, *stream_keys = snapshot_keys(message_id)
+        for stream, deltas in streams.items():
+            key = stream_keys[protocol.STREAM_NAMES.index(stream)]
+            transaction.append(key, "".join(deltas))
+            transaction.expire(key, SNAPSHOT_TTL)
+        transaction.set(seq_key, seq, ex=SNAPSHOT_TTL)
+    for message_id in finished:  # the database has the final state now; readers look there first
+        for key in snapshot_keys(message_id):
+            transaction.expire(key, FINISHED_SNAPSHOT_TTL)
+
+
 class Relay:
     def __init__(self, loop):
         self.loop = loop
@@ -90,6 +123,11 @@ class Relay:
         self._lock = threading.Lock()
         self._inbox = collections.deque()  # (group, event), from any thread
         self._wake_pending = False
+        # The answers' coalescing windows that end later (`flush_at`): one loop timer for all of
+        # them, at the earliest, rather than a wake-up and a timer handle per answer and window.
+        self._windows = []  # heap of (monotonic deadline, tie-breaker, callback), from any thread
+        self._order = itertools.count()
+        self._window_timer = None  # (deadline, TimerHandle) armed on the loop
         self._outgoing = []  # (group, event) still to publish to the other processes
         self._sender = None
 
@@ -170,23 +208,72 @@ class Relay:
     # --- publishing, from any thread ----------------------------------------------------------
 
     def publish(self, group, event):
-        """Queue an event for the group's sockets; never blocks, never runs on the caller's thread."""
+        """Queue an event for the group's sockets; never blocks, never runs on the caller's thread.
+        However many threads publish meanwhile, the loop is woken once for all of them."""
         with self._lock:
             self._inbox.append((group, event))
             if self._wake_pending:
                 return
             self._wake_pending = True
+        self._wake_loop()
+
+    def flush_at(self, deadline, callback):
+        """Call `callback()` on the loop at `deadline` (time.monotonic(), the loop's clock), from
+        any thread: the end of an answer's coalescing window. The windows of every answer share
+        one loop timer, and the events their callbacks publish go out in one round."""
+        with self._lock:
+            heapq.heappush(self._windows, (deadline, next(self._order), callback))
+            armed = self._window_timer
+            if (armed is not None and armed[0] <= deadline) or self._wake_pending:
+                return  # an earlier timer, or a round about to arm one, covers it
+            self._wake_pending = True
+        self._wake_loop()
+
+    def _wake_loop(self):
         try:
             self.loop.call_soon_threadsafe(self._wake)
         except RuntimeError:
-            logger.debug("Event loop closed; dropped %s", event["type"])
+            logger.debug("Event loop closed; nothing more is delivered through it")
 
     def _wake(self):
         self.loop.create_task(self._drain())
 
+    def _windows_end(self):
+        """The loop timer: every window due runs now, in one round with the events it publishes."""
+        due = []
+        with self._lock:
+            self._window_timer = None
+            now = time.monotonic()
+            while self._windows and self._windows[0][0] <= now:
+                due.append(heapq.heappop(self._windows)[2])
+            start_round = not self._wake_pending
+            self._wake_pending = True  # the callbacks' publishes wait for the round started here
+        for callback in due:
+            try:
+                callback()
+            except Exception:
+                logger.exception("A coalescing window could not be flushed")
+        if start_round:
+            self._wake()  # its round arms the timer for the windows still to come
+
+    def _arm_windows(self):
+        """On the loop, under the lock: the timer set for the earliest window still to come.
+        Called by every round before it decides it is over, so that a window asked for while a
+        round ran (which woke nobody) is never left without a timer."""
+        if not self._windows:
+            return
+        deadline = self._windows[0][0]
+        armed = self._window_timer
+        if armed is not None:
+            if armed[0] <= deadline:
+                return
+            armed[1].cancel()
+        self._window_timer = (deadline, self.loop.call_at(deadline, self._windows_end))
+
     async def _drain(self):
         while True:
             with self._lock:
+                self._arm_windows()
                 if not self._inbox:
                     self._wake_pending = False
                     return
@@ -225,47 +312,39 @@ class Relay:
             self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
 
     async def _publish_to_other_processes(self):
-        """One transaction per round: the snapshots brought up to date, then one PUBLISH per
-        conversation. The busier the server, the bigger the batches."""
+        """One transaction per round for every answer in it: the snapshots brought up to date
+        (one APPEND per answer and stream, one seq), then one PUBLISH per conversation. The
+        busier the server, the bigger the batches and the fewer the commands per delta."""
         await self._connect()
         while self._outgoing:
             batch, self._outgoing = self._outgoing, []
             transaction = self._redis.pipeline(transaction=True)
             by_group = {}
+            snapshots = {}  # message id -> [last seq, {stream: [deltas]}], in order of arrival
+            finished = []
             for group, event in batch:
-                self._keep_snapshot(transaction, event)
-                by_group.setdefault(group, []).append(
-                    {key: value for key, value in event.items() if key not in ("stream", "delta", "start")}
-                )
-            for group, events in by_group.items():
-                payload = json.dumps({"origin": self.origin, "group": group, "events": events})
-                transaction.publish(self._channel(group), payload)
+                stream = event.get("stream")
+                if event.get("start"):
+                    # A continued answer, claimed: its snapshot starts as the text it goes on
+                    # from (seq 0), and its deltas append to it, as in the answer's own process.
+                    kept = snapshots.setdefault(event["message"], [0, {}])
+                    for name, text in event["start"].items():
+                        kept[1].setdefault(name, []).append(text)
+                elif stream is not None:
+                    kept = snapshots.setdefault(event["message"], [0, {}])
+                    kept[0] = event["seq"]
+                    kept[1].setdefault(stream, []).append(event["delta"])
+                elif event["type"] == protocol.MESSAGE_DONE:
+                    finished.append(event["message"])
+                by_group.setdefault(group, []).append(encode_event(event))
+            keep_snapshots(transaction, snapshots, finished)
+            for group, lines in by_group.items():
+                header = json.dumps({"origin": self.origin, "group": group})
+                transaction.publish(self._channel(group), "\n".join((header, *lines)))
             try:
                 await transaction.execute()
             except Exception:
                 logger.exception("Could not pass %s events to the other processes", len(batch))
-
-    @staticmethod
-    def _keep_snapshot(transaction, event):
-        stream = event.get("stream")
-        seq_key, *stream_keys = snapshot_keys(event["message"])
-        if event.get("start"):
-            # A continued answer, claimed: its snapshot starts as the text it goes on from (seq 0),
-            # so that its deltas append to that text, as in the answer's own process.
-            for name, key in zip(protocol.STREAM_NAMES, stream_keys, strict=True):
-                transaction.set(key, event["start"].get(name, ""), ex=SNAPSHOT_TTL)
-            transaction.set(seq_key, 0, ex=SNAPSHOT_TTL)
-            return
-        if stream is None and event["type"] != protocol.MESSAGE_DONE:
-            return
-        if stream is not None:
-            key = stream_keys[protocol.STREAM_NAMES.index(stream)]
-            transaction.append(key, event["delta"])
-            transaction.set(seq_key, event["seq"], ex=SNAPSHOT_TTL)
-            transaction.expire(key, SNAPSHOT_TTL)
-        else:  # the database has the final state now; readers look there first
-            for key in (seq_key, *stream_keys):
-                transaction.expire(key, FINISHED_SNAPSHOT_TTL)
 
     async def _listen(self):
         """Batches from the other processes, handed to this process's sockets."""
@@ -287,11 +366,12 @@ class Relay:
             if self._stops is not None and message["channel"] == self._stops[0]:
                 self._stopped(message["data"])
                 continue
-            batch = json.loads(message["data"])
+            header, *lines = message["data"].decode().split("\n")
+            batch = json.loads(header)
             if batch["origin"] == self.origin:
                 continue  # this process delivered them already
-            for event in batch["events"]:
-                await self.deliver(batch["group"], event)
+            for line in lines:
+                await self.deliver(batch["group"], decode_event(line))
 
     async def _resubscribe(self):
         """After a broken subscription: subscribe again, then bring every socket up to date, since

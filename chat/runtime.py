@@ -9,6 +9,9 @@
 - `open_sockets`: open sockets per user in this process, a bound per process (docs/security.md);
 - `sweeper`: the periodic sweep of uploads never sent (chat/upload_sweep.py), or None where none
   runs.
+- the database pool (`database_pool()`): CHAT_SEND_THREADS threads for the database work of the
+  sockets' sends and session checks, so that a burst of sends does not queue behind every other
+  socket's database calls on asgiref's one thread-sensitive thread (docs/benchmarks.md).
 
 It is built explicitly at server start: chatsite/asgi.py calls `serve_with_daphne`, which builds
 it and starts its worker once daphne's reactor runs. `current()` only looks: it never starts a worker, a thread or a
@@ -27,11 +30,12 @@ import sys
 import threading
 import time
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 from django.conf import settings
 from django.db import Error, connection, transaction
 
-from chat.answering.worker import StreamWorker
+from chat.answering.worker import StreamWorker, close_connections_of
 from chat.localmodel.service import LocalModelService
 from chat.models import Message
 from chat.relay import Relay, publish_stops, read_shared_snapshot
@@ -49,6 +53,7 @@ class Runtime:
         self._relays = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._redis = None
+        self._database_pool = None
         self._stopping = False
 
     # --- the worker -------------------------------------------------------------------------
@@ -69,11 +74,16 @@ class Runtime:
         return self.worker
 
     def close(self):
-        """Stop the worker's threads, the sweeper's and the local model's (tests; a server saves
-        answers first)."""
+        """Stop the worker's threads, the sweeper's, the database pool's and the local model's
+        (tests; a server saves answers first)."""
         worker, self.worker = self.worker, None
         if worker is not None:
             worker.close()
+        with self._lock:
+            pool, self._database_pool = self._database_pool, None
+        if pool is not None:
+            close_connections_of(pool, settings.CHAT_SEND_THREADS, timeout=5)
+            pool.shutdown(wait=False, cancel_futures=True)
         self.stop_sweeper()
         self.local_model.close()
 
@@ -92,6 +102,18 @@ class Runtime:
             sweeper, self.sweeper = self.sweeper, None
         if sweeper is not None:
             sweeper.stop()
+
+    # --- the database pool ------------------------------------------------------------------
+
+    def database_pool(self):
+        """The sends' bounded pool of database threads (see the module docstring). Each thread
+        keeps its own connection, as Django has it: on PostgreSQL from the connection pool when
+        DATABASE_POOL is set (docs/deploy.md); on SQLite the writes take turns on the database's
+        lock (IMMEDIATE transactions), as the answer threads' do."""
+        with self._lock:
+            if self._database_pool is None:
+                self._database_pool = ThreadPoolExecutor(settings.CHAT_SEND_THREADS, thread_name_prefix="send-database")
+            return self._database_pool
 
     # --- relays and Redis -------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from django.conf import settings
 
 from chat import protocol
@@ -69,8 +69,15 @@ class SessionBoundMixin:
                 logger.warning("Could not schedule a session check; trying again later", exc_info=True)
             await asyncio.sleep(interval)
 
+    # The executor of the session checks' database work; None: the ORM's one thread.
+    database_executor = None
+
     async def check_session(self):
-        code = await database_sync_to_async(session_ending)(self.session_key, self.user.pk)
+        if self.database_executor is None:
+            check = database_sync_to_async(session_ending)
+        else:
+            check = DatabaseSyncToAsync(session_ending, thread_sensitive=False, executor=self.database_executor)
+        code = await check(self.session_key, self.user.pk)
         if code is not None:
             raise SessionEnded(code)
 

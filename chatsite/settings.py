@@ -130,6 +130,22 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # table locks make concurrent worker threads fail instead of waiting.
     DATABASES["default"]["TEST"] = {"NAME": f"/tmp/chatsite-test-{os.getpid()}.sqlite3"}
 
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql" and envbool("DATABASE_POOL", False):
+    # psycopg's connection pool (Django's OPTIONS["pool"]): a thread that is done with its
+    # connection hands it back instead of closing it, and the next one takes it without a new
+    # connection (TCP, authentication, a backend process). Django's pool wants CONN_MAX_AGE 0:
+    # "closing" is giving back. Each process opens at most DATABASE_POOL_MAX_SIZE connections;
+    # a thread that finds none free waits up to DATABASE_POOL_TIMEOUT seconds (docs/deploy.md).
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": envnumber("DATABASE_POOL_MIN_SIZE", 2),
+        "max_size": envnumber(
+            "DATABASE_POOL_MAX_SIZE",
+            envnumber("CHAT_WORKER_THREADS", 16) + envnumber("CHAT_SEND_THREADS", 4) + 6,
+        ),
+        "timeout": envnumber("DATABASE_POOL_TIMEOUT", 30.0, float),
+    }
+
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channel layer and cache ----------------------------------------------------------------
@@ -266,6 +282,10 @@ if CHAT_SESSION_CHECK_INTERVAL <= 0:
     raise ImproperlyConfigured("CHAT_SESSION_CHECK_INTERVAL must be a positive number of seconds")
 # Answers generated at once by this process; later ones wait in a queue and show as queued.
 CHAT_WORKER_THREADS = envnumber("CHAT_WORKER_THREADS", 16)
+# Threads for the database work of the sockets' sends (chat.send, regenerate, edit) and session
+# checks, apart from asgiref's one thread where the sockets' other database calls queue. Each
+# holds a database connection; on SQLite their writes take turns on the one write lock.
+CHAT_SEND_THREADS = envnumber("CHAT_SEND_THREADS", 4)
 # Deltas arriving faster than this window (seconds) are sent to browsers as one frame.
 CHAT_FLUSH_INTERVAL = envnumber("CHAT_FLUSH_INTERVAL", 0.03, float)
 # How often (seconds) a streaming answer's text so far is saved to the database.

@@ -140,3 +140,50 @@ def test_frames_never_query_and_a_path_reads_in_one_query_however_long(alice, dj
     assert len(frames) == 12
     with django_assert_num_queries(1):
         assert conversation.path_frames() == frames
+
+
+# Statements of one verb, every kind counted (the send path runs them for every chat.send, on the
+# runtime's database pool): a change that adds one fails here, and says which it added.
+# The transaction's own two (here a savepoint and its release, as the test runs in a transaction)
+# included. Before the savepoints of the nested atomics and the deferred conversation_id of the
+# versions' rows were cut: 22, 21, 22 and 23.
+SEND_STATEMENTS = {"new": 16, "existing": 15, "regenerate": 16, "edit": 16}
+
+
+def statements_of(action):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    with CaptureQueriesContext(connection) as captured:
+        action()
+    return [query["sql"] for query in captured.captured_queries]
+
+
+@pytest.mark.parametrize("history", [0, 10])
+def test_a_send_costs_a_fixed_number_of_statements_however_long_the_conversation(alice, settings, history):
+    settings.CHAT_SENDS_PER_MINUTE = 1000  # the send rate and the budget are checked, as in production
+    settings.CHAT_DAILY_TOKEN_BUDGET = 10**9
+    conversation = conversation_with_answer(alice)
+    for number in range(history):
+        _, answer = conversation.start_exchange(f"more {number}")
+        Message.objects.filter(pk=answer.pk).update(status=Message.Status.COMPLETED, text="fine")
+        conversation.refresh_from_db()
+
+    def counted_verb(name, action):
+        stored = None
+
+        def run():
+            nonlocal stored
+            stored = action()
+
+        counted[name] = statements_of(run)
+        Message.objects.filter(pk=stored.answer).update(status=Message.Status.COMPLETED, text="done")
+
+    counted = {}
+    counted_verb("new", lambda: Conversation.objects.send(alice, None, "hi", client_id="n"))
+    counted_verb("existing", lambda: Conversation.objects.send(alice, conversation.id, "again", client_id="e"))
+    answer = Message.objects.filter(conversation=conversation, role=Message.Role.ASSISTANT).last()
+    counted_verb("regenerate", lambda: Conversation.objects.regenerate(alice, answer.id, client_id="r"))
+    question = Message.objects.filter(conversation=conversation, role=Message.Role.USER).last()
+    counted_verb("edit", lambda: Conversation.objects.edit(alice, question.id, "edited", client_id="d"))
+    assert {verb: len(statements) for verb, statements in counted.items()} == SEND_STATEMENTS, counted

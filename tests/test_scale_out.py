@@ -196,6 +196,9 @@ def cluster(postgres_server, redis_server, s3_server, cluster_upstream, tmp_path
         DJANGO_DEBUG="1",
         DATABASE_URL=postgres_server.url,
         REDIS_URL=redis_server.url,
+        # As docs/deploy.md has production: connections from psycopg's pool, given back after use.
+        DATABASE_POOL="1",
+        DATABASE_POOL_MAX_SIZE="20",
         DJANGO_ALLOWED_HOSTS="127.0.0.1",
         OPENRESPONSES_BASE_URL=cluster_upstream.base_url,
         OPENRESPONSES_API_KEY="sk-test",

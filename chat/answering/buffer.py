@@ -8,12 +8,12 @@ so tests step it by hand (tests/unit/test_buffer.py).
 """
 
 import time
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class Chunk:
-    """One flushed delta of one stream, with its place in the answer's sequence."""
+class Chunk(NamedTuple):
+    """One flushed delta of one stream, with its place in the answer's sequence (a tuple: one is
+    made per flush and read once)."""
 
     seq: int
     stream: str

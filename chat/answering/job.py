@@ -65,6 +65,7 @@ class AnswerJob:
         self.released = threading.Event()
 
         self.buffer = StreamBuffer(protocol.STREAM_NAMES, settings.CHAT_FLUSH_INTERVAL)
+        self.deltas = protocol.DeltaEvents(message_id)
         self.reading = Reading(self)
         self.first_token_at = None
         self.last_checkpoint = time.monotonic()
@@ -90,10 +91,8 @@ class AnswerJob:
             self._arm_timer(delay)
 
     def _arm_timer(self, delay):
-        try:
-            self.loop.call_soon_threadsafe(self.loop.call_later, delay, self._flush_due)
-        except RuntimeError:
-            logger.debug("Event loop closed; answer %s flushes at its end", self.message_id)
+        # One loop timer for the windows of every answer of the relay (Relay.flush_at).
+        self.relay.flush_at(time.monotonic() + delay, self._flush_due)
 
     def _flush_due(self):
         """The end of a window, on the event loop: what waits goes out."""
@@ -103,10 +102,8 @@ class AnswerJob:
 
     def _send(self, chunks):
         """Publish flushed chunks, under the lock: the snapshot and the deltas agree on seq."""
-        for chunk in chunks:
-            self.publish(
-                protocol.delta_event(self.message_id, chunk.seq, protocol.STREAMS_BY_NAME[chunk.stream], chunk.delta)
-            )
+        for seq, stream, delta in chunks:
+            self.publish(self.deltas.event(seq, stream, delta))
 
     def snapshot(self):
         """The text flushed so far, consistent with its seq (None before the first flush)."""
@@ -173,6 +170,9 @@ class AnswerJob:
             return
         if claimed is None:
             return
+        # Nothing but the checkpointer's thread writes until the end: with CONN_MAX_AGE 0 (the
+        # PostgreSQL pool, a pooler) the connection goes back now, not after the whole answer.
+        reset_connections()
         stream = self.open(*claimed)
         if stream is None:
             return

@@ -385,7 +385,7 @@ class ResponseStream:
             if self.aborted:
                 return  # nothing more after abort(), not even what was already received
             try:
-                decoded = self.scrubber.value(json.loads(data))
+                decoded = self.scrubber.decoded(data)
             except ValueError:
                 logger.warning("Skipped an upstream event that is not JSON: %.200r", self.scrubber.text(data))
                 continue

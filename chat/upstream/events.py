@@ -7,6 +7,7 @@ upstream sends, including a key split across the deltas of a stream. The client 
 applies both to each event it reads.
 """
 
+import json
 from dataclasses import dataclass, replace
 
 TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
@@ -271,6 +272,21 @@ class Scrubber:
     def __init__(self, secret):
         self.secret = secret or ""
         self.streams = {}  # stream name -> _Stream
+        # Whether only a \\uXXXX escape of JSON could turn text without the key into text with it:
+        # the other escapes stand for characters the key does not have.
+        self._escapes_blank = not any(character in self.secret for character in '"\\/\b\f\n\r\t')
+
+    def decoded(self, data):
+        """json.loads(data) with the key blanked out of every string in it (ValueError if not
+        JSON). The walk of `value()` only when the JSON text could hold the key: with no escape
+        that could make one of its characters, a decoded string holds the key only if the text
+        did (an upstream event per delta, most of which cannot)."""
+        decoded = json.loads(data)
+        if not self.secret:
+            return decoded
+        if self.secret in data or ("\\" in data and (not self._escapes_blank or "\\u" in data)):
+            return self.value(decoded)
+        return decoded
 
     def text(self, text):
         if self.secret and text and self.secret in text:
@@ -323,7 +339,10 @@ class Scrubber:
         out = text[: len(text) - keep]
         state.held, state.event = text[len(text) - keep :], event
         state.passed = (state.passed + out)[-(len(self.secret) - 1) :] if len(self.secret) > 1 else ""
-        return flushed + ([replace(event, delta=out)] if out else [])
+        if not out:
+            return flushed
+        # The usual delta passes unchanged: the event itself, not a copy of it.
+        return [*flushed, event if out == event.delta else replace(event, delta=out)]
 
     def _prefix_length(self, text):
         """The length of the longest tail of `text` that is a proper prefix of the key."""

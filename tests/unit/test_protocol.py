@@ -107,6 +107,22 @@ def test_relay_events_carry_their_frame_encoded_once():
     }
 
 
+@pytest.mark.parametrize(
+    "delta", ["plain", 'quotes " and \\ backslash', "line\nbreak\ttab", "naïve 😀", "\u2028\x00\x1f", "{}", ""]
+)
+def test_a_delta_frame_is_the_text_json_dumps_gives_whatever_the_delta(delta):
+    # The answer thread encodes only the delta after a prefix kept per answer (DeltaEvents): the
+    # frame must be exactly the JSON the browser would get from encoding the whole frame.
+    message_id = str(uuid.uuid4())
+    events = protocol.DeltaEvents(message_id)
+    for seq, stream in enumerate(protocol.STREAMS, start=7):
+        event = events.event(seq, stream.name, delta)
+        frame = {"type": stream.frame_type, "message": message_id, "seq": seq, "delta": delta}
+        assert event["frame"] == json.dumps(frame)
+        extra = {"seq": seq, "stream": stream.name, "delta": delta}
+        assert event == protocol.frame_event(message_id, frame, "message.delta", **extra)
+
+
 def test_a_conversation_frame_is_its_public_fields():
     conversation = Conversation(id=uuid.uuid4(), title="Rivers", model="m", created_at=WHEN, updated_at=WHEN)
     assert conversation.as_frame() == {

@@ -148,3 +148,26 @@ def test_text_is_scrubbed_wherever_the_key_is_and_left_alone_without_one():
     assert Scrubber(KEY).text("sk-test only") == "sk-test only"
     assert Scrubber("").text(KEY) == KEY
     assert Scrubber("").value({"a": [KEY]}) == {"a": [KEY]}
+
+
+def test_decoded_json_is_scrubbed_however_the_key_is_escaped_in_it():
+    import json
+
+    for secret in (KEY, "sk/with\\slash", 'sk"quote'):
+        scrubber = Scrubber(secret)
+        event = {"type": "response.output_text.delta", "delta": f"the key {secret} here", secret: secret}
+        escaped_u = json.dumps(event, ensure_ascii=True).replace("k", "\\u006b")
+        for data in (json.dumps(event), escaped_u, json.dumps(event).replace("/", "\\/")):
+            assert secret not in json.dumps(scrubber.decoded(data)), data
+            decoded = scrubber.decoded(data)
+            assert decoded["delta"] == f"the key {REDACTED} here" and decoded[REDACTED] == REDACTED
+        # Text that cannot hold the key comes back as decoded, escapes and all.
+        assert scrubber.decoded('{"delta": "line\\nbreak"}') == {"delta": "line\nbreak"}
+
+
+def test_a_delta_that_passes_unchanged_is_the_event_itself():
+    scrubber = Scrubber(KEY)
+    event = TextDelta("nothing secret")
+    assert scrubber.events(event)[0] is event
+    held = TextDelta("then sk-t")
+    assert scrubber.events(held) == [TextDelta("then ")], "the start of the key waits"

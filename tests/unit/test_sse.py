@@ -176,3 +176,16 @@ def test_any_events_with_any_line_endings_cut_anywhere_give_their_data_back(even
         previous = text + chosen
     points = sorted({min(point, len(stream)) for point in cuts})
     assert data_of(*cut(stream, *points)) == ["\n".join(lines_of_event) for lines_of_event in events]
+
+
+def test_a_crlf_split_then_a_lone_lf_is_a_blank_line():
+    # CR | LF | LF: the first LF completes the CRLF, the second ends the event.
+    assert data_of(b"data: a\r", b"\n", b"\n", b"data: b\n\n") == ["a", "b"]
+    assert data_of(b"data: a\r", b"\n", b"\r", b"data: b\r\r") == ["a", "b"]
+
+
+def test_an_event_line_before_the_data_and_data_named_in_other_lines():
+    assert data_of(b"event: x\ndata: {}\n\n") == ["{}"]
+    assert data_of(b"event: data: no\ndata: yes\n\n") == ["yes"]
+    assert data_of(b"id: data:\ndata: a\ndata: b\n\n") == ["a\nb"]
+    assert data_of(b"event: x\n\n") == []
