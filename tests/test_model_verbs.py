@@ -146,9 +146,9 @@ def test_frames_never_query_and_a_path_reads_in_one_query_however_long(alice, dj
 # runtime's database pool): a change that adds one fails here, and says which it added.
 # The transaction's own two (here a savepoint and its release, as the test runs in a transaction)
 # included. Before the savepoints of the nested atomics and the deferred conversation_id of the
-# versions' rows were cut: 22, 21, 22 and 23; then 16, 15, 16 and 16. The output cap (the rest of
-# the budget, decided with the reservation) added one to each, and an edit reads the attachments
-# it keeps.
+# versions' rows were cut: 22, 21, 22 and 23; then 16, 15, 16 and 16, before the output cap,
+# Continue and attachments joined the send path (one more each; an edit also reads the
+# attachments it keeps).
 SEND_STATEMENTS = {"new": 17, "existing": 16, "regenerate": 17, "edit": 18}
 
 
