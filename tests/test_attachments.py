@@ -19,6 +19,7 @@ from PIL import Image
 
 from chat.models import Attachment, Conversation, Message, MessageAttachment
 from tests.files import image_bytes, jpeg_with_gps, pdf_with_text
+from tests.storage import fresh_store
 from tests.upstream import answer
 from tests.websocket import assert_no_groups_left, connect, cookie_of, receive, receive_until
 
@@ -30,12 +31,13 @@ PDF_PREFIX = "data:application/pdf;base64,"
 
 @pytest.fixture(autouse=True)
 def media_root(settings, tmp_path):
-    settings.MEDIA_ROOT = tmp_path / "media"
-    return settings.MEDIA_ROOT
+    """The test's own empty store, of the run's kind: a folder, or a prefix in the run's bucket."""
+    return fresh_store(settings, tmp_path)
 
 
-def stored_files(media_root):
-    return sorted(path for path in media_root.rglob("*") if path.is_file()) if media_root.exists() else []
+def stored_files(store):
+    """The storage names of the files stored, through the storage API (either store)."""
+    return store.names()
 
 
 class Person:
@@ -428,8 +430,8 @@ async def test_a_stored_file_that_cannot_be_read_fails_the_answer_saying_which(
     alice_browser, upstream, worker, media_root
 ):
     notes = await alice_browser.upload("notes.txt", b"gone soon")
-    for path in stored_files(media_root):
-        path.unlink()
+    for name in stored_files(media_root):
+        media_root.storage.delete(name)
     communicator = await alice_browser.socket()
     _, done = await exchange(
         communicator,
