@@ -170,3 +170,22 @@ def test_the_admin_list_fits_at_1280_px_keeps_the_theme_and_names_the_budget(pag
         page.get_by_role("radio", name="Follow the system").check()
         page.get_by_role("button", name="Save settings").click()
         expect(page.get_by_role("status").filter(has_text="Settings saved.")).to_be_visible()
+
+
+def test_the_phone_header_keeps_each_control_on_one_line_beside_share(chat, upstream):
+    """Seen at 360 px once a conversation offered Share: Log out wrapped onto two lines."""
+    upstream.queue(answer(["Shared soon."]))
+    send(chat, "Something to share")
+    wait_until_idle(chat)
+    chat.set_viewport_size({"width": 360, "height": 740})
+    header = chat.get_by_role("banner")
+    expect(header.get_by_role("button", name="Share")).to_be_visible()
+    single_line = header.get_by_role("button", name="Theme").bounding_box()["height"]
+    for name in ("Share", "Log out"):
+        assert header.get_by_role("button", name=name).bounding_box()["height"] <= single_line + 0.5, name
+    settings = header.get_by_role("link", name=re.compile("Settings for"))
+    assert settings.bounding_box()["width"] >= 16, "the way to the settings shrank out of reach"
+    for control in (*header.get_by_role("button").all(), settings):
+        box = control.bounding_box()
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 360 + 0.5, control.text_content()
+    assert chat.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
