@@ -7,31 +7,13 @@
 // from its width and height attributes, and every look is in chat.css ("Attachments").
 
 import { csrfToken, postForm } from "./api.js";
+import { element, icon } from "./elements.js";
 
 // The server refuses more than this many with one message; the tray says so first.
 export const MAX_ATTACHMENTS = 10;
 
-const SVG = "http://www.w3.org/2000/svg";
 // A page with a folded corner, drawn for this site (the Attach button's paperclip is in chat.html).
 const PAGE = "M6 2.8h8l4 4V21.2H6zM14 2.8v4h4";
-
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
-
-function icon(path) {
-  const svg = document.createElementNS(SVG, "svg");
-  svg.setAttribute("viewBox", "0 0 24 24");
-  svg.setAttribute("aria-hidden", "true");
-  svg.setAttribute("focusable", "false");
-  const line = document.createElementNS(SVG, "path");
-  line.setAttribute("d", path);
-  svg.append(line);
-  return svg;
-}
 
 const decimals = new Intl.NumberFormat(undefined, { maximumFractionDigits: 1 });
 const whole = new Intl.NumberFormat(undefined, { maximumFractionDigits: 0 });

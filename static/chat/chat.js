@@ -22,7 +22,7 @@ import { continueFrame } from "./continue.js";
 import { ConversationState } from "./conversation.js";
 import { Follower } from "./follow.js";
 import { InstructionsPanel } from "./instructions.js";
-import { copyCode, copyText } from "./markdown.js";
+import { copyCode, copyFrom, copyText } from "./markdown.js";
 import { createView, incompleteReason } from "./render.js";
 import { ShareDialog } from "./share-dialog.js";
 import { fillShortcutsDialog, installShortcuts } from "./shortcuts.js";
@@ -374,11 +374,7 @@ function selectVersion(view, messageId, direction) {
 async function copyMessage(button) {
   const view = state.views.get(button.closest("article")?.dataset.id);
   if (!view) return;
-  const copied = await copyText(view.text);
-  button.textContent = copied ? "Copied" : "Copy failed";
-  setTimeout(() => {
-    button.textContent = "Copy";
-  }, 1500);
+  await copyFrom(button, view.text);
 }
 
 // --- page events -----------------------------------------------------------------------------

@@ -13,17 +13,12 @@
 // The page calls `heard(frame)` after the conversation's state has applied each frame, and
 // `refresh()` once the page's own messages are added.
 
+import { element } from "./elements.js";
+
 const numbers = new Intl.NumberFormat();
 const MARKER_TEXT = "Earlier messages are not sent to the model";
 // From this share of the context on the gauge says the conversation is nearly full.
 const NEARLY_FULL = 0.8;
-
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 export class ContextDisplay {
   /**

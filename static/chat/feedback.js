@@ -2,29 +2,11 @@
 // (chat.views.feedback). The stored value comes back from the server and is what is shown.
 
 import { ApiError, postJson } from "./api.js";
+import { element, icon } from "./elements.js";
 
-const SVG = "http://www.w3.org/2000/svg";
 // A thumb drawn for this site: a cuff on the left, the hand with its thumb raised. The "bad"
 // button shows it turned upside down (chat.css).
 const THUMB = "M3 10h3v10H3zM7.5 10 11 3.2c1.1-.5 2.6.3 2.4 1.8L13 9h6a2 2 0 0 1 2 2.3l-1.2 7A2 2 0 0 1 17.8 20H7.5z";
-
-function icon() {
-  const svg = document.createElementNS(SVG, "svg");
-  svg.setAttribute("viewBox", "0 0 24 24");
-  svg.setAttribute("aria-hidden", "true");
-  svg.setAttribute("focusable", "false");
-  const path = document.createElementNS(SVG, "path");
-  path.setAttribute("d", THUMB);
-  svg.append(path);
-  return svg;
-}
-
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
-}
 
 function button(className, label, text = "") {
   const node = element("button", className, text);
@@ -42,8 +24,8 @@ export class FeedbackControls {
     this.buttons = element("span", "feedback");
     this.good = button("feedback-button feedback-good", "Good answer");
     this.bad = button("feedback-button feedback-bad", "Bad answer");
-    this.good.append(icon());
-    this.bad.append(icon());
+    this.good.append(icon(THUMB));
+    this.bad.append(icon(THUMB));
     this.commentButton = button("feedback-comment-button", "Comment on this answer", "Comment");
     this.commentButton.setAttribute("aria-expanded", "false");
     this.status = element("span", "feedback-status");

@@ -449,13 +449,17 @@ export async function copyText(text) {
   }
 }
 
-/** Handles a click on a code block's Copy button (delegated from the message list). */
-export async function copyCode(button) {
-  const code = button.closest(".code-block")?.querySelector("pre code, pre");
-  if (!code) return;
-  const copied = await copyText(code.textContent);
+/** Copies `text` and says how it went on the Copy `button` for a moment. */
+export async function copyFrom(button, text) {
+  const copied = await copyText(text);
   button.textContent = copied ? "Copied" : "Copy failed";
   setTimeout(() => {
     button.textContent = "Copy";
   }, 1500);
+}
+
+/** Handles a click on a code block's Copy button (delegated from the message list). */
+export async function copyCode(button) {
+  const code = button.closest(".code-block")?.querySelector("pre code, pre");
+  if (code) await copyFrom(button, code.textContent);
 }

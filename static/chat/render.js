@@ -7,6 +7,7 @@
 import { ContinueButton } from "./continue.js";
 import { EditorAttachments, messageAttachments } from "./attachments.js";
 import { UNFINISHED } from "./conversation.js";
+import { element } from "./elements.js";
 import { FeedbackControls } from "./feedback.js";
 import { MarkdownStream } from "./markdown.js";
 
@@ -43,13 +44,6 @@ function setHidden(node, hidden) {
 
 function setDisabled(node, disabled) {
   if (node.disabled !== disabled) node.disabled = disabled;
-}
-
-function element(tag, className, text) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== undefined) node.textContent = text;
-  return node;
 }
 
 export function incompleteReason(reason) {

@@ -2,7 +2,7 @@
 // copy it, and list and revoke the conversation's links (chat.views.share, share_revoke).
 
 import { ApiError, getJson, postForm } from "./api.js";
-import { copyText } from "./markdown.js";
+import { copyFrom } from "./markdown.js";
 
 const when = new Intl.DateTimeFormat(undefined, { dateStyle: "medium", timeStyle: "short" });
 
@@ -66,11 +66,7 @@ export class ShareDialog {
   }
 
   async copyLink() {
-    const copied = await copyText(this.url.value);
-    this.copy.textContent = copied ? "Copied" : "Copy failed";
-    setTimeout(() => {
-      this.copy.textContent = "Copy";
-    }, 1500);
+    await copyFrom(this.copy, this.url.value);
   }
 
   async revoke(fields) {

@@ -1,7 +1,7 @@
 // The page of a shared link: the snapshot's messages, drawn by the chat's own renderer, read-only.
 // No socket, no composer: the snapshot never changes.
 
-import { copyCode, copyText } from "./markdown.js";
+import { copyCode, copyFrom } from "./markdown.js";
 import { createView } from "./render.js";
 
 const page = JSON.parse(document.getElementById("page-data").textContent);
@@ -21,9 +21,5 @@ list.addEventListener("click", async (event) => {
   const button = event.target.closest(".copy-answer-button, .copy-message-button");
   const view = button && views.get(button.closest("article")?.dataset.id);
   if (!view) return;
-  const copied = await copyText(view.text);
-  button.textContent = copied ? "Copied" : "Copy failed";
-  setTimeout(() => {
-    button.textContent = "Copy";
-  }, 1500);
+  await copyFrom(button, view.text);
 });
