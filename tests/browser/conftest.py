@@ -140,6 +140,21 @@ def serve_site(folder, **variables):
             process.wait()
 
 
+def serve_budgeted_site(upstream_server, folder, budget):
+    """A site of its own for the loopback upstream's one model, with a daily budget of `budget`
+    tokens a user (days in UTC)."""
+    yield from serve_site(
+        folder,
+        OPENRESPONSES_BASE_URL=upstream_server.base_url,
+        OPENRESPONSES_API_KEY="sk-test",
+        OPENRESPONSES_MODELS="test-model",
+        OPENRESPONSES_TIMEOUT="10",
+        LOCAL_MODEL_ENABLED="0",
+        DJANGO_TIME_ZONE="UTC",
+        CHAT_DAILY_TOKEN_BUDGET=str(budget),
+    )
+
+
 @pytest.fixture(scope="session")
 def live_site(upstream_server, tmp_path_factory):
     """The site talking to the loopback upstream's models."""

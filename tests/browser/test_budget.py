@@ -6,7 +6,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import composer, log_in, row_action, send, serve_site
+from tests.browser.conftest import composer, log_in, row_action, send, serve_budgeted_site
 from tests.upstream import answer, usage_object
 
 pytestmark = pytest.mark.browser
@@ -16,16 +16,7 @@ SPENT = "You have used today's budget of 20 tokens; it resets at midnight (UTC).
 
 @pytest.fixture(scope="module")
 def budget_site(upstream_server, tmp_path_factory):
-    yield from serve_site(
-        tmp_path_factory.mktemp("budget-site"),
-        OPENRESPONSES_BASE_URL=upstream_server.base_url,
-        OPENRESPONSES_API_KEY="sk-test",
-        OPENRESPONSES_MODELS="test-model",
-        OPENRESPONSES_TIMEOUT="10",
-        LOCAL_MODEL_ENABLED="0",
-        DJANGO_TIME_ZONE="UTC",
-        CHAT_DAILY_TOKEN_BUDGET="20",
-    )
+    yield from serve_budgeted_site(upstream_server, tmp_path_factory.mktemp("budget-site"), 20)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ output token limit, and the composer locks once the budget is spent."""
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import composer, send, serve_site
+from tests.browser.conftest import composer, send, serve_budgeted_site
 from tests.upstream import answer, usage_object
 
 pytestmark = pytest.mark.browser
@@ -13,16 +13,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def capped_site(upstream_server, tmp_path_factory):
-    yield from serve_site(
-        tmp_path_factory.mktemp("capped-site"),
-        OPENRESPONSES_BASE_URL=upstream_server.base_url,
-        OPENRESPONSES_API_KEY="sk-test",
-        OPENRESPONSES_MODELS="test-model",
-        OPENRESPONSES_TIMEOUT="10",
-        LOCAL_MODEL_ENABLED="0",
-        DJANGO_TIME_ZONE="UTC",
-        CHAT_DAILY_TOKEN_BUDGET="300",
-    )
+    yield from serve_budgeted_site(upstream_server, tmp_path_factory.mktemp("capped-site"), 300)
 
 
 @pytest.fixture
