@@ -1485,14 +1485,17 @@ class UsageEntryQuerySet(models.QuerySet):
         Without a budget: `limit` (the model's, or None: nothing is sent), holding
         `unbudgeted_hold`. With one: the rest of the budget after today's spending and every
         reservation, at most `limit`, and held whole, so that parallel requests share the rest
-        rather than each spend it. A rest below MIN_OUTPUT_TOKENS is sent as that floor.
+        rather than each spend it. A rest below MIN_OUTPUT_TOKENS (the least an API lets a request
+        ask for) is sent as that floor when nothing else is being written; while other requests
+        hold the budget it admits nothing, since each such floor would spend past the budget and
+        what they do not use comes back when they end.
         """
         budget = AccountLimits.budget_of(user_id)
         if not budget:
             return limit, unbudgeted_hold
         spent, reserved = self.filter(user_id=user_id, day=day).spending()
         rest = budget - spent - reserved
-        if rest <= 0:
+        if rest <= 0 or (reserved and rest < MIN_OUTPUT_TOKENS):
             raise BudgetSpent(budget, spent)
         cap = max(MIN_OUTPUT_TOKENS, min(rest, limit) if limit else rest)
         return cap, cap
