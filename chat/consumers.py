@@ -184,18 +184,15 @@ class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
             await self.follower.release()  # a handler that failed half way must not keep them
 
     async def chat_send(self, frame):
-        worker = await ready_worker(frame.model or providers.default_model())
-        stored = await answered_on(self.database_executor, Conversation.objects.send)(
-            self.user,
+        await self.answer(
+            frame,
+            frame.model or providers.default_model(),
+            Conversation.objects.send,
             frame.conversation,
             frame.text,
-            model=frame.model,
-            client_id=frame.client_id,
-            worker_id=worker.id,
             parent_id=frame.parent,
             attachments=frame.attachments or (),
         )
-        await self.deliver(stored, worker)
 
     async def chat_subscribe(self, frame):
         located = await answered(Conversation.objects.locate)(self.user, frame.conversation)
@@ -206,37 +203,30 @@ class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
         await stop_answer(self.user, frame.message)
 
     async def chat_regenerate(self, frame):
-        located = await answered_on(self.database_executor, Message.objects.locate)(
-            self.user, frame.message, Message.Role.ASSISTANT
-        )
-        worker = await ready_worker(frame.model or located.model)
-        stored = await answered_on(self.database_executor, Conversation.objects.regenerate)(
-            self.user, frame.message, model=frame.model, client_id=frame.client_id, worker_id=worker.id
-        )
-        await self.deliver(stored, worker)
+        await self.answer_message(frame, Message.Role.ASSISTANT, Conversation.objects.regenerate)
 
     async def chat_edit(self, frame):
-        located = await answered_on(self.database_executor, Message.objects.locate)(
-            self.user, frame.message, Message.Role.USER
+        await self.answer_message(
+            frame, Message.Role.USER, Conversation.objects.edit, frame.text, attachments=frame.attachments
         )
-        worker = await ready_worker(frame.model or located.model)
-        stored = await answered_on(self.database_executor, Conversation.objects.edit)(
-            self.user,
-            frame.message,
-            frame.text,
-            model=frame.model,
-            client_id=frame.client_id,
-            worker_id=worker.id,
-            attachments=frame.attachments,
-        )
-        await self.deliver(stored, worker)
 
     async def chat_continue(self, frame):
         # No role here: the verb refuses a user message with a sentence about continuing.
-        located = await answered_on(self.database_executor, Message.objects.locate)(self.user, frame.message)
-        worker = await ready_worker(frame.model or located.model)
-        stored = await answered_on(self.database_executor, Conversation.objects.continue_answer)(
-            self.user, frame.message, model=frame.model, client_id=frame.client_id, worker_id=worker.id
+        await self.answer_message(frame, None, Conversation.objects.continue_answer)
+
+    async def answer_message(self, frame, role, verb, *arguments, **keywords):
+        """`answer` for a verb on the user's message `frame.message` (of `role`, when given): the
+        model is the frame's, else the one that message's conversation answers with."""
+        located = await answered_on(self.database_executor, Message.objects.locate)(self.user, frame.message, role)
+        await self.answer(frame, frame.model or located.model, verb, frame.message, *arguments, **keywords)
+
+    async def answer(self, frame, model, verb, *arguments, **keywords):
+        """The path every answering frame takes: the worker, ready for `model`; the verb (a
+        Conversation.objects verb) storing the frame on the database pool for that worker; then
+        `deliver`. `arguments` and `keywords` are the verb's own, after the user."""
+        worker = await ready_worker(model)
+        stored = await answered_on(self.database_executor, verb)(
+            self.user, *arguments, model=frame.model, client_id=frame.client_id, worker_id=worker.id, **keywords
         )
         await self.deliver(stored, worker)
 

@@ -76,6 +76,20 @@ def clipped(text):
     return text[:MAX_TEXT_CHARS] + f"\n[… cut: the first {MAX_TEXT_CHARS} characters of {len(text)}]"
 
 
+def least_input_content(attachments, model):
+    """What `input_content` makes of `attachments` for `model` at its smallest, reading no file:
+    the parts that are not text (an image, a PDF for a model that takes files) whatever their
+    bytes; the text of a PDF or a text file is not known until read, and counts as none. Fitting
+    an input with these first (Conversation.fitted_input) leaves out, unread, the files of the
+    turns that cannot be sent whatever those files hold."""
+    takes = capabilities_of(model)
+    return [
+        {"type": "input_image"} if attachment.is_image else {"type": "input_file"}
+        for attachment in attachments
+        if attachment.is_image or (attachment.content_type == PDF_TYPE and FILES in takes)
+    ]
+
+
 def input_content(attachments, model):
     """Open Responses content items for `attachments` sent to `model`, in their order.
 

@@ -388,6 +388,19 @@ class MessageTree:
         attached = Conversation.attachments_of(messages)
         return [message.as_frame(self.version_ids(message), attached.get(message.id, ())) for message in messages]
 
+    def token_rate(self):
+        """Tokens per character of the newest answer whose input the upstream counted
+        (chat/answering/context.py calibrates with it); the default without one. Read from the
+        rows the tree holds: no statement of its own on a send or a claim."""
+        measured = [
+            message
+            for message in self.messages
+            if (message.input_tokens or 0) > 0 and (message.input_characters or 0) >= context.MIN_CALIBRATION_CHARACTERS
+        ]
+        if not measured:
+            return context.DEFAULT_TOKENS_PER_CHARACTER
+        return context.calibrated_rate(measured[-1].input_tokens, measured[-1].input_characters)
+
     def ancestors(self, message):
         """The messages before `message` on its path, first message first."""
         found = []
@@ -619,7 +632,7 @@ class Conversation(models.Model):
         tree = self.tree()
         return tree.frames(self.current_path(tree))
 
-    def upstream_input(self, before, *, with_attachments=True):
+    def upstream_input(self, before):
         """The path to `before` (exclusive) as Open Responses message items.
 
         Only `before`'s ancestors count: other versions are not part of what the model is
@@ -628,52 +641,78 @@ class Conversation(models.Model):
         A user message with attachments has a list of content parts: its text, then its
         attachments as the model `before` is for takes them (chat.content.input_content,
         which reads the stored files; ModelCannotRead or AttachmentUnreadable when it cannot).
-        Without `with_attachments`, the texts alone (nothing is read).
         """
-        return [item for _, item in self.upstream_messages(before, with_attachments=with_attachments)]
+        path, attached, model, _ = self.input_path(before)
+        content.check_model_takes(model, [found for files in attached.values() for found in files])
+        return [item for _, item in self.message_items(before, path, attached, model)]
 
-    def upstream_messages(self, before, *, with_attachments=True):
-        """(message, item) pairs of upstream_input(before)."""
-        path = self.tree().ancestors(before)
-        attached = self.attachments_of(path) if with_attachments else {}
-        model = before.model or self.model
-        if with_attachments:
-            content.check_model_takes(model, [found for files in attached.values() for found in files])
-        pairs = []
-        for message in path:
-            files = attached.get(message.id)
-            if not message.text and not files:
-                continue
-            parts = message.text
-            if files:
-                # Its text (none for a message of files alone), then its files.
-                text = [{"type": "input_text", "text": message.text}] if message.text else []
-                parts = [*text, *content.input_content(files, model)]
-            pairs.append((message, {"type": "message", "role": message.role, "content": parts}))
+    @staticmethod
+    def message_items(before, path, attached, model, files_content=content.input_content):
+        """(message, item) pairs of the messages of `path` that say something, then `before`'s
+        continuation; a message's files (`attached`, by message id) become content parts through
+        `files_content` (content.input_content, which reads them, or content.least_input_content)."""
+        pairs = [
+            (message, Conversation.message_item(message, attached.get(message.id), model, files_content))
+            for message in path
+            if message.text or attached.get(message.id)
+        ]
         # A continued answer goes on from its text so far (Message.continuation_input): part of
         # the newest turn, attributed to the answer itself.
         pairs.extend((before, item) for item in before.continuation_input())
         return pairs
 
+    @staticmethod
+    def message_item(message, files, model, files_content=content.input_content):
+        parts = message.text
+        if files:
+            # Its text (none for a message of files alone), then its files.
+            text = [{"type": "input_text", "text": message.text}] if message.text else []
+            parts = [*text, *files_content(files, model)]
+        return {"type": "message", "role": message.role, "content": parts}
+
     def fitted_input(self, before):
         """What the answer `before` is sent: its upstream input fitted to its model's context
         (chat/answering/context.py), at the rate the upstream's count of this conversation's last
         measured input gives. Returns (Fitted, the first message sent when older ones were left
-        out, else None)."""
-        pairs = self.upstream_messages(before)
-        window = providers.provider_for(before.model or self.model).window()
-        fitted = context.fit([item for _, item in pairs], self.instructions, window, self.messages.token_rate())
-        first_sent = pairs[fitted.dropped][0] if fitted.dropped and fitted.items else None
+        out, else None).
+
+        Fitted twice: first with each file at its least (content.least_input_content), which
+        reads nothing; the turns left out then are left out whatever their files hold, and only
+        the files of the turns that may be sent are read for the second fitting, of those turns.
+        A long chat's old uploads are not read again for every answer."""
+        path, attached, model, rate = self.input_path(before)
+        content.check_model_takes(model, [found for files in attached.values() for found in files])
+        window = providers.provider_for(model).window()
+        least = self.message_items(before, path, attached, model, content.least_input_content)
+        unread = self.fit(least, window, rate).dropped
+        may_send = [
+            (message, self.message_item(message, attached[message.id], model) if message.id in attached else item)
+            for message, item in least[unread:]
+        ]
+        fitted = self.fit(may_send, window, rate)
+        first_sent = may_send[fitted.dropped][0] if unread + fitted.dropped and fitted.items else None
+        fitted = dataclasses.replace(fitted, dropped=unread + fitted.dropped)
         if first_sent is not None:
             logger.info(
                 "Answer %s is sent the newest %s of %s messages, about %s tokens, to fit %s",
                 before.id,
                 len(fitted.items),
-                len(pairs),
+                len(least),
                 fitted.estimated_tokens,
                 window,
             )
         return fitted, first_sent
+
+    def fit(self, pairs, window, rate):
+        """context.fit of the items of (message, item) `pairs`, with the instructions."""
+        return context.fit([item for _, item in pairs], self.instructions, window, rate)
+
+    def input_path(self, before):
+        """(the path to `before`, {message id: its attachments} on it, the model `before` is for,
+        the tokens per character its input is fitted at)."""
+        tree = self.tree()
+        path = tree.ancestors(before)
+        return path, self.attachments_of(path), before.model or self.model, tree.token_rate()
 
     @staticmethod
     def attachments_of(messages):
@@ -742,11 +781,13 @@ class Conversation(models.Model):
         return answer
 
     def input_characters(self, before):
-        """The characters sent upstream to answer `before`: its path so far and the instructions."""
-        # Attachments are not read for an estimate: their tokens count through the usage the
-        # upstream reports when the answer ends.
-        texts = self.upstream_input(before, with_attachments=False)
-        return len(self.instructions) + sum(len(item["content"]) for item in texts)
+        """The characters of text the answer `before` is sent: the instructions and the turns of its
+        path that fit its model's context (fitted_input) with each file at its least."""
+        # No file is read for an estimate (the send's transaction is no place to read a store):
+        # the files' tokens count through the usage the upstream reports when the answer ends.
+        path, attached, model, rate = self.input_path(before)
+        least = self.message_items(before, path, attached, model, content.least_input_content)
+        return self.fit(least, providers.provider_for(model).window(), rate).characters
 
     @transaction.atomic(savepoint=False)  # inside the verb's transaction (see start_exchange)
     def regenerate(self, answer, *, model=None, client_id="", worker_id=None):
@@ -844,17 +885,6 @@ class MessageQuerySet(models.QuerySet):
         the text so far.
         """
         return self.unfinished().filter(stop_requested_at__isnull=True).update(stop_requested_at=timezone.now())
-
-    def token_rate(self):
-        """Tokens per character of the newest of these answers whose input the upstream counted
-        (chat/answering/context.py calibrates with it); the default without one."""
-        measured = (
-            self.filter(input_tokens__gt=0, input_characters__gte=context.MIN_CALIBRATION_CHARACTERS)
-            .order_by("-created_at")
-            .values_list("input_tokens", "input_characters")
-            .first()
-        )
-        return context.calibrated_rate(*measured) if measured else context.DEFAULT_TOKENS_PER_CHARACTER
 
     def stop_requested(self):
         """Those asked to stop, or whose owner may no longer use the site.

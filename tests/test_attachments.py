@@ -20,7 +20,7 @@ from PIL import Image
 from chat.models import Attachment, Conversation, Message, MessageAttachment
 from tests.files import image_bytes, jpeg_with_gps, pdf_with_text
 from tests.storage import fresh_store
-from tests.upstream import answer
+from tests.upstream import answer, usage_object
 from tests.websocket import assert_no_groups_left, connect, cookie_of, receive, receive_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.asyncio]
@@ -441,6 +441,54 @@ async def test_a_stored_file_that_cannot_be_read_fails_the_answer_saying_which(
     assert done["status"] == "failed"
     assert done["error"]["code"] == "attachment_unreadable" and "notes.txt" in done["error"]["message"]
     assert upstream.requests == []
+    await communicator.disconnect()
+
+
+def counting(open_file, opened):
+    """`open_file` (a storage's open), noting in `opened` the name of each file opened."""
+
+    def open_counted(name, *args, **kwargs):
+        opened.append(name)
+        return open_file(name, *args, **kwargs)
+
+    return open_counted
+
+
+async def test_the_files_of_turns_a_long_chat_leaves_out_are_never_opened(
+    alice_browser, upstream, worker, media_root, settings, monkeypatch
+):
+    """Only the turns that fit the model's context are sent, and only their files are read: an
+    image, a PDF and a text file in the turns left out stay unopened (counted at the store)."""
+    settings.CHAT_MODEL_CONTEXT = {"test-model": 2048}
+    settings.CHAT_ANSWER_ROOM_TOKENS = 4096  # a quarter of the context: 1,536 tokens of input
+    files = [
+        ("photo.jpg", jpeg_with_gps()),
+        ("report.pdf", pdf_with_text("Old report.")),
+        *((f"notes-{turn}.txt", f"notes of turn {turn}".encode()) for turn in range(3, 7)),
+    ]
+    communicator = await alice_browser.socket()
+    conversation, names = None, []
+    for turn, (name, data) in enumerate(files, start=1):
+        upload = await alice_browser.upload(name, data)
+        names.append((await Attachment.objects.aget(pk=upload["id"])).file.name)
+        if turn == len(files):
+            # Counted from the last send on: the uploads and the earlier answers read their own.
+            monkeypatch.setattr(media_root.storage, "open", counting(media_root.storage.open, opened := []))
+        # Reported without an input count: the rate stays the default, and the fitting as computed.
+        upstream.queue(answer(["Seen."], usage=usage_object(0, 1)))
+        head = f"Question {turn}: "
+        text = head + "lorem ipsum dolor sit amet " * ((1200 - len(head)) // 27)
+        await communicator.send_json_to(
+            {"type": "chat.send", "conversation": conversation, "text": text, "attachments": [upload["id"]]}
+        )
+        done = (await receive_until(communicator, "message.done", timeout=30))[-1]
+        assert done["status"] == "completed", done
+        conversation = done["conversation"]
+
+    sent = upstream.requests[-1]["body"]["input"]
+    questions = [item["content"][0]["text"] for item in sent if item["role"] == "user"]
+    assert [question.split(":")[0] for question in questions] == ["Question 4", "Question 5", "Question 6"]
+    assert sorted(opened) == sorted(names[3:]), "the files of the turns sent, each once, and no other"
     await communicator.disconnect()
 
 

@@ -302,6 +302,46 @@ def test_the_reaper_records_what_interrupted_and_deleted_answers_spent(alice, se
     assert UsageEntry.objects.get(message_id=orphan.pk).total_tokens == entry.total_tokens
 
 
+def long_question(number):
+    head = f"Question {number}: "
+    return head + "lorem ipsum dolor sit amet " * ((1200 - len(head)) // 27)
+
+
+@pytest.mark.asyncio
+async def test_a_long_chat_reserves_and_counts_the_input_it_sends_not_its_whole_path(alice, upstream, worker, settings):
+    """Once a chat is longer than its model's context, its oldest turns are not sent: the
+    reservation, and the cost of an answer without usage, hold the input sent, and a budget that
+    the whole path would exceed still admits the next message."""
+    settings.CHAT_SENDS_PER_MINUTE = 0
+    settings.CHAT_MODEL_CONTEXT = {"test-model": 2048}
+    settings.CHAT_ANSWER_ROOM_TOKENS = 4096  # a quarter of the context: 1,536 tokens of input
+    communicator, _, _ = await connect(alice)
+    conversation = None
+    for number in range(1, 7):
+        # One token each, counted exactly; no input count, so the fitting's rate stays the default.
+        upstream.queue(answer(["Noted."], usage=usage_object(0, 1)))
+        done = (await send_and_finish(communicator, long_question(number), conversation))[-1]
+        assert done["status"] == "completed", done
+        conversation = done["conversation"]
+    whole_path = tokens_for(sum(len(long_question(number)) + len("Noted.") for number in range(1, 7)) + 1200)
+    await AccountLimits.objects.acreate(user=alice, daily_token_budget=whole_path - 200)
+
+    upstream.queue(stream(*partial(["Half"]), Hangup()))
+    done = (await send_and_finish(communicator, long_question(7), conversation))[-1]
+    assert (done["status"], done["usage"]) == ("failed", None)
+    assert done["context_start"] is not None, "the oldest turns were left out"
+    entry = await entry_of(done["message"])
+    row = await Message.objects.aget(pk=done["message"])
+    assert entry.estimated_input_tokens == tokens_for(row.input_characters) < whole_path // 2
+    assert entry.total_tokens == entry.estimated_input_tokens + tokens_for(len("Half")) and entry.estimated
+
+    upstream.queue(answer(["Still here."]))
+    done = (await send_and_finish(communicator, "And now?", conversation))[-1]
+    assert (done["status"], done["text"]) == ("completed", "Still here."), "admitted: what was sent fits the budget"
+    await communicator.disconnect()
+    assert_no_groups_left()
+
+
 # --- Racing sends ----------------------------------------------------------------------------
 
 
