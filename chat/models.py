@@ -325,6 +325,8 @@ class Stored:
     created_conversation: dict | None  # the conversation's frame, when the send started it
     created: tuple  # the message.created relay events, in order
     answer: str | None  # the answer to generate; None when a retried frame was answered
+    # What the worker claims and sends the answer with (read in the same transaction), or None.
+    answer_input: "AnswerInput | None" = None
 
     @classmethod
     def of(cls, conversation, messages, *, created=False, replayed=False):
@@ -335,6 +337,8 @@ class Stored:
             created_conversation=conversation.as_frame() if created else None,
             created=tuple(protocol.created_event(frame) for frame in tree.frames(messages)),
             answer=None if replayed else str(messages[-1].id),
+            # Set by the queue_answer that made it (never on a replay: that answer is not sent again).
+            answer_input=None if replayed else messages[-1].queued_input,
         )
 
     @classmethod
@@ -348,6 +352,115 @@ class Stored:
         if earlier is None:
             return None
         return cls.of(earlier[0].conversation, earlier, replayed=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnswerInput:
+    """What an answer is sent and claimed with, as plain data: the path before it, the
+    conversation's instructions, the token rate its fitting is calibrated with, and the
+    max_output_tokens its reservation decided.
+
+    The verb that queues the answer has all of it in hand in its transaction (queue_answer), so
+    the worker's claim is one conditional UPDATE (MessageQuerySet.claim) and reads nothing; an
+    answer queued without one in hand (submitted again, a claim retried after a lost
+    connection) reads it back (MessageQuerySet.answer_input). It travels with the job through
+    the event loop, hence plain values only: rows are rebuilt from them where the job runs.
+    """
+
+    message_id: str
+    model: str
+    instructions: str
+    # [{id, role, text, attachments: [ATTACHMENT_FIELDS values]}]: the path before the answer.
+    turns: list
+    continuation: list  # Message.continuation_input() of the answer
+    continued_text: str
+    token_rate: float
+    max_output_tokens: int | None = None
+
+    # What rebuilds an attachment's row for reading its stored file, with no query.
+    ATTACHMENT_FIELDS = ("id", "file", "name", "content_type", "kind")
+
+    @classmethod
+    def of(cls, conversation, answer, path, attached, token_rate, max_output_tokens=None):
+        """The input of `answer`, whose `path` (its ancestors, rows) has `attached` attachments."""
+
+        def files(message):
+            return [
+                {name: str(getattr(found, name)) for name in cls.ATTACHMENT_FIELDS}
+                for found in attached.get(message.id, ())
+            ]
+
+        return cls(
+            message_id=str(answer.id),
+            model=answer.model or conversation.model,
+            instructions=conversation.instructions,
+            turns=[
+                {"id": str(message.id), "role": message.role, "text": message.text, "attachments": files(message)}
+                for message in path
+            ],
+            continuation=answer.continuation_input(),
+            continued_text=answer.continued_text,
+            token_rate=token_rate,
+            max_output_tokens=max_output_tokens,
+        )
+
+    def pairs(self, with_attachments=True):
+        """(message id, Open Responses message item) of the path, then the continuation.
+
+        Assistant turns that produced no text (failed before the first token, queued and
+        cancelled) are left out: the model never said them. A user message with attachments has
+        a list of content parts: its text, then its attachments as the model takes them
+        (chat.content.input_content, which reads the stored files; ModelCannotRead or
+        AttachmentUnreadable when it cannot). Without `with_attachments`, the texts alone
+        (nothing is read).
+        """
+        attached = {}
+        if with_attachments:
+            attached = {
+                turn["id"]: [Attachment(**fields) for fields in turn["attachments"]]
+                for turn in self.turns
+                if turn["attachments"]
+            }
+            content.check_model_takes(self.model, [found for files in attached.values() for found in files])
+        pairs = []
+        for turn in self.turns:
+            files = attached.get(turn["id"])
+            if not turn["text"] and not files:
+                continue
+            parts = turn["text"]
+            if files:
+                # Its text (none for a message of files alone), then its files.
+                text = [{"type": "input_text", "text": turn["text"]}] if turn["text"] else []
+                parts = [*text, *content.input_content(files, self.model)]
+            pairs.append((turn["id"], {"type": "message", "role": turn["role"], "content": parts}))
+        # A continued answer goes on from its text so far: part of the newest turn, attributed
+        # to the answer itself.
+        pairs.extend((self.message_id, item) for item in self.continuation)
+        return pairs
+
+    def characters(self):
+        """The characters sent upstream: the path's texts and the instructions (attachments are
+        not read for an estimate: their tokens count through the usage the upstream reports)."""
+        return len(self.instructions) + sum(len(item["content"]) for _, item in self.pairs(with_attachments=False))
+
+    def fitted(self):
+        """What is sent: (Fitted, the id of the first message sent when older ones were left
+        out, else None); the input fitted to the model's context (chat/answering/context.py).
+        Reads the attachments' stored files, never the database."""
+        pairs = self.pairs()
+        window = providers.provider_for(self.model).window()
+        fitted = context.fit([item for _, item in pairs], self.instructions, window, self.token_rate)
+        first_sent = pairs[fitted.dropped][0] if fitted.dropped and fitted.items else None
+        if first_sent is not None:
+            logger.info(
+                "Answer %s is sent the newest %s of %s messages, about %s tokens, to fit %s",
+                self.message_id,
+                len(fitted.items),
+                len(pairs),
+                fitted.estimated_tokens,
+                window,
+            )
+        return fitted, first_sent
 
 
 class MessageTree:
@@ -377,6 +490,16 @@ class MessageTree:
         # deferred field is one more query per message.
         fields = ("id", "conversation_id", "parent_id", "role", "created_at")
         return cls(conversation.messages.filter(beside).only(*fields))
+
+    def token_rate(self):
+        """Tokens per character of the newest answer (any version) whose input the upstream
+        counted, which chat/answering/context.py calibrates the next fitting with; the default
+        without one. From the rows loaded: the send has them in hand (queue_answer)."""
+        for message in reversed(self.messages):
+            measured = message.input_tokens or 0, message.input_characters or 0
+            if measured[0] > 0 and measured[1] >= context.MIN_CALIBRATION_CHARACTERS:
+                return context.calibrated_rate(*measured)
+        return context.DEFAULT_TOKENS_PER_CHARACTER
 
     def version_ids(self, message):
         """Ids of `message`'s versions, itself included, oldest first."""
@@ -620,60 +743,19 @@ class Conversation(models.Model):
         return tree.frames(self.current_path(tree))
 
     def upstream_input(self, before, *, with_attachments=True):
-        """The path to `before` (exclusive) as Open Responses message items.
+        """The path to the answer `before` (exclusive) as Open Responses message items (see
+        AnswerInput.pairs); without `with_attachments`, the texts alone (nothing is read)."""
+        return [item for _, item in self.answer_input(before).pairs(with_attachments=with_attachments)]
+
+    def answer_input(self, before, tree=None, max_output_tokens=None):
+        """The AnswerInput of the answer `before` (a row of this conversation): its path, from
+        `tree` (read when not given), and its attachments (one query, when it has any).
 
         Only `before`'s ancestors count: other versions are not part of what the model is
-        answering, nor are their attachments. Assistant turns that produced no text (failed
-        before the first token, queued and cancelled) are left out: the model never said them.
-        A user message with attachments has a list of content parts: its text, then its
-        attachments as the model `before` is for takes them (chat.content.input_content,
-        which reads the stored files; ModelCannotRead or AttachmentUnreadable when it cannot).
-        Without `with_attachments`, the texts alone (nothing is read).
-        """
-        return [item for _, item in self.upstream_messages(before, with_attachments=with_attachments)]
-
-    def upstream_messages(self, before, *, with_attachments=True):
-        """(message, item) pairs of upstream_input(before)."""
-        path = self.tree().ancestors(before)
-        attached = self.attachments_of(path) if with_attachments else {}
-        model = before.model or self.model
-        if with_attachments:
-            content.check_model_takes(model, [found for files in attached.values() for found in files])
-        pairs = []
-        for message in path:
-            files = attached.get(message.id)
-            if not message.text and not files:
-                continue
-            parts = message.text
-            if files:
-                # Its text (none for a message of files alone), then its files.
-                text = [{"type": "input_text", "text": message.text}] if message.text else []
-                parts = [*text, *content.input_content(files, model)]
-            pairs.append((message, {"type": "message", "role": message.role, "content": parts}))
-        # A continued answer goes on from its text so far (Message.continuation_input): part of
-        # the newest turn, attributed to the answer itself.
-        pairs.extend((before, item) for item in before.continuation_input())
-        return pairs
-
-    def fitted_input(self, before):
-        """What the answer `before` is sent: its upstream input fitted to its model's context
-        (chat/answering/context.py), at the rate the upstream's count of this conversation's last
-        measured input gives. Returns (Fitted, the first message sent when older ones were left
-        out, else None)."""
-        pairs = self.upstream_messages(before)
-        window = providers.provider_for(before.model or self.model).window()
-        fitted = context.fit([item for _, item in pairs], self.instructions, window, self.messages.token_rate())
-        first_sent = pairs[fitted.dropped][0] if fitted.dropped and fitted.items else None
-        if first_sent is not None:
-            logger.info(
-                "Answer %s is sent the newest %s of %s messages, about %s tokens, to fit %s",
-                before.id,
-                len(fitted.items),
-                len(pairs),
-                fitted.estimated_tokens,
-                window,
-            )
-        return fitted, first_sent
+        answering, nor are their attachments."""
+        tree = tree or self.tree()
+        path = tree.ancestors(before)
+        return AnswerInput.of(self, before, path, self.attachments_of(path), tree.token_rate(), max_output_tokens)
 
     @staticmethod
     def attachments_of(messages):
@@ -723,7 +805,8 @@ class Conversation(models.Model):
         input would carry (any on the path up to `question`); the transaction that stores the
         send then stores none of it.
         """
-        path = [*self.tree().ancestors(question), question]
+        tree = self.tree()
+        path = [*tree.ancestors(question), question]
         attached = self.attachments_of(path)
         content.check_model_takes(self.model, [found for message in path for found in attached.get(message.id, ())])
         start = continuing.text if continuing is not None else ""
@@ -738,15 +821,16 @@ class Conversation(models.Model):
             continued_length=len(start),
         )
         self.move_to(answer)
-        UsageEntry.objects.reserve(answer, self)
+        # Built from the rows read above, for the reservation's estimate and for the worker's
+        # claim (AnswerInput): neither reads the path again.
+        answer_input = AnswerInput.of(self, answer, path, attached, tree.token_rate())
+        entry = UsageEntry.objects.reserve(answer, self, answer_input.characters())
+        answer.queued_input = dataclasses.replace(answer_input, max_output_tokens=entry.max_output_tokens)
         return answer
 
     def input_characters(self, before):
         """The characters sent upstream to answer `before`: its path so far and the instructions."""
-        # Attachments are not read for an estimate: their tokens count through the usage the
-        # upstream reports when the answer ends.
-        texts = self.upstream_input(before, with_attachments=False)
-        return len(self.instructions) + sum(len(item["content"]) for item in texts)
+        return self.answer_input(before).characters()
 
     @transaction.atomic(savepoint=False)  # inside the verb's transaction (see start_exchange)
     def regenerate(self, answer, *, model=None, client_id="", worker_id=None):
@@ -845,17 +929,6 @@ class MessageQuerySet(models.QuerySet):
         """
         return self.unfinished().filter(stop_requested_at__isnull=True).update(stop_requested_at=timezone.now())
 
-    def token_rate(self):
-        """Tokens per character of the newest of these answers whose input the upstream counted
-        (chat/answering/context.py calibrates with it); the default without one."""
-        measured = (
-            self.filter(input_tokens__gt=0, input_characters__gte=context.MIN_CALIBRATION_CHARACTERS)
-            .order_by("-created_at")
-            .values_list("input_tokens", "input_characters")
-            .first()
-        )
-        return context.calibrated_rate(*measured) if measured else context.DEFAULT_TOKENS_PER_CHARACTER
-
     def stop_requested(self):
         """Those asked to stop, or whose owner may no longer use the site.
 
@@ -889,6 +962,31 @@ class MessageQuerySet(models.QuerySet):
             # What the answer spent, in the same transaction: an end is never saved unbilled.
             UsageEntry.objects.record(message)
             return message
+
+    def claim(self, message_id, worker_id, sent):
+        """Move the queued answer `message_id` to streaming for one worker, with what its input
+        is (`sent`: AnswerInput.fitted()); the fields written, or None when it was no longer
+        queued. One conditional UPDATE: what it needs was read when it was queued."""
+        fitted, first_sent = sent
+        fields = {
+            "status": Message.Status.STREAMING,
+            "worker": worker_id,
+            "started_at": timezone.now(),
+            "context_start": first_sent,
+            "input_characters": fitted.characters,
+        }
+        claimed = self.filter(pk=message_id, status=Message.Status.QUEUED).update(**fields)
+        return fields if claimed else None
+
+    def answer_input(self, message_id):
+        """(AnswerInput, status, worker) of the answer `message_id` read back from the database,
+        for a job that has none in hand (see AnswerInput); None when it is gone."""
+        message = self.select_related("conversation").filter(pk=message_id).first()
+        if message is None:
+            return None
+        # Decided when the answer was admitted, with its reservation (UsageEntryQuerySet.reserve).
+        cap = UsageEntry.objects.filter(message_id=message.id).values_list("max_output_tokens", flat=True).first()
+        return message.conversation.answer_input(message, max_output_tokens=cap), message.status, message.worker
 
     def checkpoint(self, message_id, *, first_token_at, **texts):
         """Save the text so far of an answer being written (crash safety, bounded writes); only
@@ -1011,7 +1109,7 @@ class Message(models.Model):
     )
 
     # The input this answer was sent, fitted to its model's context when a worker took it
-    # (Conversation.fitted_input): the first message of its path sent when older ones were left
+    # (AnswerInput.fitted): the first message of its path sent when older ones were left
     # out (null: all of it went), where the page marks that earlier messages are not sent; and
     # the characters sent, which with the upstream's input_tokens calibrate the next fitting.
     context_start = models.UUIDField(null=True, blank=True, editable=False)
@@ -1188,21 +1286,6 @@ class Message(models.Model):
         """
         owner_id = Conversation.objects.filter(pk=self.conversation_id).values_list("owner_id", flat=True).first()
         return None if owner_id is None else UsageEntry.objects.budget_status(owner_id)
-
-    def claim(self, worker_id, sent=None):
-        """Move a queued answer to streaming for one worker; False if it is no longer queued.
-
-        `sent` is what its input will be (Conversation.fitted_input), recorded with the claim."""
-        now = timezone.now()
-        fields = {"status": self.Status.STREAMING, "worker": worker_id, "started_at": now}
-        if sent is not None:
-            fitted, first_sent = sent
-            fields.update(context_start=first_sent.id if first_sent else None, input_characters=fitted.characters)
-        claimed = Message.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(**fields)
-        if claimed:
-            for name, value in fields.items():
-                setattr(self, name, value)
-        return bool(claimed)
 
 
 # What the model is asked after the text so far of an answer it continues.
@@ -1437,7 +1520,7 @@ class UsageEntryQuerySet(models.QuerySet):
             .order_by("model")
         )
 
-    def reserve(self, answer, conversation):
+    def reserve(self, answer, conversation, input_characters):
         """Admit the queued `answer` against its owner's send rate and budget, and hold what it
         may cost until it ends; raises SendRateExceeded or BudgetSpent.
 
@@ -1448,7 +1531,8 @@ class UsageEntryQuerySet(models.QuerySet):
         input's estimate and what the answer may write: with a budget, its max_output_tokens,
         which is at most what today's spending and every other reservation leave of the budget
         (see `output_allowance`). So answers in parallel, and each one alone, stay within the
-        budget but for what they read: their input, which is only estimated beforehand.
+        budget but for what they read: their input, which is only estimated beforehand
+        (`input_characters`, AnswerInput.characters()).
         """
         user_id = conversation.owner_id
         limit = providers.provider_for(answer.model).max_output_tokens
@@ -1457,7 +1541,7 @@ class UsageEntryQuerySet(models.QuerySet):
         self.check_send_rate(user_id, now)
         day = timezone.localdate(answer.created_at)
         cap, held = self.output_allowance(user_id, day, limit, settings.CHAT_RESERVED_ANSWER_TOKENS)
-        input_tokens = tokens_for(conversation.input_characters(before=answer))
+        input_tokens = tokens_for(input_characters)
         return self.create(
             user_id=user_id,
             username=username,
