@@ -250,7 +250,7 @@ class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
         await self.follower.release()  # nothing was in flight: the conversation was not busy
         for event in stored.created:
             self.relay.publish(stored.group, event)
-        worker.submit(stored.answer, stored.group, current_loop())
+        worker.submit(stored.answer, stored.group, current_loop(), stored.answer_input)
 
     async def conversation_updated(self, event):
         """A conversation of the owner was pinned, archived or restored (chat/signals.py): an

@@ -325,6 +325,8 @@ class Stored:
     created_conversation: dict | None  # the conversation's frame, when the send started it
     created: tuple  # the message.created relay events, in order
     answer: str | None  # the answer to generate; None when a retried frame was answered
+    # What the worker claims and sends the answer with (read in the same transaction), or None.
+    answer_input: "AnswerInput | None" = None
 
     @classmethod
     def of(cls, conversation, messages, *, created=False, replayed=False):
@@ -335,6 +337,8 @@ class Stored:
             created_conversation=conversation.as_frame() if created else None,
             created=tuple(protocol.created_event(frame) for frame in tree.frames(messages)),
             answer=None if replayed else str(messages[-1].id),
+            # Set by the queue_answer that made it (never on a replay: that answer is not sent again).
+            answer_input=None if replayed else messages[-1].queued_input,
         )
 
     @classmethod
@@ -348,6 +352,144 @@ class Stored:
         if earlier is None:
             return None
         return cls.of(earlier[0].conversation, earlier, replayed=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnswerInput:
+    """What an answer is sent and claimed with, as plain data: the path before it, the
+    conversation's instructions, the token rate its fitting is calibrated with, and the
+    max_output_tokens its reservation decided.
+
+    The verb that queues the answer has all of it in hand in its transaction (queue_answer), so
+    the worker's claim is one conditional UPDATE (MessageQuerySet.claim) and reads nothing; an
+    answer queued without one in hand (submitted again, a claim retried after a lost
+    connection) reads it back (MessageQuerySet.answer_input). It travels with the job through
+    the event loop, hence plain values only: rows are rebuilt from them where the job runs.
+    """
+
+    message_id: str
+    model: str
+    instructions: str
+    # [{id, role, text, attachments: [ATTACHMENT_FIELDS values]}]: the path before the answer.
+    turns: list
+    continuation: list  # Message.continuation_input() of the answer
+    continued_text: str
+    token_rate: float
+    max_output_tokens: int | None = None
+
+    # What rebuilds an attachment's row for reading its stored file, with no query.
+    ATTACHMENT_FIELDS = ("id", "file", "name", "content_type", "kind")
+
+    @classmethod
+    def of(cls, conversation, answer, path, attached, token_rate, max_output_tokens=None):
+        """The input of `answer`, whose `path` (its ancestors, rows) has `attached` attachments."""
+
+        def files(message):
+            return [
+                {name: str(getattr(found, name)) for name in cls.ATTACHMENT_FIELDS}
+                for found in attached.get(message.id, ())
+            ]
+
+        return cls(
+            message_id=str(answer.id),
+            model=answer.model or conversation.model,
+            instructions=conversation.instructions,
+            turns=[
+                {"id": str(message.id), "role": message.role, "text": message.text, "attachments": files(message)}
+                for message in path
+            ],
+            continuation=answer.continuation_input(),
+            continued_text=answer.continued_text,
+            token_rate=token_rate,
+            max_output_tokens=max_output_tokens,
+        )
+
+    def attachments(self):
+        """{turn id: its attachments} of the turns that have some, rebuilt as rows (no query)."""
+        return {
+            turn["id"]: [Attachment(**fields) for fields in turn["attachments"]]
+            for turn in self.turns
+            if turn["attachments"]
+        }
+
+    def pairs(self, attached=None, files_content=content.input_content):
+        """(message id, Open Responses message item) of the path, then the continuation.
+
+        Assistant turns that produced no text (failed before the first token, queued and
+        cancelled) are left out: the model never said them. A user message with attachments
+        (`attached`, by turn id; every turn's when not given) has a list of content parts: its
+        text, then its files as `files_content` makes them: content.input_content reads the
+        stored files (AttachmentUnreadable when it cannot), content.least_input_content reads
+        none.
+        """
+        attached = self.attachments() if attached is None else attached
+        pairs = [
+            (turn["id"], self.item(turn, attached.get(turn["id"]), files_content))
+            for turn in self.turns
+            if turn["text"] or attached.get(turn["id"])
+        ]
+        # A continued answer goes on from its text so far: part of the newest turn, attributed
+        # to the answer itself.
+        pairs.extend((self.message_id, item) for item in self.continuation)
+        return pairs
+
+    def item(self, turn, files, files_content=content.input_content):
+        """The message item of one turn of the path, its `files` made content parts."""
+        parts = turn["text"]
+        if files:
+            # Its text (none for a message of files alone), then its files.
+            text = [{"type": "input_text", "text": turn["text"]}] if turn["text"] else []
+            parts = [*text, *files_content(files, self.model)]
+        return {"type": "message", "role": turn["role"], "content": parts}
+
+    def fit(self, pairs):
+        """context.fit of the items of (message id, item) `pairs` to the model's context, with
+        the instructions; a continued answer's own items (the text so far and the ask to go on)
+        go with the question they answer."""
+        follow_up = sum(message_id == self.message_id for message_id, _ in pairs)
+        window = providers.provider_for(self.model).window()
+        items = [item for _, item in pairs]
+        return context.fit(items, self.instructions, window, self.token_rate, follow_up=follow_up)
+
+    def characters(self):
+        """The characters of text sent upstream, by the estimate: the instructions and the turns
+        that fit the model's context with each file at its least. No file is read for an
+        estimate (the send's transaction is no place to read a store): the files' tokens count
+        through the usage the upstream reports when the answer ends."""
+        return self.fit(self.pairs(files_content=content.least_input_content)).characters
+
+    def fitted(self):
+        """What is sent: (Fitted, the id of the first message sent when older ones were left
+        out, else None); the input fitted to the model's context (chat/answering/context.py).
+        Reads the attachments' stored files, never the database (ModelCannotRead when the
+        model cannot take them).
+
+        Fitted twice: first with each file at its least (content.least_input_content), which
+        reads nothing; the turns left out then are left out whatever their files hold, and only
+        the files of the turns that may be sent are read for the second fitting, of those turns.
+        A long chat's old uploads are not read again for every answer."""
+        attached = self.attachments()
+        content.check_model_takes(self.model, [found for files in attached.values() for found in files])
+        least = self.pairs(attached, content.least_input_content)
+        unread = self.fit(least).dropped
+        turns = {turn["id"]: turn for turn in self.turns}
+        may_send = [
+            (message_id, self.item(turns[message_id], attached[message_id]) if message_id in attached else item)
+            for message_id, item in least[unread:]
+        ]
+        fitted = self.fit(may_send)
+        first_sent = may_send[fitted.dropped][0] if unread + fitted.dropped and fitted.items else None
+        fitted = dataclasses.replace(fitted, dropped=unread + fitted.dropped)
+        if first_sent is not None:
+            logger.info(
+                "Answer %s is sent the newest %s of %s messages, about %s tokens, to fit %s",
+                self.message_id,
+                len(fitted.items),
+                len(least),
+                fitted.estimated_tokens,
+                providers.provider_for(self.model).window(),
+            )
+        return fitted, first_sent
 
 
 class MessageTree:
@@ -378,6 +520,16 @@ class MessageTree:
         fields = ("id", "conversation_id", "parent_id", "role", "created_at")
         return cls(conversation.messages.filter(beside).only(*fields))
 
+    def token_rate(self):
+        """Tokens per character of the newest answer (any version) whose input the upstream
+        counted, which chat/answering/context.py calibrates the next fitting with; the default
+        without one. From the rows loaded: the send has them in hand (queue_answer)."""
+        for message in reversed(self.messages):
+            measured = message.input_tokens or 0, message.input_characters or 0
+            if measured[0] > 0 and measured[1] >= context.MIN_CALIBRATION_CHARACTERS:
+                return context.calibrated_rate(*measured)
+        return context.DEFAULT_TOKENS_PER_CHARACTER
+
     def version_ids(self, message):
         """Ids of `message`'s versions, itself included, oldest first."""
         return [sibling.id for sibling in self.children[message.parent_id] if sibling.role == message.role]
@@ -387,19 +539,6 @@ class MessageTree:
         attachments (one query for all of them)."""
         attached = Conversation.attachments_of(messages)
         return [message.as_frame(self.version_ids(message), attached.get(message.id, ())) for message in messages]
-
-    def token_rate(self):
-        """Tokens per character of the newest answer whose input the upstream counted
-        (chat/answering/context.py calibrates with it); the default without one. Read from the
-        rows the tree holds: no statement of its own on a send or a claim."""
-        measured = [
-            message
-            for message in self.messages
-            if (message.input_tokens or 0) > 0 and (message.input_characters or 0) >= context.MIN_CALIBRATION_CHARACTERS
-        ]
-        if not measured:
-            return context.DEFAULT_TOKENS_PER_CHARACTER
-        return context.calibrated_rate(measured[-1].input_tokens, measured[-1].input_characters)
 
     def ancestors(self, message):
         """The messages before `message` on its path, first message first."""
@@ -633,86 +772,19 @@ class Conversation(models.Model):
         return tree.frames(self.current_path(tree))
 
     def upstream_input(self, before):
-        """The path to `before` (exclusive) as Open Responses message items.
+        """The path to the answer `before` (exclusive) as Open Responses message items, with
+        every file read (see AnswerInput.pairs)."""
+        return [item for _, item in self.answer_input(before).pairs()]
+
+    def answer_input(self, before, tree=None, max_output_tokens=None):
+        """The AnswerInput of the answer `before` (a row of this conversation): its path, from
+        `tree` (read when not given), and its attachments (one query, when it has any).
 
         Only `before`'s ancestors count: other versions are not part of what the model is
-        answering, nor are their attachments. Assistant turns that produced no text (failed
-        before the first token, queued and cancelled) are left out: the model never said them.
-        A user message with attachments has a list of content parts: its text, then its
-        attachments as the model `before` is for takes them (chat.content.input_content,
-        which reads the stored files; ModelCannotRead or AttachmentUnreadable when it cannot).
-        """
-        path, attached, model, _ = self.input_path(before)
-        content.check_model_takes(model, [found for files in attached.values() for found in files])
-        return [item for _, item in self.message_items(before, path, attached, model)]
-
-    @staticmethod
-    def message_items(before, path, attached, model, files_content=content.input_content):
-        """(message, item) pairs of the messages of `path` that say something, then `before`'s
-        continuation; a message's files (`attached`, by message id) become content parts through
-        `files_content` (content.input_content, which reads them, or content.least_input_content)."""
-        pairs = [
-            (message, Conversation.message_item(message, attached.get(message.id), model, files_content))
-            for message in path
-            if message.text or attached.get(message.id)
-        ]
-        # A continued answer goes on from its text so far (Message.continuation_input): part of
-        # the newest turn, attributed to the answer itself.
-        pairs.extend((before, item) for item in before.continuation_input())
-        return pairs
-
-    @staticmethod
-    def message_item(message, files, model, files_content=content.input_content):
-        parts = message.text
-        if files:
-            # Its text (none for a message of files alone), then its files.
-            text = [{"type": "input_text", "text": message.text}] if message.text else []
-            parts = [*text, *files_content(files, model)]
-        return {"type": "message", "role": message.role, "content": parts}
-
-    def fitted_input(self, before):
-        """What the answer `before` is sent: its upstream input fitted to its model's context
-        (chat/answering/context.py), at the rate the upstream's count of this conversation's last
-        measured input gives. Returns (Fitted, the first message sent when older ones were left
-        out, else None).
-
-        Fitted twice: first with each file at its least (content.least_input_content), which
-        reads nothing; the turns left out then are left out whatever their files hold, and only
-        the files of the turns that may be sent are read for the second fitting, of those turns.
-        A long chat's old uploads are not read again for every answer."""
-        path, attached, model, rate = self.input_path(before)
-        content.check_model_takes(model, [found for files in attached.values() for found in files])
-        window = providers.provider_for(model).window()
-        least = self.message_items(before, path, attached, model, content.least_input_content)
-        unread = self.fit(least, window, rate).dropped
-        may_send = [
-            (message, self.message_item(message, attached[message.id], model) if message.id in attached else item)
-            for message, item in least[unread:]
-        ]
-        fitted = self.fit(may_send, window, rate)
-        first_sent = may_send[fitted.dropped][0] if unread + fitted.dropped and fitted.items else None
-        fitted = dataclasses.replace(fitted, dropped=unread + fitted.dropped)
-        if first_sent is not None:
-            logger.info(
-                "Answer %s is sent the newest %s of %s messages, about %s tokens, to fit %s",
-                before.id,
-                len(fitted.items),
-                len(least),
-                fitted.estimated_tokens,
-                window,
-            )
-        return fitted, first_sent
-
-    def fit(self, pairs, window, rate):
-        """context.fit of the items of (message, item) `pairs`, with the instructions."""
-        return context.fit([item for _, item in pairs], self.instructions, window, rate)
-
-    def input_path(self, before):
-        """(the path to `before`, {message id: its attachments} on it, the model `before` is for,
-        the tokens per character its input is fitted at)."""
-        tree = self.tree()
+        answering, nor are their attachments."""
+        tree = tree or self.tree()
         path = tree.ancestors(before)
-        return path, self.attachments_of(path), before.model or self.model, tree.token_rate()
+        return AnswerInput.of(self, before, path, self.attachments_of(path), tree.token_rate(), max_output_tokens)
 
     @staticmethod
     def attachments_of(messages):
@@ -762,7 +834,8 @@ class Conversation(models.Model):
         input would carry (any on the path up to `question`); the transaction that stores the
         send then stores none of it.
         """
-        path = [*self.tree().ancestors(question), question]
+        tree = self.tree()
+        path = [*tree.ancestors(question), question]
         attached = self.attachments_of(path)
         content.check_model_takes(self.model, [found for message in path for found in attached.get(message.id, ())])
         start = continuing.text if continuing is not None else ""
@@ -777,17 +850,16 @@ class Conversation(models.Model):
             continued_length=len(start),
         )
         self.move_to(answer)
-        UsageEntry.objects.reserve(answer, self)
+        # Built from the rows read above, for the reservation's estimate and for the worker's
+        # claim (AnswerInput): neither reads the path again.
+        answer_input = AnswerInput.of(self, answer, path, attached, tree.token_rate())
+        entry = UsageEntry.objects.reserve(answer, self, answer_input.characters())
+        answer.queued_input = dataclasses.replace(answer_input, max_output_tokens=entry.max_output_tokens)
         return answer
 
     def input_characters(self, before):
-        """The characters of text the answer `before` is sent: the instructions and the turns of its
-        path that fit its model's context (fitted_input) with each file at its least."""
-        # No file is read for an estimate (the send's transaction is no place to read a store):
-        # the files' tokens count through the usage the upstream reports when the answer ends.
-        path, attached, model, rate = self.input_path(before)
-        least = self.message_items(before, path, attached, model, content.least_input_content)
-        return self.fit(least, providers.provider_for(model).window(), rate).characters
+        """The characters of text the answer `before` is sent, by the estimate (AnswerInput.characters)."""
+        return self.answer_input(before).characters()
 
     @transaction.atomic(savepoint=False)  # inside the verb's transaction (see start_exchange)
     def regenerate(self, answer, *, model=None, client_id="", worker_id=None):
@@ -920,6 +992,31 @@ class MessageQuerySet(models.QuerySet):
             UsageEntry.objects.record(message)
             return message
 
+    def claim(self, message_id, worker_id, sent):
+        """Move the queued answer `message_id` to streaming for one worker, with what its input
+        is (`sent`: AnswerInput.fitted()); the fields written, or None when it was no longer
+        queued. One conditional UPDATE: what it needs was read when it was queued."""
+        fitted, first_sent = sent
+        fields = {
+            "status": Message.Status.STREAMING,
+            "worker": worker_id,
+            "started_at": timezone.now(),
+            "context_start": first_sent,
+            "input_characters": fitted.characters,
+        }
+        claimed = self.filter(pk=message_id, status=Message.Status.QUEUED).update(**fields)
+        return fields if claimed else None
+
+    def answer_input(self, message_id):
+        """(AnswerInput, status, worker) of the answer `message_id` read back from the database,
+        for a job that has none in hand (see AnswerInput); None when it is gone."""
+        message = self.select_related("conversation").filter(pk=message_id).first()
+        if message is None:
+            return None
+        # Decided when the answer was admitted, with its reservation (UsageEntryQuerySet.reserve).
+        cap = UsageEntry.objects.filter(message_id=message.id).values_list("max_output_tokens", flat=True).first()
+        return message.conversation.answer_input(message, max_output_tokens=cap), message.status, message.worker
+
     def checkpoint(self, message_id, *, first_token_at, **texts):
         """Save the text so far of an answer being written (crash safety, bounded writes); only
         while it streams, so that a checkpoint that comes late never overwrites its end."""
@@ -1041,7 +1138,7 @@ class Message(models.Model):
     )
 
     # The input this answer was sent, fitted to its model's context when a worker took it
-    # (Conversation.fitted_input): the first message of its path sent when older ones were left
+    # (AnswerInput.fitted): the first message of its path sent when older ones were left
     # out (null: all of it went), where the page marks that earlier messages are not sent; and
     # the characters sent, which with the upstream's input_tokens calibrate the next fitting.
     context_start = models.UUIDField(null=True, blank=True, editable=False)
@@ -1218,21 +1315,6 @@ class Message(models.Model):
         """
         owner_id = Conversation.objects.filter(pk=self.conversation_id).values_list("owner_id", flat=True).first()
         return None if owner_id is None else UsageEntry.objects.budget_status(owner_id)
-
-    def claim(self, worker_id, sent=None):
-        """Move a queued answer to streaming for one worker; False if it is no longer queued.
-
-        `sent` is what its input will be (Conversation.fitted_input), recorded with the claim."""
-        now = timezone.now()
-        fields = {"status": self.Status.STREAMING, "worker": worker_id, "started_at": now}
-        if sent is not None:
-            fitted, first_sent = sent
-            fields.update(context_start=first_sent.id if first_sent else None, input_characters=fitted.characters)
-        claimed = Message.objects.filter(pk=self.pk, status=self.Status.QUEUED).update(**fields)
-        if claimed:
-            for name, value in fields.items():
-                setattr(self, name, value)
-        return bool(claimed)
 
 
 # What the model is asked after the text so far of an answer it continues.
@@ -1467,7 +1549,7 @@ class UsageEntryQuerySet(models.QuerySet):
             .order_by("model")
         )
 
-    def reserve(self, answer, conversation):
+    def reserve(self, answer, conversation, input_characters):
         """Admit the queued `answer` against its owner's send rate and budget, and hold what it
         may cost until it ends; raises SendRateExceeded or BudgetSpent.
 
@@ -1478,7 +1560,8 @@ class UsageEntryQuerySet(models.QuerySet):
         input's estimate and what the answer may write: with a budget, its max_output_tokens,
         which is at most what today's spending and every other reservation leave of the budget
         (see `output_allowance`). So answers in parallel, and each one alone, stay within the
-        budget but for what they read: their input, which is only estimated beforehand.
+        budget but for what they read: their input, which is only estimated beforehand
+        (`input_characters`, AnswerInput.characters()).
         """
         user_id = conversation.owner_id
         limit = providers.provider_for(answer.model).max_output_tokens
@@ -1487,7 +1570,7 @@ class UsageEntryQuerySet(models.QuerySet):
         self.check_send_rate(user_id, now)
         day = timezone.localdate(answer.created_at)
         cap, held = self.output_allowance(user_id, day, limit, settings.CHAT_RESERVED_ANSWER_TOKENS)
-        input_tokens = tokens_for(conversation.input_characters(before=answer))
+        input_tokens = tokens_for(input_characters)
         return self.create(
             user_id=user_id,
             username=username,

@@ -24,7 +24,7 @@ from chat.answering.buffer import StreamBuffer
 from chat.answering.database import TRANSIENT_DATABASE_ERRORS, Interrupted, reset_connections, retry_database
 from chat.answering.reading import Reading
 from chat.content import AttachmentUnreadable, ModelCannotRead
-from chat.models import Message, UsageEntry
+from chat.models import Message
 from chat.upstream import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -40,9 +40,12 @@ class Phase:
 
 
 class AnswerJob:
-    def __init__(self, worker, message_id, group, loop):
+    def __init__(self, worker, message_id, group, loop, answer_input=None):
         self.worker = worker
         self.message_id = message_id
+        # What the claim and the request need, from the verb that queued the answer (None: read
+        # back at the claim); a claim tried once reads it back too (see _claim).
+        self.answer_input = answer_input
         self.group = group
         self.loop = loop
         self.relay = worker.runtime.relay_for(loop)
@@ -193,9 +196,9 @@ class AnswerJob:
         return not stopped
 
     def claim(self):
-        """(message, upstream input, max_output_tokens) once the row is ours and streaming; None when the answer is
-        gone, ended elsewhere, or was stopped meanwhile (then it is ended here or by the stop
-        thread)."""
+        """(AnswerInput, upstream input items) once the row is ours and streaming; None when the
+        answer is gone, ended elsewhere, or was stopped meanwhile (then it is ended here or by
+        the stop thread)."""
         with self.lock:
             if self.stop_event.is_set():
                 return None  # stopped while queued: the stop thread ends it, and nothing goes upstream
@@ -206,47 +209,56 @@ class AnswerJob:
             self.finish(Message.Status.CANCELLED)
             return None
         if claimed is not None:
-            message = claimed[0]
+            answer_input, context_start = claimed[0], claimed[2]
             # A continued answer goes on from the text it was queued with: its snapshots, its
             # checkpoints and its end all hold that text first, and its deltas follow it.
-            start = {"text": message.continued_text} if message.continued_length else None
+            start = {"text": answer_input.continued_text} if answer_input.continued_text else None
             with self.lock:
                 if start:
                     self.buffer.start_from(start)
                 self.claimed = True
-            context = protocol.fields_of(message, protocol.CONTEXT_FIELDS)
-            self.publish(protocol.status_event(self.message_id, Message.Status.STREAMING, start, **context))
-        return claimed
+            self.publish(
+                protocol.status_event(self.message_id, Message.Status.STREAMING, start, context_start=context_start)
+            )
+        return claimed[:2] if claimed is not None else None
 
     def _claim(self):
-        """Retried as a whole: the claim comes last, and a claim whose answer was lost with its
-        connection is recognised as ours."""
-        message = Message.objects.select_related("conversation").filter(pk=self.message_id).first()
-        if message is None:
-            return None
-        ours = message.status == Message.Status.STREAMING and message.worker == self.worker.id
-        if message.status != Message.Status.QUEUED and not ours:
-            return None
-        # Fitted to the model's context (chat/answering/context.py) and recorded with the claim.
-        sent = message.conversation.fitted_input(before=message)
-        # Decided when the answer was admitted, with its reservation (UsageEntryQuerySet.reserve).
-        cap = UsageEntry.objects.filter(message_id=message.id).values_list("max_output_tokens", flat=True).first()
-        if not ours and not message.claim(self.worker.id, sent):
-            return None
-        return message, sent[0].items, cap
+        """(AnswerInput, input items, context_start), or None; retried as a whole.
 
-    def open(self, message, upstream_input, max_output_tokens=None):
+        With the AnswerInput the verb handed over, the claim is its one UPDATE. Without one, or
+        on a retry (the UPDATE of the try before may have been committed with its answer lost
+        with the connection), the row is read back, and a claim already made is recognised as
+        ours."""
+        answer_input, ours = self.answer_input, False
+        self.answer_input = None  # a retry reads the row back
+        if answer_input is None:
+            found = Message.objects.answer_input(self.message_id)
+            if found is None:
+                return None
+            answer_input, status, worker_id = found
+            ours = status == Message.Status.STREAMING and worker_id == self.worker.id
+            if status != Message.Status.QUEUED and not ours:
+                return None
+        # Fitted to the model's context (chat/answering/context.py) and recorded with the claim.
+        sent = answer_input.fitted()
+        if not ours and Message.objects.claim(self.message_id, self.worker.id, sent) is None:
+            return None
+        return answer_input, sent[0].items, sent[1]
+
+    def open(self, answer_input, upstream_input):
         """The upstream's open stream; None when the answer ended before it (a stop, an error)."""
-        conversation = message.conversation
-        model = message.model or conversation.model
+        model = answer_input.model
         client = self.worker.client_for(model)
         if not self._enter(Phase.OPENING):
             self.finish(Message.Status.CANCELLED)
             return None
         try:
-            instructions = conversation.instructions
             stream = client.stream_response(
-                model, upstream_input, instructions, stop_event=self.stop_event, max_output_tokens=max_output_tokens
+                model,
+                upstream_input,
+                answer_input.instructions,
+                stop_event=self.stop_event,
+                max_output_tokens=answer_input.max_output_tokens,
             )
         except UpstreamError as error:
             self.finish(Message.Status.FAILED, error_code=error.code, error_message=error.message)

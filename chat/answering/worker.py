@@ -69,22 +69,23 @@ class StreamWorker:
             transport.mount(session, self.runtime)
         return providers.provider_for(model).client(session)
 
-    def submit(self, message_id, group, loop):
+    def submit(self, message_id, group, loop, answer_input=None):
         """Queue the answer `message_id` for a pool thread; its events go to `group` through the
-        relay of `loop` (the server's event loop)."""
-        job = self._register(message_id, group, loop)
+        relay of `loop` (the server's event loop). `answer_input` (models.AnswerInput), from the
+        verb that queued it, spares the claim its reads."""
+        job = self._register(message_id, group, loop, answer_input)
         self.pool.submit(self._serve, job)
         return job
 
-    def run_one(self, message_id, group, loop):
+    def run_one(self, message_id, group, loop, answer_input=None):
         """Generate one answer on the calling thread and return its job (tests, tools)."""
-        job = self._register(message_id, group, loop)
+        job = self._register(message_id, group, loop, answer_input)
         job.run()
         return job
 
-    def _register(self, message_id, group, loop):
+    def _register(self, message_id, group, loop, answer_input):
         self.loop = loop
-        job = AnswerJob(self, str(message_id), group, loop)
+        job = AnswerJob(self, str(message_id), group, loop, answer_input)
         with self.jobs_lock:
             self.jobs[job.message_id] = job
         return job
