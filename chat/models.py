@@ -662,7 +662,11 @@ class Conversation(models.Model):
         out, else None)."""
         pairs = self.upstream_messages(before)
         window = providers.provider_for(before.model or self.model).window()
-        fitted = context.fit([item for _, item in pairs], self.instructions, window, self.messages.token_rate())
+        # A continued answer's items (attributed to `before`) go with the question they answer.
+        follow_up = sum(message is before for message, _ in pairs)
+        fitted = context.fit(
+            [item for _, item in pairs], self.instructions, window, self.messages.token_rate(), follow_up=follow_up
+        )
         first_sent = pairs[fitted.dropped][0] if fitted.dropped and fitted.items else None
         if first_sent is not None:
             logger.info(
@@ -1451,12 +1455,18 @@ class UsageEntryQuerySet(models.QuerySet):
         budget but for what they read: their input, which is only estimated beforehand.
         """
         user_id = conversation.owner_id
-        limit = providers.provider_for(answer.model).max_output_tokens
+        provider = providers.provider_for(answer.model)
         username = self._lock_owner(user_id)
         now = timezone.now()
         self.check_send_rate(user_id, now)
         day = timezone.localdate(answer.created_at)
-        cap, held = self.output_allowance(user_id, day, limit, settings.CHAT_RESERVED_ANSWER_TOKENS)
+        cap, held = self.output_allowance(
+            user_id,
+            day,
+            provider.max_output_tokens,
+            settings.CHAT_RESERVED_ANSWER_TOKENS,
+            context_tokens=provider.context_tokens,
+        )
         input_tokens = tokens_for(conversation.input_characters(before=answer))
         return self.create(
             user_id=user_id,
@@ -1478,17 +1488,19 @@ class UsageEntryQuerySet(models.QuerySet):
         )
         return users.filter(pk=user_id).values_list(get_user_model().USERNAME_FIELD, flat=True).get()
 
-    def output_allowance(self, user_id, day, limit, unbudgeted_hold):
+    def output_allowance(self, user_id, day, limit, unbudgeted_hold, context_tokens=None):
         """(max_output_tokens to send or None, tokens to hold for the output) of a request made
         now for the user, under the owner's lock; raises BudgetSpent when nothing is left.
 
         Without a budget: `limit` (the model's, or None: nothing is sent), holding
         `unbudgeted_hold`. With one: the rest of the budget after today's spending and every
-        reservation, at most `limit`, and held whole, so that parallel requests share the rest
-        rather than each spend it. A rest below MIN_OUTPUT_TOKENS (the least an API lets a request
-        ask for) is sent as that floor when nothing else is being written; while other requests
-        hold the budget it admits nothing, since each such floor would spend past the budget and
-        what they do not use comes back when they end.
+        reservation, at most `limit` and the model's `context_tokens` (no answer writes more than
+        its context: holding a large budget's whole rest for one answer would refuse every other
+        answer of the owner's while it is written), and held whole, so that parallel requests
+        share the rest rather than each spend it. A rest below MIN_OUTPUT_TOKENS (the least an API
+        lets a request ask for) is sent as that floor when nothing else is being written; while
+        other requests hold the budget it admits nothing, since each such floor would spend past
+        the budget and what they do not use comes back when they end.
         """
         budget = AccountLimits.budget_of(user_id)
         if not budget:
@@ -1497,7 +1509,7 @@ class UsageEntryQuerySet(models.QuerySet):
         rest = budget - spent - reserved
         if rest <= 0 or (reserved and rest < MIN_OUTPUT_TOKENS):
             raise BudgetSpent(budget, spent)
-        cap = max(MIN_OUTPUT_TOKENS, min(rest, limit) if limit else rest)
+        cap = max(MIN_OUTPUT_TOKENS, min(rest, limit or rest, context_tokens or rest))
         return cap, cap
 
     @transaction.atomic

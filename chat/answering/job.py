@@ -24,7 +24,7 @@ from chat.answering.buffer import StreamBuffer
 from chat.answering.database import TRANSIENT_DATABASE_ERRORS, Interrupted, reset_connections, retry_database
 from chat.answering.reading import Reading
 from chat.content import AttachmentUnreadable, ModelCannotRead
-from chat.models import Message, UsageEntry
+from chat.models import MIN_OUTPUT_TOKENS, Message, UsageEntry
 from chat.upstream import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -233,7 +233,8 @@ class AnswerJob:
         cap = UsageEntry.objects.filter(message_id=message.id).values_list("max_output_tokens", flat=True).first()
         if not ours and not message.claim(self.worker.id, sent):
             return None
-        return message, sent[0].items, cap
+        # Never more than the context leaves after the input fitted to it (see Fitted.output_cap).
+        return message, sent[0].items, sent[0].output_cap(cap, MIN_OUTPUT_TOKENS)
 
     def open(self, message, upstream_input, max_output_tokens=None):
         """The upstream's open stream; None when the answer ended before it (a stop, an error)."""
