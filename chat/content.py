@@ -80,7 +80,7 @@ def least_input_content(attachments, model):
     """What `input_content` makes of `attachments` for `model` at its smallest, reading no file:
     the parts that are not text (an image, a PDF for a model that takes files) whatever their
     bytes; the text of a PDF or a text file is not known until read, and counts as none. Fitting
-    an input with these first (Conversation.fitted_input) leaves out, unread, the files of the
+    an input with these first (AnswerInput.fitted) leaves out, unread, the files of the
     turns that cannot be sent whatever those files hold."""
     takes = capabilities_of(model)
     return [

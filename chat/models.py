@@ -1564,12 +1564,18 @@ class UsageEntryQuerySet(models.QuerySet):
         (`input_characters`, AnswerInput.characters()).
         """
         user_id = conversation.owner_id
-        limit = providers.provider_for(answer.model).max_output_tokens
+        provider = providers.provider_for(answer.model)
         username = self._lock_owner(user_id)
         now = timezone.now()
         self.check_send_rate(user_id, now)
         day = timezone.localdate(answer.created_at)
-        cap, held = self.output_allowance(user_id, day, limit, settings.CHAT_RESERVED_ANSWER_TOKENS)
+        cap, held = self.output_allowance(
+            user_id,
+            day,
+            provider.max_output_tokens,
+            settings.CHAT_RESERVED_ANSWER_TOKENS,
+            context_tokens=provider.context_tokens,
+        )
         input_tokens = tokens_for(input_characters)
         return self.create(
             user_id=user_id,
@@ -1591,17 +1597,19 @@ class UsageEntryQuerySet(models.QuerySet):
         )
         return users.filter(pk=user_id).values_list(get_user_model().USERNAME_FIELD, flat=True).get()
 
-    def output_allowance(self, user_id, day, limit, unbudgeted_hold):
+    def output_allowance(self, user_id, day, limit, unbudgeted_hold, context_tokens=None):
         """(max_output_tokens to send or None, tokens to hold for the output) of a request made
         now for the user, under the owner's lock; raises BudgetSpent when nothing is left.
 
         Without a budget: `limit` (the model's, or None: nothing is sent), holding
         `unbudgeted_hold`. With one: the rest of the budget after today's spending and every
-        reservation, at most `limit`, and held whole, so that parallel requests share the rest
-        rather than each spend it. A rest below MIN_OUTPUT_TOKENS (the least an API lets a request
-        ask for) is sent as that floor when nothing else is being written; while other requests
-        hold the budget it admits nothing, since each such floor would spend past the budget and
-        what they do not use comes back when they end.
+        reservation, at most `limit` and the model's `context_tokens` (no answer writes more than
+        its context: holding a large budget's whole rest for one answer would refuse every other
+        answer of the owner's while it is written), and held whole, so that parallel requests
+        share the rest rather than each spend it. A rest below MIN_OUTPUT_TOKENS (the least an API
+        lets a request ask for) is sent as that floor when nothing else is being written; while
+        other requests hold the budget it admits nothing, since each such floor would spend past
+        the budget and what they do not use comes back when they end.
         """
         budget = AccountLimits.budget_of(user_id)
         if not budget:
@@ -1610,7 +1618,7 @@ class UsageEntryQuerySet(models.QuerySet):
         rest = budget - spent - reserved
         if rest <= 0 or (reserved and rest < MIN_OUTPUT_TOKENS):
             raise BudgetSpent(budget, spent)
-        cap = max(MIN_OUTPUT_TOKENS, min(rest, limit) if limit else rest)
+        cap = max(MIN_OUTPUT_TOKENS, min(rest, limit or rest, context_tokens or rest))
         return cap, cap
 
     @transaction.atomic

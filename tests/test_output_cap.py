@@ -75,6 +75,8 @@ async def test_the_cap_is_the_rest_of_the_budget_and_the_models_limit_whichever_
     alice, upstream, worker, settings, budget, site_limit, sent
 ):
     settings.CHAT_MAX_OUTPUT_TOKENS = site_limit
+    # A context larger than any rest here: the context's own bound is test_continue_context.py's.
+    settings.CHAT_MODEL_CONTEXT = {"test-model": 1_000_000}
     await spend(alice, budget, 10)
     socket, _, _ = await connect(alice)
     await socket.send_json_to({"type": "chat.send", "conversation": None, "text": "Hello"})

@@ -57,6 +57,18 @@ class Fitted:
     dropped: int
     characters: int
     estimated_tokens: int
+    # What the window leaves of the context after this input, by the estimate (negative when
+    # the newest turn alone is over it).
+    room_tokens: int = 0
+
+    def output_cap(self, max_output_tokens, floor):
+        """`max_output_tokens` held to what the context leaves after this input, at least `floor`
+        (the least an API takes); None stays None (no cap is sent). An input and a cap together
+        over the context are refused by some servers (vLLM answers 400), and no model writes past
+        its context anyway: a budget's large rest or a site limit must not ask for it."""
+        if max_output_tokens is None:
+            return None
+        return max(floor, min(max_output_tokens, self.room_tokens))
 
 
 def calibrated_rate(input_tokens, characters):
@@ -85,19 +97,29 @@ def measure(item):
     return characters, others
 
 
-def turns(items):
-    """`items` cut before each user message: a question with the answers that followed it."""
+def turns(items, follow_up=0):
+    """`items` cut before each user message: a question with the answers that followed it. The
+    last `follow_up` items belong to the turn before them, whatever their roles."""
     grouped = []
-    for item in items:
+    for item in items[: len(items) - follow_up]:
         if not grouped or item.get("role") == "user":
             grouped.append([])
         grouped[-1].append(item)
+    if follow_up:
+        if not grouped:
+            grouped.append([])
+        grouped[-1].extend(items[len(items) - follow_up :])
     return grouped
 
 
-def fit(items, instructions, window, rate=DEFAULT_TOKENS_PER_CHARACTER):
+def fit(items, instructions, window, rate=DEFAULT_TOKENS_PER_CHARACTER, follow_up=0):
     """The newest of `items` (a path's message items, oldest first) that fit `window` with
-    `instructions`, at `rate` tokens per character (see calibrated_rate)."""
+    `instructions`, at `rate` tokens per character (see calibrated_rate).
+
+    `follow_up`: the last items go on from the newest turn rather than start one (a continued
+    answer's text so far, then the ask to go on, which is a user message): they are sent with the
+    question they answer, never without it, since the model cannot continue what it is not sent.
+    """
 
     def tokens(characters, others=0):
         return math.ceil(characters * rate) + others * ATTACHMENT_TOKENS
@@ -105,7 +127,7 @@ def fit(items, instructions, window, rate=DEFAULT_TOKENS_PER_CHARACTER):
     spent = REQUEST_TOKENS + tokens(len(instructions))
     characters = len(instructions)
     kept = []
-    for number, turn in enumerate(reversed(turns(items))):
+    for number, turn in enumerate(reversed(turns(items, follow_up))):
         sizes = [measure(item) for item in turn]
         cost = sum(tokens(*size) + MESSAGE_TOKENS for size in sizes)
         if number and spent + cost > window.input_tokens:
@@ -113,4 +135,10 @@ def fit(items, instructions, window, rate=DEFAULT_TOKENS_PER_CHARACTER):
         kept[:0] = turn
         spent += cost
         characters += sum(size[0] for size in sizes)
-    return Fitted(items=kept, dropped=len(items) - len(kept), characters=characters, estimated_tokens=spent)
+    return Fitted(
+        items=kept,
+        dropped=len(items) - len(kept),
+        characters=characters,
+        estimated_tokens=spent,
+        room_tokens=window.context_tokens - spent,
+    )

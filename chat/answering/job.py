@@ -11,6 +11,7 @@ the upstream's status line), the worker's stop thread ends the answer. The stop'
 the status; the text and any usage stay.
 """
 
+import dataclasses
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from chat.answering.buffer import StreamBuffer
 from chat.answering.database import TRANSIENT_DATABASE_ERRORS, Interrupted, reset_connections, retry_database
 from chat.answering.reading import Reading
 from chat.content import AttachmentUnreadable, ModelCannotRead
-from chat.models import Message
+from chat.models import MIN_OUTPUT_TOKENS, Message
 from chat.upstream import UpstreamError
 
 logger = logging.getLogger(__name__)
@@ -243,7 +244,9 @@ class AnswerJob:
         sent = answer_input.fitted()
         if not ours and Message.objects.claim(self.message_id, self.worker.id, sent) is None:
             return None
-        return answer_input, sent[0].items, sent[1]
+        # Never more than the context leaves after the input fitted to it (see Fitted.output_cap).
+        cap = sent[0].output_cap(answer_input.max_output_tokens, MIN_OUTPUT_TOKENS)
+        return dataclasses.replace(answer_input, max_output_tokens=cap), sent[0].items, sent[1]
 
     def open(self, answer_input, upstream_input):
         """The upstream's open stream; None when the answer ended before it (a stop, an error)."""

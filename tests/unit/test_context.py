@@ -61,6 +61,35 @@ def test_the_newest_user_message_is_sent_even_when_it_alone_is_over_the_window()
     assert fitted.items == items[2:] and fitted.dropped == 2
 
 
+def test_follow_up_items_are_sent_with_the_question_they_go_on_from_never_without_it():
+    """A continued answer: the question, the text so far and the ask to go on make the newest
+    turn, which goes whole, over the window too; the older turns make the room."""
+    items = [*conversation(100, 100, 300), message("assistant", 600, "t"), message("user", 20, "c")]
+    window = Window(OVERHEAD + cost(300, 600, 20) + 100, 100)
+    fitted = fit(items, "", window, EXACT, follow_up=2)
+    assert fitted.items == items[2:] and fitted.dropped == 2
+    # Over the window, the newest turn still goes whole, and alone.
+    fitted = fit(items, "", Window(OVERHEAD + 500, 100), EXACT, follow_up=2)
+    assert fitted.items == items[2:]
+    # Without follow_up the ask to go on is a turn of its own, and the text it needs is dropped.
+    assert fit(items, "", Window(OVERHEAD + 500, 100), EXACT).items == items[-1:]
+    # Follow-up items alone (nothing before them) are one turn.
+    assert fit(items[-2:], "", window, EXACT, follow_up=2).items == items[-2:]
+
+
+def test_the_output_cap_is_held_to_what_the_context_leaves_after_the_input():
+    items = conversation(100, 100, 300)
+    fitted = fit(items, "", Window(2000, 500), EXACT)
+    room = 2000 - fitted.estimated_tokens
+    assert fitted.room_tokens == room
+    assert fitted.output_cap(1_000_000, 16) == room
+    assert fitted.output_cap(room - 1, 16) == room - 1, "a smaller cap stays"
+    assert fitted.output_cap(None, 16) is None, "no cap asked for, none sent"
+    # An input over the whole context leaves nothing: the API's floor is sent.
+    over = fit(conversation(5000), "", Window(2000, 500), EXACT)
+    assert over.room_tokens < 0 and over.output_cap(1000, 16) == 16
+
+
 def test_the_instructions_always_go_and_count_against_the_window():
     items = conversation(200, 200, 200)
     without = fit(items, "", Window(800, 100), EXACT)
