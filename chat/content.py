@@ -8,15 +8,28 @@ refuses, before anything is stored or sent, attachments a model cannot read. Bel
 import base64
 import io
 import logging
+import time
 
 import pypdf
 from django.conf import settings
+from django.core.cache import cache
 
 logger = logging.getLogger(__name__)
 
 PDF_TYPE = "application/pdf"
 # Characters of an attachment's text sent upstream at most (a PDF's extracted text, a text file).
 MAX_TEXT_CHARS = 200_000
+# The bounds on reading a PDF's text (see pdf_text): a dense page of real text is a few thousand
+# tokens of its content stream, and a document past these pages is more than MAX_TEXT_CHARS.
+PDF_MAX_PAGES = 300
+PDF_PARSING_WORK = 50_000
+PDF_TEXT_SECONDS = 15
+# Pages in a PDF's page tree at most: listing them costs more than linear time in pypdf (ten
+# thousand take seconds); a longer document gives no text.
+PDF_MAX_PAGE_TREE = 10_000
+# A PDF's text is read once a day at most: an upload never changes, and a conversation sends its
+# files again with every answer.
+PDF_TEXT_CACHE_SECONDS = 24 * 3600
 
 # Capabilities a model may have (CHAT_MODEL_CAPABILITIES).
 IMAGES = "images"
@@ -59,15 +72,59 @@ def data_url(content_type, data):
 
 
 def pdf_text(data):
-    """The text of a PDF's pages, or '' when it has none that can be read (scans, encryption)."""
+    """The text of a PDF's pages, or '' when it has none that can be read (scans, encryption).
+
+    Read for every answer whose input carries the PDF, on the answer's thread: the work is
+    bounded whatever the file holds. A few kilobytes of PDF can make millions of characters (one
+    compressed content stream, shown on every page) and minutes of parsing; so reading stops once
+    MAX_TEXT_CHARS are read, after PDF_MAX_PAGES pages or PDF_TEXT_SECONDS, each content stream is
+    parsed for at most PDF_PARSING_WORK tokens (a page over it is left out), and what was left
+    unread is said in the text.
+    """
+    texts, notes = [], []
     try:
-        reader = pypdf.PdfReader(io.BytesIO(data))
-        pages = [page.extract_text() or "" for page in reader.pages]
+        with pypdf.apply_configuration(
+            stream_parsing_work_maximum_count=PDF_PARSING_WORK, page_tree_maximum_entries=PDF_MAX_PAGE_TREE
+        ):
+            pages = pypdf.PdfReader(io.BytesIO(data)).pages
+            deadline = time.monotonic() + PDF_TEXT_SECONDS
+            for number, page in enumerate(pages, start=1):
+                if number > PDF_MAX_PAGES or sum(map(len, texts)) > MAX_TEXT_CHARS or time.monotonic() > deadline:
+                    notes.append(f"[… the text of the first {number - 1} pages of {len(pages)}]")
+                    break
+                text = page_text(page, number)
+                if text is None:
+                    notes.append(f"[page {number} left out: too complex to read]")
+                elif text.strip():
+                    texts.append(text.strip())
     except Exception as error:
         # pypdf raises many kinds on malformed or encrypted files; any of them means no text.
         logger.info("No text read from a PDF attachment: %s", type(error).__name__)
         return ""
-    return "\n\n".join(page.strip() for page in pages if page.strip())
+    # What was left out comes first: the text after it may be cut at MAX_TEXT_CHARS.
+    return "\n\n".join(notes + texts) if texts else ""
+
+
+def cached_pdf_text(attachment_id, data):
+    """pdf_text of the stored PDF `attachment_id`, whose bytes are `data`, read once a day at most
+    (through the site's cache: shared by the processes when scaled out)."""
+    if attachment_id is None:  # not stored (a unit's stand-in): nothing names it to cache by
+        return pdf_text(data)
+    key = f"chat:pdf-text:{attachment_id}"
+    text = cache.get(key)
+    if text is None:
+        text = pdf_text(data)
+        cache.set(key, text, PDF_TEXT_CACHE_SECONDS)
+    return text
+
+
+def page_text(page, number):
+    """The text of one page, or None when its content is over the parsing budget."""
+    try:
+        return page.extract_text() or ""
+    except pypdf.errors.LimitReachedError:
+        logger.info("Page %s of a PDF attachment is over the parsing budget; left out", number)
+        return None
 
 
 def clipped(text):
@@ -115,7 +172,7 @@ def input_content(attachments, model):
         elif attachment.content_type == PDF_TYPE:
             if FILES in takes:
                 items.append({"type": "input_file", "filename": attachment.name, "file_data": data_url(PDF_TYPE, data)})
-            text = pdf_text(data)
+            text = cached_pdf_text(attachment.pk, data)
             body = clipped(text) if text else "(no text could be read from this PDF)"
             items.append({"type": "input_text", "text": f"Text of the attached PDF {attachment.name}:\n\n{body}"})
         else:

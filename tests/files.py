@@ -1,6 +1,7 @@
 """Files made in the test itself: images (with EXIF and a GPS position), PDFs with text."""
 
 import io
+import zlib
 
 from PIL import Image
 
@@ -40,6 +41,38 @@ def pdf_with_text(text="Rivers flow to the sea."):
         b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
+    return pdf_of(objects)
+
+
+def compressed_pdf(pages):
+    """A PDF of `pages` (each its content stream's bytes), every stream Flate-compressed, pages of
+    the same bytes sharing one stream object: a few kilobytes can make a book."""
+    streams = list(dict.fromkeys(pages))
+    first_page = 4 + len(streams)
+    kids = b" ".join(b"%d 0 R" % (first_page + number) for number in range(len(pages)))
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [" + kids + b"] /Count %d >>" % len(pages),
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    for stream in streams:
+        packed = zlib.compress(stream, 9)
+        objects.append(b"<< /Length %d /Filter /FlateDecode >>\nstream\n" % len(packed) + packed + b"\nendstream")
+    for page in pages:
+        objects.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+            b"/Contents %d 0 R >>" % (4 + streams.index(page))
+        )
+    return pdf_of(objects)
+
+
+def text_operators(text, repeat):
+    """A content stream showing `text` `repeat` times, a line each."""
+    return f"BT /F1 12 Tf 72 712 Td ({text}) Tj ET\n".encode("latin-1") * repeat
+
+
+def pdf_of(objects):
+    """A PDF file of `objects` (object 1 its catalog), with a correct cross-reference table."""
     output = io.BytesIO()
     output.write(b"%PDF-1.4\n")
     offsets = []
