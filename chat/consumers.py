@@ -88,6 +88,26 @@ def stop_answer(user, message_id):
         raise ClientError("not_running", "That answer has already finished.")
 
 
+FRAME_SEND = "chat.frame_send"
+
+
+class FrameSend:
+    """Keep the server's own `send` in the scope (`FRAME_SEND`), for the frames a socket is sent.
+
+    Channels' session middleware wraps `send` to save the session on `http.response.start`,
+    which a websocket never sends; its check ran for every frame of every socket (its lazy
+    session's attributes, a setting read: ~2 % of a loaded server's samples, docs/benchmarks.md).
+    Outside AuthMiddlewareStack in chatsite/asgi.py; the consumer sends its text frames through
+    it (ChatConsumer.send_text), everything else through Channels' chain as before.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    async def __call__(self, scope, receive, send):
+        return await self.inner({**scope, FRAME_SEND: send}, receive, send)
+
+
 class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
     # `counted`: accepted and counted in the runtime's open sockets; the frames of a refused socket are ignored.
     follower = None
@@ -150,8 +170,9 @@ class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
 
     async def send_text(self, text):
         # What AsyncWebsocketConsumer.send(text_data=) does, two coroutines fewer: this runs for
-        # every socket and every flush of every answer it follows.
-        await self.base_send({"type": "websocket.send", "text": text})
+        # every socket and every flush of every answer it follows. Past the session middleware's
+        # wrapper where the server's send is at hand (chat.routing.FrameSend).
+        await self.scope.get(FRAME_SEND, self.base_send)({"type": "websocket.send", "text": text})
 
     async def send_json(self, content):
         await self.send_text(json.dumps(content))

@@ -1313,7 +1313,11 @@ class Message(models.Model):
         The message.done frame carries it, so that the composer knows at once when the answer
         spent the rest of the day's budget (see budget_status).
         """
-        owner_id = Conversation.objects.filter(pk=self.conversation_id).values_list("owner_id", flat=True).first()
+        if Message.conversation.is_cached(self):
+            # Read with the message (finish_answer's select_related): one statement fewer per answer.
+            owner_id = self.conversation.owner_id
+        else:
+            owner_id = Conversation.objects.filter(pk=self.conversation_id).values_list("owner_id", flat=True).first()
         return None if owner_id is None else UsageEntry.objects.budget_status(owner_id)
 
 
@@ -1695,7 +1699,7 @@ class UsageEntryQuerySet(models.QuerySet):
             raise SendRateExceeded(max(1, math.ceil((oldest + window - now).total_seconds())))
 
     def record(self, message):
-        """Write what the ended answer `message` spent to its entry, once; returns the entry.
+        """Write what the ended answer `message` spent to its entry, once.
 
         The upstream's usage when it reported one; otherwise an estimate, marked as one on the
         entry and on the message: the input the upstream was sent (when it began the answer) and
@@ -1704,25 +1708,38 @@ class UsageEntryQuerySet(models.QuerySet):
         calls for an answer still being written, change nothing.
         """
         if message.role != Message.Role.ASSISTANT or not message.is_finished:
-            return None
-        with transaction.atomic():
+            return
+        if message.total_tokens is not None:
+            # The upstream's own count needs nothing of the entry: one UPDATE, as most answers end
+            # (finish_answer runs this for every answer). None updated: no entry yet, or recorded.
+            reported = spending_of(message, 0)
+            if self._write_spending(self.filter(message_id=message.id), message, reported, F("model")):
+                return
+        # No savepoint inside finish_answer's transaction (two statements per answer): a failure
+        # here rolls that whole transaction back anyway, the answer's end with its record.
+        with transaction.atomic(savepoint=False):
             entry = self.filter(message_id=message.id).first() or self._open_for(message)
             if entry.recorded_at is not None:
-                return entry
-            input_tokens, output_tokens, total_tokens, estimated = spending_of(message, entry.estimated_input_tokens)
-            recorded = self.filter(pk=entry.pk, recorded_at=None).update(
-                status=message.status,
-                model=message.model or entry.model,
-                input_tokens=input_tokens,
-                output_tokens=output_tokens,
-                total_tokens=total_tokens,
-                estimated=estimated,
-                recorded_at=timezone.now(),
-            )
-            if recorded and estimated:
-                message.estimated_tokens = total_tokens
-                Message.objects.filter(pk=message.pk).update(estimated_tokens=total_tokens)
-        return entry
+                return
+            spending = spending_of(message, entry.estimated_input_tokens)
+            recorded = self._write_spending(self.filter(pk=entry.pk), message, spending, entry.model)
+            if recorded and spending[3]:
+                message.estimated_tokens = spending[2]
+                Message.objects.filter(pk=message.pk).update(estimated_tokens=spending[2])
+
+    @staticmethod
+    def _write_spending(entries, message, spending, entry_model):
+        """Record `spending` (spending_of's) on those of `entries` not recorded yet; how many."""
+        input_tokens, output_tokens, total_tokens, estimated = spending
+        return entries.filter(recorded_at=None).update(
+            status=message.status,
+            model=message.model or entry_model,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            total_tokens=total_tokens,
+            estimated=estimated,
+            recorded_at=timezone.now(),
+        )
 
     def _open_for(self, message):
         """An entry for an answer that was never reserved (stored before the ledger existed)."""

@@ -16,6 +16,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from chat import runtime  # noqa: E402
+from chat.consumers import FrameSend  # noqa: E402
 from chat.localmodel import endpoint as local_model_endpoint  # noqa: E402
 from chat.origin import SameOriginValidator  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
@@ -33,7 +34,7 @@ async def http_application(scope, receive, send):
 application = ProtocolTypeRouter(
     {
         "http": http_application,
-        "websocket": SameOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+        "websocket": SameOriginValidator(FrameSend(AuthMiddlewareStack(URLRouter(websocket_urlpatterns)))),
     }
 )
 # The process's runtime (chat/runtime.py), built here at server start: under daphne its worker

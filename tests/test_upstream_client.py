@@ -5,6 +5,7 @@ No mocking: every test goes through requests, real sockets and the chunked HTTP 
 the key scrubber, the error-code mapping) are tested on their own in tests/unit/.
 """
 
+import http.client
 import itertools
 import json
 import logging
@@ -27,6 +28,7 @@ from chat.upstream import (
 from tests.upstream import (
     Hangup,
     Pause,
+    Raw,
     Status,
     answer,
     chunked,
@@ -252,6 +254,43 @@ def test_a_connection_dropped_mid_stream_is_a_readable_error(upstream, client):
     assert error.code == "connection_lost"
     assert error.message == "The connection to the API broke off in the middle of the answer."
     assert text_of(error.seen) == "half "
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        b"4",
+        b"40;ext",
+        b"40\r\n",
+        b'40\r\nevent: response.output_text.delta\ndata: {"type"',
+        b"5\r\nhello",
+        b"5\r\nhello\r",
+    ],
+    ids=["in-a-size", "in-an-extension", "after-a-size", "in-the-data", "before-the-crlf", "in-the-crlf"],
+)
+def test_a_connection_dropped_inside_a_chunk_is_a_readable_error(upstream, client, cut):
+    steps = answer(["half "], done_marker=False)[:5] + [Raw(cut), Hangup()]
+    error = failure(upstream, client, steps)
+    assert error.code == "connection_lost"
+    assert text_of(error.seen) == "half "
+
+
+def test_events_in_chunks_of_any_making_arrive_whole_and_in_order(upstream, client, monkeypatch):
+    """Several events in one chunk, one event over three, chunk extensions, upper-case sizes, a
+    trailer: the body is read off the socket (never through http.client's per-chunk reads)."""
+    for name in ("read1", "_read1_chunked", "readinto", "read"):
+        monkeypatch.setattr(http.client.HTTPResponse, name, None)
+    steps = answer(["one ", "two ", "three ", "four"], done_marker=False)
+    events = b"".join(steps[4:8])
+    last = len(steps) - 1
+    pieces = [events[:7], events[7:100], events[100:]]
+    made = b"".join(b"%X;name=value\r\n%s\r\n" % (len(piece), piece) for piece in pieces)
+    upstream.queue([*steps[:4], Raw(made), *steps[8:last], Raw(b"0\r\nTrailer: x\r\n\r\n" + steps[last])])
+    seen = []
+    with pytest.raises(UpstreamError) as caught:  # the terminal event came after the last chunk
+        seen.extend(client.stream_response("test-model", QUESTION))
+    assert caught.value.code == "stream_truncated"
+    assert text_of(seen) == "one two three four"
 
 
 def test_a_stall_longer_than_the_read_timeout_is_a_read_timeout(upstream, client):

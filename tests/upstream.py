@@ -43,6 +43,14 @@ class Hangup:
 
 
 @dataclass
+class Raw:
+    """Bytes written as they are, outside the chunked framing: chunks of one's own making (with
+    extensions, several events in one), or one cut off in its middle before a Hangup."""
+
+    data: bytes
+
+
+@dataclass
 class Gate:
     """Wait until the test opens `event` (at most `timeout` seconds); `passed` is set once through.
 
@@ -505,6 +513,9 @@ class UpstreamHandler(BaseHTTPRequestHandler):
                 elif isinstance(step, Hangup):
                     self.close_connection = True
                     return
+                elif isinstance(step, Raw):
+                    self.wfile.write(step.data)
+                    self.wfile.flush()
                 else:
                     payload = step.data if isinstance(step, Body) else step
                     if compressor is not None:

@@ -332,6 +332,93 @@ class UpstreamClient:
         return UpstreamError("connection_error", f"Could not connect to the API at {self._host}.", retryable=True)
 
 
+# --- The body -------------------------------------------------------------------------------
+
+# As http.client: a chunk's size line longer than this is no HTTP.
+MAX_SIZE_LINE = 65536
+
+
+class ChunkedBody:
+    """The chunked transfer coding (RFC 9112 §7.1) undone on the bytes of each read, wherever the
+    reads break: `feed(data)` returns the body bytes that `data` carries, `done` says the last
+    chunk came. Chunk extensions and trailers are ignored, as http.client ignores them.
+
+    This is what urllib3's `read1` does through http.client, a size line read, a chunk read and
+    its CRLF read per event, each through two layers of Python (16 % of a loaded server's samples,
+    docs/benchmarks.md); here one read of the socket takes however many events have arrived.
+    """
+
+    def __init__(self):
+        self.pending = b""  # the start of a size line that the next read ends
+        self.left = 0  # data bytes of the current chunk still to come
+        self.skip = 0  # bytes of the CRLF after a chunk's data still to come
+        self.done = False
+
+    def feed(self, data):
+        buffer, self.pending = (self.pending + data if self.pending else data), b""
+        body, position, size = [], 0, len(buffer)
+        while position < size and not self.done:
+            if self.left:
+                end = min(size, position + self.left)
+                body.append(buffer[position:end])
+                self.left -= end - position
+                self.skip = 0 if self.left else 2
+                position = end
+            elif self.skip:
+                step = min(self.skip, size - position)
+                self.skip -= step
+                position += step
+            else:
+                line_end = buffer.find(b"\n", position)
+                if line_end == -1:
+                    if size - position > MAX_SIZE_LINE:
+                        raise http.client.LineTooLong("chunk size")
+                    self.pending = buffer[position:]
+                    break
+                self.left = _chunk_size(buffer[position:line_end])
+                self.done = not self.left
+                position = line_end + 1
+        return body[0] if len(body) == 1 else b"".join(body)
+
+
+def _chunk_size(line):
+    try:
+        size = int(line.split(b";", 1)[0], 16)
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise http.client.IncompleteRead(b"")  # as http.client: the framing is lost
+    return size
+
+
+def _socket_file(raw):
+    """The socket's buffered file under urllib3's `raw` response when its body is chunked and not
+    compressed, to be read straight off (ChunkedBody); None where urllib3 reads it (compressed,
+    delimited by its length or the connection's end, or a body read in-process)."""
+    response = getattr(raw, "_fp", None)
+    if not isinstance(response, http.client.HTTPResponse) or not response.chunked or response.fp is None:
+        return None
+    if response.chunk_left is not None or raw.headers.get("Content-Encoding", "").strip().lower() not in (
+        "",
+        "identity",
+    ):
+        return None
+    return response.fp
+
+
+def _dechunked(file):
+    """The body bytes of each read of `file` that carries some; a connection that ends before the
+    last chunk raises IncompleteRead, as http.client does. The caller closes the connection (it
+    was read past http.client's own framing: ResponseStream.close)."""
+    body = ChunkedBody()
+    while not body.done:
+        data = file.read1(READ_SIZE)
+        if not data:
+            raise http.client.IncompleteRead(b"")
+        if data := body.feed(data):
+            yield data
+
+
 # --- The stream -----------------------------------------------------------------------------
 
 
@@ -347,9 +434,14 @@ class ResponseStream:
 
     def _chunks(self):
         raw = self.response.raw
-        while not self.aborted:
+        file = _socket_file(raw)
+        if file is not None:
+            reads = _dechunked(file)
+        else:
             # Decoded as it arrives: a compressed stream flushed per event yields each event at once.
-            chunk = raw.read1(READ_SIZE, decode_content=True)
+            reads = iter(lambda: raw.read1(READ_SIZE, decode_content=True), b"")
+        while not self.aborted:
+            chunk = next(reads, b"")
             if not chunk:
                 return
             yield chunk
