@@ -135,7 +135,10 @@ class Bench:
                 levels.append(level)
             finally:
                 server.stop()
-        return [relay.section(levels, "in-memory layer, 1 process", shown_settings(env)), *profiles]
+        return [
+            relay.section(levels, "in-memory layer, 1 process", shown_settings(env), relay.MEMORY_TARGETS),
+            *profiles,
+        ]
 
     def profiler(self, server, name):
         from bench import profile
@@ -211,7 +214,9 @@ class Bench:
                 finally:
                     server.stop()
         return [
-            relay.section(levels, "Redis layer, 2 processes", settings, with_first_delta=False, redis=True),
+            relay.section(
+                levels, "Redis layer, 2 processes", settings, relay.REDIS_TARGETS, with_first_delta=False, redis=True
+            ),
             *profiles,
         ]
 
