@@ -96,6 +96,7 @@ class Section:
     checks: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     settings: dict = field(default_factory=dict)
+    images: list = field(default_factory=list)  # (alt text, path relative to the report)
 
     def markdown(self):
         parts = [f"### {self.title}", ""]
@@ -105,6 +106,8 @@ class Section:
             parts += ["Settings: " + ", ".join(f"`{name}={value}`" for name, value in self.settings.items()) + ".", ""]
         for table in self.tables:
             parts += [table.markdown(), ""]
+        for alt, path in self.images:
+            parts += [f"![{alt}]({path})", ""]
         if self.checks:
             checks = Table(["target", "figure", "wanted", "verdict"])
             checks.rows = [[check.name, check.figure, check.target, f"**{check.verdict}**"] for check in self.checks]
@@ -119,6 +122,8 @@ class Section:
             parts.append("settings: " + ", ".join(f"{name}={value}" for name, value in self.settings.items()))
         for table in self.tables:
             parts += [table.text(), ""]
+        for alt, path in self.images:
+            parts.append(f"  chart: {path} ({alt})")
         for check in self.checks:
             parts.append(f"  [{check.verdict:^4}] {check.name}: {check.figure} (target {check.target})")
         for note in self.notes:

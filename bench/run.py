@@ -1,13 +1,15 @@
 """Run the benchmarks and write docs/benchmarks.md: `python -m bench.run [--quick] [--only PART ...]`.
 
-Parts: relay-memory, relay-redis, database, idle, browser, local-model (default: all). `--quick`
-runs each at a tiny size (the smoke test, tests/test_bench_smoke.py); its figures mean nothing.
+Parts: relay-memory, relay-redis, scale, database, idle, browser, local-model (default: all).
+`--quick` runs each at a tiny size (the smoke test, tests/test_bench_smoke.py); its figures mean
+nothing. The scale part also draws its chart, a PNG beside the report (`--output`).
 The timed upstream runs in a process of its own; the site runs in daphne subprocesses; the
 measuring clients run here, in one asyncio loop.
 """
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import resource
 import shlex
@@ -26,7 +28,7 @@ from tests.services import ROOT
 logger = logging.getLogger("bench")
 
 # In this order: the Redis run also measures idle sockets on its servers, reported under "idle".
-PARTS = ("relay-memory", "relay-redis", "database", "idle", "browser", "local-model")
+PARTS = ("relay-memory", "relay-redis", "scale", "database", "idle", "browser", "local-model")
 
 
 @dataclass
@@ -43,6 +45,11 @@ class Sizes:
     browser_rate: float = 100.0
     local_tokens: int = 64
     local_runs: int = 3
+    # The scale part: answers started per second, stepped up until the first over, each rate for
+    # `scale_window` seconds; answers of `scale_deltas` deltas at `rate` per second.
+    scale_rates: tuple = (4, 8, 12, 16, 24, 32, 40, 48, 64)
+    scale_window: float = 10.0
+    scale_deltas: int = 90
 
 
 QUICK = Sizes(
@@ -58,6 +65,9 @@ QUICK = Sizes(
     browser_rate=200.0,
     local_tokens=16,
     local_runs=1,
+    scale_rates=(2, 4),
+    scale_window=1.0,
+    scale_deltas=10,
 )
 
 
@@ -89,6 +99,8 @@ class Bench:
         self.static_root = self.folder / "static"
         self.parts = ()
         self.redis_idle = None
+        self.stack = contextlib.ExitStack()
+        self.started_services = None
 
     def env(self, name, **variables):
         folder = self.folder / name
@@ -135,7 +147,10 @@ class Bench:
                 levels.append(level)
             finally:
                 server.stop()
-        return [relay.section(levels, "in-memory layer, 1 process", shown_settings(env)), *profiles]
+        return [
+            relay.section(levels, "in-memory layer, 1 process", shown_settings(env), relay.MEMORY_TARGETS),
+            *profiles,
+        ]
 
     def profiler(self, server, name):
         from bench import profile
@@ -155,21 +170,11 @@ class Bench:
 
     def relay_redis(self):
         from bench import relay
-        from tests.services import running_postgres, running_redis
 
         sizes = self.sizes
         levels, profiles = [], []
-        with running_redis() as redis, running_postgres() as postgres:
-            # Each process takes its connections from psycopg's pool (DATABASE_POOL), at most 100
-            # of the test server's 300; streaming answers give theirs back after the claim.
-            folder, env = self.env(
-                "redis",
-                DATABASE_URL=postgres.url,
-                REDIS_URL=redis.url,
-                DATABASE_CONN_MAX_AGE="0",
-                DATABASE_POOL="1",
-                DATABASE_POOL_MAX_SIZE="100",
-            )
+        with self.services() as (redis, postgres):
+            folder, env = self.services_env("redis", redis, postgres)
             keys = prepare_database(env, max(sizes.redis_levels))
             for answers in sizes.redis_levels:
                 servers = [relay.Server(f"redis-{name}-{answers}", env, folder) for name in "ab"]
@@ -211,9 +216,100 @@ class Bench:
                 finally:
                     server.stop()
         return [
-            relay.section(levels, "Redis layer, 2 processes", settings, with_first_delta=False, redis=True),
+            relay.section(
+                levels, "Redis layer, 2 processes", settings, relay.REDIS_TARGETS, with_first_delta=False, redis=True
+            ),
             *profiles,
         ]
+
+    @contextlib.contextmanager
+    def services(self):
+        """Redis and PostgreSQL: started for the first part that needs them and kept for the next
+        (each start costs an initdb), stopped when the run ends."""
+        if self.started_services is None:
+            from tests.services import running_postgres, running_redis
+
+            self.started_services = (
+                self.stack.enter_context(running_redis()),
+                self.stack.enter_context(running_postgres()),
+            )
+        yield self.started_services
+
+    def services_env(self, name, redis, postgres):
+        # Each process takes its connections from psycopg's pool (DATABASE_POOL), at most 100
+        # of the test server's 300; streaming answers give theirs back after the claim.
+        return self.env(
+            name,
+            DATABASE_URL=postgres.url,
+            REDIS_URL=redis.url,
+            DATABASE_CONN_MAX_AGE="0",
+            DATABASE_POOL="1",
+            DATABASE_POOL_MAX_SIZE="100",
+        )
+
+    def scale(self):
+        """Answers per second sustained at p99 added <= 100 ms, one process then two, and the chart."""
+        from bench import scale
+
+        sizes = self.sizes
+        results = [self.scale_one_process(), self.scale_two_processes()]
+        chart = chart_path(self.options.output)
+        scale.write_chart(chart, results, sizes.scale_window, sizes.scale_deltas, sizes.rate)
+        logger.info("scale chart written to %s", chart)
+        return [scale.section(results, chart.name, sizes.scale_window, sizes.scale_deltas, sizes.rate)]
+
+    def scale_layer(self, result, servers, keys, redis_pid=None):
+        from bench import scale
+
+        sizes = self.sizes
+        cookies = [log_in(servers[0]), *keys]
+        return asyncio.run(
+            scale.run_layer(
+                result,
+                servers,
+                cookies,
+                self.upstream.port,
+                sizes.scale_rates,
+                sizes.scale_window,
+                sizes.scale_deltas,
+                sizes.rate,
+                redis_pid,
+            )
+        )
+
+    def scale_users(self):
+        """Accounts for the most tabs a rate needs: one tab per account and process."""
+        from bench import scale
+
+        sizes = self.sizes
+        answer_seconds = sizes.scale_deltas / sizes.rate
+        return max(scale.tabs_needed(rate, sizes.scale_window, answer_seconds) for rate in sizes.scale_rates)
+
+    def scale_one_process(self):
+        from bench import relay, scale
+
+        folder, env = self.env("scale-memory")
+        keys = prepare_database(env, self.scale_users())
+        result = scale.LayerResult("1 process (in-memory layer, SQLite)", "m", settings=shown_settings(env))
+        server = relay.Server("scale-memory", env, folder).start()
+        try:
+            return self.scale_layer(result, [server], keys)
+        finally:
+            server.stop()
+
+    def scale_two_processes(self):
+        from bench import relay, scale
+
+        with self.services() as (redis, postgres):
+            folder, env = self.services_env("scale-redis", redis, postgres)
+            keys = prepare_database(env, self.scale_users())
+            result = scale.LayerResult("2 processes (Redis, PostgreSQL)", "r", settings=shown_settings(env))
+            servers = [relay.Server(f"scale-redis-{name}", env, folder) for name in "ab"]
+            relay.start_servers(servers)
+            try:
+                return self.scale_layer(result, servers, keys, redis.process.pid)
+            finally:
+                relay.stop_servers(servers)
 
     def database(self):
         from bench import database, relay
@@ -297,6 +393,10 @@ class Bench:
     # --- running ----------------------------------------------------------------------------
 
     def run(self, parts):
+        with self.stack:
+            return self.run_parts(parts)
+
+    def run_parts(self, parts):
         self.parts = parts
         sections = []
         for part in parts:
@@ -313,6 +413,12 @@ class Bench:
                 )
             logger.info("%s took %.0f s", part, time.monotonic() - began)
         return sections
+
+
+def chart_path(output):
+    """The scale chart beside the report: docs/benchmarks.md -> docs/benchmarks-scale.png."""
+    output = Path(output)
+    return output.with_name(f"{output.stem}-scale.png")
 
 
 def raise_open_files_limit():
@@ -332,6 +438,11 @@ def main(argv=None):
     parser.add_argument("--deltas", type=int, help="deltas per answer (default 90)")
     parser.add_argument("--rate", type=float, help="deltas per second per answer (default 30)")
     parser.add_argument("--idle-sockets", type=int, help="idle sockets (default 1000)")
+    parser.add_argument(
+        "--scale-rates", help="answers started per second, stepped up (default 4,8,12,16,24,32,40,48,64)"
+    )
+    parser.add_argument("--scale-window", type=float, help="seconds each rate of the scale part lasts (default 10)")
+    parser.add_argument("--scale-deltas", type=int, help="deltas per answer in the scale part (default 90)")
     parser.add_argument("--profile", type=int, help="profile the in-memory run of this many answers with py-spy")
     parser.add_argument("--profile-redis", type=int, help="profile process A of the Redis run of this many answers")
     parser.add_argument("--keep", action="store_true", help="keep the work folder (server logs)")
@@ -342,7 +453,9 @@ def main(argv=None):
         sizes.levels = tuple(int(value) for value in options.levels.split(","))
     if options.redis_levels:
         sizes.redis_levels = tuple(int(value) for value in options.redis_levels.split(","))
-    for name in ("deltas", "rate", "idle_sockets"):
+    if options.scale_rates:
+        sizes.scale_rates = tuple(float(value) for value in options.scale_rates.split(","))
+    for name in ("deltas", "rate", "idle_sockets", "scale_window", "scale_deltas"):
         if getattr(options, name) is not None:
             setattr(sizes, name, getattr(options, name))
     raise_open_files_limit()
