@@ -15,9 +15,10 @@ handler) cost about a millisecond of CPU per delta and serialised all sockets be
   and receive cost a dozen round trips per message, which at ten answers already saturated the
   processes (docs/benchmarks.md).
 
-In the same Redis transaction as each published batch, the relay appends its deltas to the
-answer's snapshot (`read_shared_snapshot`): a socket of another process that subscribes and then
-reads the snapshot gets every delta after it, and none twice (seq filters the overlap).
+In the same atomic command as each round's published batches (ROUND_SCRIPT, one per round for
+all its answers), the relay appends their deltas to the answers' snapshots (`read_shared_snapshot`):
+a socket of another process that subscribes and then reads the snapshot gets every delta after it,
+and none twice (seq filters the overlap).
 
 Pub/sub delivers to whoever is connected at the moment: when the subscription connection breaks,
 the sockets of this process are brought up to date again from the snapshots (`resync`), as a
@@ -53,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 SNAPSHOT_TTL = 3600  # an answer streaming longer than an hour without a delta is long dead
 FINISHED_SNAPSHOT_TTL = 60
+CHANNEL_PREFIX = b"chatsite:relay:"  # then the group: a conversation's events
 
 
 def snapshot_keys(message_id):
@@ -78,39 +80,106 @@ def stop_channel(worker_id):
 
 def publish_stops(client, message_ids_by_worker):
     """Tell each generating process to stop its answers among these, with the synchronous Redis
-    `client`, from any thread: {worker id: [message ids]}. One PUBLISH per process."""
+    `client`, from any thread: {worker id: [message ids]}. One PUBLISH per process, all in one
+    round trip (a deactivated user's answers may be on every process)."""
+    pipeline = client.pipeline(transaction=False)
     for worker_id, message_ids in message_ids_by_worker.items():
-        client.publish(stop_channel(worker_id), json.dumps({"stop": [str(pk) for pk in message_ids]}))
+        pipeline.publish(stop_channel(worker_id), json.dumps({"stop": [str(pk) for pk in message_ids]}))
+    pipeline.execute()
 
 
-def encode_event(event):
-    """One line of a published batch: the event's own fields in JSON, a tab, then its frame as
-    it was encoded once (JSON has no raw tab or newline), so that no frame is encoded again. The
-    stream, delta and a continued answer's start stay out: they are for the snapshot (keep_snapshots)."""
-    fields = {key: value for key, value in event.items() if key not in ("frame", "stream", "delta", "start")}
-    return f"{json.dumps(fields)}\t{event['frame']}"
+# One round's writes as one command. Redis runs a script atomically, as it ran the transaction
+# it replaces (MULTI, an APPEND and an EXPIRE per answer and stream, a SET per answer, a PUBLISH
+# per conversation, EXEC), so a reader's MGET still sees a snapshot whose texts and seq agree; but
+# the client packs one command and reads one reply per round, not two replies per command (its
+# QUEUED and its result), which cost more of the process's CPU than the commands themselves
+# (docs/benchmarks.md). KEYS: the stream keys appended to, the seq keys set, the keys of answers
+# that finished. ARGV: those three counts, the two lives, the texts appended, the seqs, then
+# (channel, message) pairs to publish.
+ROUND_SCRIPT = """
+local appended, seqs, finished = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+for i = 1, appended do
+  redis.call('APPEND', KEYS[i], ARGV[5 + i])
+  redis.call('EXPIRE', KEYS[i], ARGV[4])
+end
+for i = appended + 1, appended + seqs do
+  redis.call('SET', KEYS[i], ARGV[5 + i], 'EX', ARGV[4])
+end
+for i = appended + seqs + 1, appended + seqs + finished do
+  redis.call('EXPIRE', KEYS[i], ARGV[5])
+end
+for i = 6 + appended + seqs, #ARGV, 2 do
+  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+end
+return 0
+"""
+
+# What of an event travels in its batch's first line: the stream, the delta and a continued
+# answer's start are for the snapshot only (`Round.add`), and the frame goes as it was encoded.
+LEFT_OUT = ("frame", "stream", "delta", "start")
 
 
-def decode_event(line):
-    fields, _, frame = line.partition("\t")
-    event = json.loads(fields)
-    event["frame"] = frame
-    return event
+def encode_batch(origin, events):
+    """One published message: the publishing relay's origin (32 hex digits), then the events'
+    own fields as one JSON list, then each event's frame as it was encoded once, one per line
+    (JSON has no raw newline), so that no frame is encoded again and a receiver decodes one JSON
+    document per message however many events it carries."""
+    fields = [{key: value for key, value in event.items() if key not in LEFT_OUT} for event in events]
+    return "\n".join((origin, json.dumps(fields), *(event["frame"] for event in events)))
 
 
-def keep_snapshots(transaction, snapshots, finished):
-    """Queue on `transaction` the snapshot updates of one round: for each answer that streamed,
-    its new text appended per stream and its last seq; for each that finished, a short life."""
-    for message_id, (seq, streams) in snapshots.items():
-        seq_key, *stream_keys = snapshot_keys(message_id)
-        for stream, deltas in streams.items():
-            key = stream_keys[protocol.STREAM_NAMES.index(stream)]
-            transaction.append(key, "".join(deltas))
-            transaction.expire(key, SNAPSHOT_TTL)
-        transaction.set(seq_key, seq, ex=SNAPSHOT_TTL)
-    for message_id in finished:  # the database has the final state now; readers look there first
-        for key in snapshot_keys(message_id):
-            transaction.expire(key, FINISHED_SNAPSHOT_TTL)
+def decode_batch(data):
+    """The events of a message `encode_batch` made (bytes), its origin line left out."""
+    _, fields, *frames = data.decode().split("\n")
+    events = json.loads(fields)
+    for event, frame in zip(events, frames, strict=True):
+        event["frame"] = frame
+    return events
+
+
+class Round:
+    """What one publishing round writes to Redis, gathered from its events in order (pure): per
+    answer that streamed its new text per stream and its last seq, the answers that finished,
+    and per conversation the events to publish."""
+
+    def __init__(self):
+        self.snapshots = {}  # message id -> [last seq, {stream: [deltas]}], in order of arrival
+        self.finished = []
+        self.by_group = {}
+
+    def add(self, group, event):
+        stream = event.get("stream")
+        if event.get("start"):
+            # A continued answer, claimed: its snapshot starts as the text it goes on from
+            # (seq 0), and its deltas append to it, as in the answer's own process.
+            kept = self.snapshots.setdefault(event["message"], [0, {}])
+            for name, text in event["start"].items():
+                kept[1].setdefault(name, []).append(text)
+        elif stream is not None:
+            kept = self.snapshots.setdefault(event["message"], [0, {}])
+            kept[0] = event["seq"]
+            kept[1].setdefault(stream, []).append(event["delta"])
+        elif event["type"] == protocol.MESSAGE_DONE:
+            self.finished.append(event["message"])
+        self.by_group.setdefault(group, []).append(event)
+
+    def script_arguments(self, origin, channel_of):
+        """(keys, args) of ROUND_SCRIPT for this round."""
+        appended, texts, seq_keys, seqs = [], [], [], []
+        for message_id, (seq, streams) in self.snapshots.items():
+            seq_key, *stream_keys = snapshot_keys(message_id)
+            for stream, deltas in streams.items():
+                appended.append(stream_keys[protocol.STREAM_NAMES.index(stream)])
+                texts.append("".join(deltas))
+            seq_keys.append(seq_key)
+            seqs.append(seq)
+        # The database has a finished answer's final state now; readers look there first.
+        finished = [key for message_id in self.finished for key in snapshot_keys(message_id)]
+        publishes = []
+        for group, events in self.by_group.items():
+            publishes += (channel_of(group), encode_batch(origin, events))
+        counts = (len(appended), len(seq_keys), len(finished), SNAPSHOT_TTL, FINISHED_SNAPSHOT_TTL)
+        return [*appended, *seq_keys, *finished], [*counts, *texts, *seqs, *publishes]
 
 
 class Relay:
@@ -118,6 +187,7 @@ class Relay:
         self.loop = loop
         self.cross_process = bool(settings.REDIS_URL)
         self.origin = uuid.uuid4().hex
+        self._own_batches = f"{self.origin}\n".encode()
         self.followers = collections.defaultdict(dict)  # group -> {follower: None}, in joining order
 
         self._lock = threading.Lock()
@@ -133,6 +203,7 @@ class Relay:
 
         self._redis = None
         self._pubsub = None
+        self._round_script = None
         self._listener = None
         self._subscribed = set()
         self._membership = asyncio.Lock()
@@ -298,7 +369,7 @@ class Relay:
 
     @staticmethod
     def _channel(group):
-        return f"chatsite:relay:{group}"
+        return f"{CHANNEL_PREFIX.decode()}{group}"
 
     async def _connect(self):
         if self._redis is None:
@@ -310,39 +381,21 @@ class Relay:
                 settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=5, socket_keepalive=True
             )
             self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            self._round_script = self._redis.register_script(ROUND_SCRIPT)
 
     async def _publish_to_other_processes(self):
-        """One transaction per round for every answer in it: the snapshots brought up to date
-        (one APPEND per answer and stream, one seq), then one PUBLISH per conversation. The
-        busier the server, the bigger the batches and the fewer the commands per delta."""
+        """One command per round for every answer in it (ROUND_SCRIPT): the snapshots brought up
+        to date (one APPEND per answer and stream, one seq), then one PUBLISH per conversation.
+        The busier the server, the bigger the rounds and the fewer the commands per delta."""
         await self._connect()
         while self._outgoing:
             batch, self._outgoing = self._outgoing, []
-            transaction = self._redis.pipeline(transaction=True)
-            by_group = {}
-            snapshots = {}  # message id -> [last seq, {stream: [deltas]}], in order of arrival
-            finished = []
+            round_ = Round()
             for group, event in batch:
-                stream = event.get("stream")
-                if event.get("start"):
-                    # A continued answer, claimed: its snapshot starts as the text it goes on
-                    # from (seq 0), and its deltas append to it, as in the answer's own process.
-                    kept = snapshots.setdefault(event["message"], [0, {}])
-                    for name, text in event["start"].items():
-                        kept[1].setdefault(name, []).append(text)
-                elif stream is not None:
-                    kept = snapshots.setdefault(event["message"], [0, {}])
-                    kept[0] = event["seq"]
-                    kept[1].setdefault(stream, []).append(event["delta"])
-                elif event["type"] == protocol.MESSAGE_DONE:
-                    finished.append(event["message"])
-                by_group.setdefault(group, []).append(encode_event(event))
-            keep_snapshots(transaction, snapshots, finished)
-            for group, lines in by_group.items():
-                header = json.dumps({"origin": self.origin, "group": group})
-                transaction.publish(self._channel(group), "\n".join((header, *lines)))
+                round_.add(group, event)
+            keys, args = round_.script_arguments(self.origin, self._channel)
             try:
-                await transaction.execute()
+                await self._round_script(keys=keys, args=args)
             except Exception:
                 logger.exception("Could not pass %s events to the other processes", len(batch))
 
@@ -366,12 +419,14 @@ class Relay:
             if self._stops is not None and message["channel"] == self._stops[0]:
                 self._stopped(message["data"])
                 continue
-            header, *lines = message["data"].decode().split("\n")
-            batch = json.loads(header)
-            if batch["origin"] == self.origin:
-                continue  # this process delivered them already
-            for line in lines:
-                await self.deliver(batch["group"], decode_event(line))
+            data = message["data"]
+            if data.startswith(self._own_batches):
+                # This process delivered them already: it hears its own batches back wherever
+                # a socket of its own follows the conversation too (the sender's tab, say).
+                continue
+            group = message["channel"][len(CHANNEL_PREFIX) :].decode()
+            for event in decode_batch(data):
+                await self.deliver(group, event)
 
     async def _resubscribe(self):
         """After a broken subscription: subscribe again, then bring every socket up to date, since

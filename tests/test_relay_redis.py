@@ -1,0 +1,146 @@
+"""The relay between processes on a real Redis (tests/services.py): two relays on one loop stand
+for two processes. A round of events from many answers reaches the other process whole and in
+order, the process that published it does not deliver it twice, and the shared snapshot the round
+left agrees with what was delivered (the one command per round, chat/relay.py's ROUND_SCRIPT)."""
+
+import asyncio
+import json
+import uuid
+
+import pytest
+import redis
+from asgiref.sync import sync_to_async
+
+from chat import protocol
+from chat.follower import Follower
+from chat.relay import Relay, read_shared_snapshot, snapshot_keys
+from tests.services import redis_server  # noqa: F401  (a fixture, used by name)
+
+
+@pytest.fixture
+def redis_url(request, settings):
+    settings.REDIS_URL = request.getfixturevalue("redis_server").url
+    return settings.REDIS_URL
+
+
+@pytest.fixture
+def client(redis_url):
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+class Tab:
+    """A socket following one conversation through one relay: the frames it was sent."""
+
+    def __init__(self, relay):
+        self.frames = []
+        self.follower = Follower(relay, self.send, None)
+
+    async def send(self, text):
+        self.frames.append(json.loads(text))
+
+    async def follow(self, group):
+        await self.follower.join(group, uuid.uuid4())
+        await self.follower.release()
+
+    def deltas(self, message_id):
+        return [
+            (frame["type"], frame["seq"], frame["delta"])
+            for frame in self.frames
+            if frame.get("message") == message_id and "seq" in frame
+        ]
+
+
+async def until(condition, what, timeout=10):
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def subscribed(client, relay, *groups):
+    for group in groups:
+        channel = relay._channel(group).encode()
+        await until(lambda channel=channel: dict(client.pubsub_numsub(channel)).get(channel) == 2, "not subscribed")
+
+
+def done_event(message_id):
+    return protocol.frame_event(
+        message_id, {"type": protocol.MESSAGE_DONE, "message": message_id, "status": "completed"}
+    )
+
+
+def piece(number, seq):
+    # Newlines, quotes and tabs in the text: a batch's lines hold encoded frames only.
+    return f'{number}\n"{seq}"\t '
+
+
+@pytest.mark.asyncio
+async def test_a_round_of_many_answers_reaches_the_other_process_in_order_with_snapshots_that_agree(client):
+    loop = asyncio.get_running_loop()
+    here, there = Relay(loop), Relay(loop)
+    groups = [f"chat.conversation.{uuid.uuid4()}" for _ in range(2)]
+    answers = [str(uuid.uuid4()) for _ in range(3)]
+    group_of = {answers[0]: 0, answers[1]: 0, answers[2]: 1}  # two answers in one conversation
+    tabs_here, tabs_there = [Tab(here) for _ in groups], [Tab(there) for _ in groups]
+    for group, tab_here, tab_there in zip(groups, tabs_here, tabs_there, strict=True):
+        await tab_here.follow(group)  # the sender's tab: this process hears its own batches back
+        await tab_there.follow(group)
+    await subscribed(client, here, *groups)
+
+    sent = {message_id: [] for message_id in answers}
+    for seq in range(1, 31):
+        for number, message_id in enumerate(answers):
+            stream = "reasoning" if number == 1 and seq <= 10 else "text"
+            here.publish(
+                groups[group_of[message_id]], protocol.DeltaEvents(message_id).event(seq, stream, piece(number, seq))
+            )
+            kind = "message.reasoning.delta" if stream == "reasoning" else "message.delta"
+            sent[message_id].append((kind, seq, piece(number, seq)))
+        if seq % 7 == 0:
+            await asyncio.sleep(0)  # rounds of different sizes
+    here.publish(groups[1], done_event(answers[2]))
+    await until(lambda: sum(len(tab.frames) for tab in tabs_there) == 3 * 30 + 1, "not all delivered")
+    await asyncio.sleep(0.2)  # time for anything delivered twice to arrive
+
+    for tabs in (tabs_here, tabs_there):
+        assert sum(len(tab.frames) for tab in tabs) == 3 * 30 + 1, "each event once"
+        for message_id in answers:
+            assert tabs[group_of[message_id]].deltas(message_id) == sent[message_id], "in order"
+        assert tabs[1].frames[-1]["type"] == protocol.MESSAGE_DONE
+
+    for number, message_id in enumerate(answers[:2]):
+        shared = await sync_to_async(read_shared_snapshot)(client, message_id)
+        assert shared.seq == 30
+        assert shared.reasoning == ("".join(piece(1, seq) for seq in range(1, 11)) if number == 1 else "")
+        assert shared.text == "".join(piece(number, seq) for seq in range(11 if number == 1 else 1, 31))
+    lives = [client.ttl(key) for key in snapshot_keys(answers[2]) if client.exists(key)]
+    assert lives and all(0 < life <= 60 for life in lives), "a finished answer's snapshot lives a minute"
+    assert 60 < client.ttl(snapshot_keys(answers[0])[0]) <= 3600
+    for tab in tabs_here + tabs_there:
+        await tab.follower.close()
+
+
+@pytest.mark.asyncio
+async def test_a_redis_that_forgot_the_round_script_still_gets_every_round(client):
+    """A restarted (or flushed) Redis has no script cached: the round loads it again and goes out."""
+    loop = asyncio.get_running_loop()
+    here, there = Relay(loop), Relay(loop)
+    group, message_id = f"chat.conversation.{uuid.uuid4()}", str(uuid.uuid4())
+    tab_here, tab_there = Tab(here), Tab(there)
+    await tab_here.follow(group)
+    await tab_there.follow(group)
+    await subscribed(client, here, group)
+    deltas = protocol.DeltaEvents(message_id)
+    for seq in (1, 2):
+        if seq == 2:
+            client.script_flush()
+        here.publish(group, deltas.event(seq, "text", f"part {seq} "))
+        await until(lambda seq=seq: len(tab_there.frames) == seq, f"round {seq} not delivered")
+    assert [frame["seq"] for frame in tab_there.frames] == [1, 2]
+    shared = await sync_to_async(read_shared_snapshot)(client, message_id)
+    assert (shared.seq, shared.text) == (2, "part 1 part 2 ")
+    await tab_here.follower.close()
+    await tab_there.follower.close()
