@@ -25,9 +25,8 @@ def models_offered(settings):
 
 def streaming_answer(owner, text="hi"):
     stored = Conversation.objects.send(owner, None, text, client_id=f"c-{text}")
-    answer = Message.objects.select_related("conversation").get(pk=stored.answer)
-    assert answer.claim(uuid.uuid4(), answer.conversation.fitted_input(before=answer))
-    return answer
+    assert Message.objects.claim(stored.answer, uuid.uuid4(), stored.answer_input.fitted())
+    return Message.objects.select_related("conversation").get(pk=stored.answer)
 
 
 def end(answer_id, **outcome):

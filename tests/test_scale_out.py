@@ -536,7 +536,8 @@ async def test_no_process_reaps_an_answer_whose_worker_is_alive(site, upstream):
         if not restarted and time.monotonic() - started > HEARTBEAT_TIMEOUT:
             site.restart(site.b)  # a process starting up reaps too; it must leave this answer alone
             restarted = True
-        assert time.monotonic() - started < 20, "the answer did not finish"
+        # A guard against a hang, not a speed: a 7 s answer through a restart on a loaded machine.
+        assert time.monotonic() - started < 120, "the answer did not finish"
         await asyncio.sleep(0.1)
     assert restarted
     row = site.message(answer_id)
