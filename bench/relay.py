@@ -227,7 +227,7 @@ async def measured(level, servers, start, timeout, redis_pid=None, profiler=None
 
 @dataclass(frozen=True)
 class Targets:
-    """A layer's targets (issue 19; DESIGN.md's performance targets), checked against its levels.
+    """A layer's targets (issue 19 and the design's performance targets), checked against its levels.
 
     Each dict maps a number of concurrent answers to the figure wanted there; a level that was
     not run is reported NOT MEASURED rather than skipped, so a short run still shows every target.
@@ -239,7 +239,7 @@ class Targets:
     send_to_request_p99_ms: dict = field(default_factory=dict)  # chat.send -> upstream request
 
 
-# One process: DESIGN.md's ≤ 1 ms for a lone answer beside the issue's figures.
+# One process: the design's ≤ 1 ms for a lone answer beside the issue's figures.
 MEMORY_TARGETS = Targets(
     added_p99_ms={1: 1.0, 50: 3.5, 200: 60.0},
     no_stall_up_to=200,
