@@ -121,6 +121,25 @@ class TranscriptAdmin(ReadOnlyAdminMixin, StrictAdminMixin, admin.ModelAdmin):
     def conversations_shown(self, objects):
         raise NotImplementedError
 
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        """A transcript's page, whichever admin shows it: refused as a popup, and audited with a
+        `viewed` row naming the conversation and what of it was shown (`viewed_as`)."""
+        self.refuse_popups(request)
+        shown = self.get_object(request, object_id)
+        if shown is not None and self.has_view_permission(request, shown):
+            conversation, detail = self.viewed_as(shown)
+            AuditEvent.record(request.user, AuditEvent.Action.VIEWED, [conversation], detail=detail)
+            extra_context = {**(extra_context or {}), **self.page_context(request, shown)}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    def viewed_as(self, shown):
+        """(the conversation the page `shown` shows, the audit row's detail)."""
+        raise NotImplementedError
+
+    def page_context(self, request, shown):
+        """What the page of `shown` adds to its template's context."""
+        return {}
+
     def changelist_view(self, request, extra_context=None):
         self.refuse_popups(request)
         response = super().changelist_view(request, extra_context)
@@ -285,22 +304,19 @@ class ConversationAdmin(TranscriptAdmin):
     def last_status(self, conversation):
         return conversation.last_status or "—"
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        self.refuse_popups(request)
-        conversation = self.get_object(request, object_id)
-        if conversation is not None and self.has_view_permission(request, conversation):
-            AuditEvent.record(request.user, AuditEvent.Action.VIEWED, [conversation], detail="transcript page")
-            links = MessageAttachment.objects.select_related("attachment")
-            extra_context = {
-                **(extra_context or {}),
-                "transcript": conversation.messages.order_by("created_at").prefetch_related(
-                    Prefetch("attachment_links", queryset=links)
-                ),
-                # Regenerated and edited messages keep their earlier versions: marked, not hidden.
-                "on_current_path": {message.id for message in conversation.path()},
-                "readers": conversation.audit_events.order_by("-at")[:20] if request.user.is_superuser else None,
-            }
-        return super().change_view(request, object_id, form_url, extra_context)
+    def viewed_as(self, conversation):
+        return conversation, "transcript page"
+
+    def page_context(self, request, conversation):
+        links = MessageAttachment.objects.select_related("attachment")
+        return {
+            "transcript": conversation.messages.order_by("created_at").prefetch_related(
+                Prefetch("attachment_links", queryset=links)
+            ),
+            # Regenerated and edited messages keep their earlier versions: marked, not hidden.
+            "on_current_path": {message.id for message in conversation.path()},
+            "readers": conversation.audit_events.order_by("-at")[:20] if request.user.is_superuser else None,
+        }
 
     @transaction.atomic
     def delete_model(self, request, conversation):
@@ -411,14 +427,8 @@ class MessageAdmin(TranscriptAdmin):
         # Deleting a message deletes the messages after it, an answer being written among them.
         return not message.is_finished or message.conversation.messages.unfinished().exists()
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        self.refuse_popups(request)
-        message = self.get_object(request, object_id)
-        if message is not None and self.has_view_permission(request, message):
-            AuditEvent.record(
-                request.user, AuditEvent.Action.VIEWED, [message.conversation], detail=f"message {message.id}"
-            )
-        return super().change_view(request, object_id, form_url, extra_context)
+    def viewed_as(self, message):
+        return message.conversation, f"message {message.id}"
 
     def audit_deletion(self, request, messages):
         AuditEvent.objects.bulk_create(
@@ -648,15 +658,11 @@ class SharedConversationAdmin(TranscriptAdmin):
     def message_count(self, link):
         return len(link.messages)
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        self.refuse_popups(request)
-        link = self.get_object(request, object_id)
-        if link is not None and self.has_view_permission(request, link):
-            AuditEvent.record(
-                request.user, AuditEvent.Action.VIEWED, [link.conversation], detail=f"shared link {link.token_start}"
-            )
-            extra_context = {**(extra_context or {}), "snapshot": link.messages}
-        return super().change_view(request, object_id, form_url, extra_context)
+    def viewed_as(self, link):
+        return link.conversation, f"shared link {link.token_start}"
+
+    def page_context(self, request, link):
+        return {"snapshot": link.messages}
 
     @admin.action(description="Revoke selected links", permissions=["revoke"])
     def revoke_selected(self, request, queryset):

@@ -132,6 +132,10 @@ def clean_attachments(content):
 
 
 # --- the frames ----------------------------------------------------------------------------------
+# The dataclasses below are the frames' description: their fields, in order, say what each frame
+# carries and what is checked first, and Frame.parse derives the parsing from them. Frames with
+# the same fields (chat.stop and chat.select, chat.regenerate and chat.continue) keep a class each:
+# the class says which frame a handler was given, and one may gain a field without the other.
 
 CLEANERS = {
     "text": clean_text,

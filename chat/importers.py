@@ -327,6 +327,13 @@ OUR_FIELDS = {
 STATUSES = set(Message.Status.values)
 
 
+# The readers of the two formats (read_our_conversation, read_chatgpt_conversation) have the same
+# shape, a Draft filled field by field, because they fill the same Draft: what differs is every
+# source field's name, its type (ISO time or epoch), its fallbacks and its error's wording, so the
+# explicit reading is the shortest description of each format; a shared field table would need
+# all four per field.
+
+
 def read_ours(data):
     records = list_of(data.get("conversations"), "`conversations`")
     return [read_our_conversation(record, index) for index, record in enumerate(records, 1)]

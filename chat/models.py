@@ -1625,6 +1625,9 @@ class UsageEntryQuerySet(models.QuerySet):
         cap = max(MIN_OUTPUT_TOKENS, min(rest, limit or rest, context_tokens or rest))
         return cap, cap
 
+    # An entry made as `reserve` makes one, field for field: the ledger's columns, written in one
+    # create() each. Kept apart from `reserve` because what decides each value differs (no send
+    # rate, today rather than the answer's day, an id of its own, the title's limit and hold).
     @transaction.atomic
     def reserve_title(self, conversation, input_characters, limit):
         """Admit a title request for the conversation's owner against their budget, holding its

@@ -372,6 +372,8 @@ def test_without_instructions_none_are_sent(upstream, client):
 
 # --- HTTP errors before the stream ----------------------------------------------------------
 
+# Written out again on purpose, not read from client.HTTP_SENTENCES: a test that reads the table
+# it checks passes whatever the table says.
 SENTENCES = {
     400: "The API rejected the request as invalid",
     401: "The API key was rejected: check OPENRESPONSES_API_KEY",

@@ -15,6 +15,10 @@ TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.
 MAX_COUNT = 2**31 - 1
 
 # --- Typed events ---------------------------------------------------------------------------
+# One class per event, even where two have the same fields (the text, refusal and reasoning
+# deltas, their .done events): the class is the stream kind the worker and the scrubber dispatch
+# on (`type(event)`, DELTA_STREAMS), and each field is named as the API names it (`text`,
+# `refusal`). A shared generic class would make every reader ask which stream a delta is of.
 
 
 @dataclass(frozen=True)

@@ -55,7 +55,7 @@ function chipLabel(name, size) {
 }
 
 function removeButton(name) {
-  const remove = element("button", "attachment-remove");
+  const remove = element("button", "icon-button attachment-remove");
   remove.type = "button";
   remove.setAttribute("aria-label", `Remove ${name}`);
   remove.title = `Remove ${name}`;
