@@ -2042,6 +2042,10 @@ class UploadRefused(Exception):
         self.status = status
 
 
+class UploadSent(Exception):
+    """An upload a message took: it goes with its message or conversation, not on its own."""
+
+
 # The folder of the store that holds every upload's file, and nothing else (the sweep lists it).
 UPLOADS_FOLDER = "uploads"
 
@@ -2113,6 +2117,21 @@ class AttachmentQuerySet(models.QuerySet):
         return self.filter(
             Exists(MessageAttachment.objects.filter(attachment=OuterRef("pk"), message__conversation=conversation))
         )
+
+    @transaction.atomic
+    def discard(self, user, attachment_id):
+        """Delete the user's upload `attachment_id` unless a message took it; raises
+        Attachment.DoesNotExist for another user's or an unknown one, UploadSent for a sent one.
+
+        The row is locked before it is checked, as a send locks it before it links it: a send and
+        a discard of one upload happen one after the other, never across each other (a link
+        committed between a check and a delete would be deleted with the upload, and the sent
+        message would lose its file).
+        """
+        found = self.owned_by(user).select_for_update().get(pk=attachment_id)
+        if found.links.exists():
+            raise UploadSent
+        found.delete()
 
     def delete_unused(self, attachment_ids):
         """Delete those of `attachment_ids` no message uses any more (their files after commit)."""

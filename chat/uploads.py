@@ -14,7 +14,7 @@ from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_http_methods, require_POST
 
 from chat import attachments
-from chat.models import Attachment, UploadRefused
+from chat.models import Attachment, UploadRefused, UploadSent
 
 logger = logging.getLogger(__name__)
 
@@ -120,8 +120,10 @@ def delete(request, attachment_id):
 
 def discard(request, attachment_id):
     """Delete an upload not yet sent; a sent one goes with its message or conversation."""
-    found = owned_or_404(request, attachment_id)
-    if found.links.exists():
+    try:
+        Attachment.objects.discard(request.user, attachment_id)
+    except Attachment.DoesNotExist:
+        raise Http404("No such upload.") from None
+    except UploadSent:
         return refused("sent", 409, "This file was sent with a message; delete the conversation to delete it.")
-    found.delete()
     return JsonResponse({"deleted": str(attachment_id)})

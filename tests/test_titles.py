@@ -19,7 +19,15 @@ from django.utils import timezone
 
 from chat import limits
 from chat.answering.titles import TITLE_INSTRUCTIONS
-from chat.models import TITLE_ABANDONED_AFTER, AccountLimits, Conversation, Message, SharedConversation, UsageEntry
+from chat.models import (
+    TITLE_ABANDONED_AFTER,
+    TITLE_LENGTH,
+    AccountLimits,
+    Conversation,
+    Message,
+    SharedConversation,
+    UsageEntry,
+)
 from chat.runtime import current
 from tests.conftest import make_user
 from tests.factories import conversation_with_answer
@@ -353,3 +361,28 @@ def test_the_reaper_leaves_a_title_being_written_alone_and_records_one_lost_with
     entry.refresh_from_db()
     assert (entry.total_tokens, entry.estimated) == (160, True)
     assert limits.budget_status(alice)["used"] == 15 + 160
+
+
+@pytest.mark.asyncio
+async def test_a_title_of_control_characters_markup_and_great_length_is_stored_as_plain_short_text(
+    alice, upstream, worker
+):
+    """NUL (which PostgreSQL cannot store), an escape and a right-to-left override are read as
+    spaces (lone surrogates too: tests/unit/test_title_cleaning.py); markup stays text, escaped
+    wherever it is shown; a reply of thousands of characters is cut to a title's length."""
+    reply = "\u202eSky\x00 is\x1b[31m <img src=x onerror=alert(1)> blue " + "and wide " * 500
+    route(upstream, titles(answer([reply]), answer(ANSWER)))
+    socket, _, _ = await connect(alice)
+    conversation_id, _ = await first_exchange(socket)
+    updated = (await receive_until(socket, "conversation.updated", timeout=15))[-1]["conversation"]
+    stored = await conversation_of(conversation_id)
+    assert updated["title"] == stored.title
+    assert stored.title.startswith("Sky is [31m <img src=x onerror=alert(1)> blue and wide")
+    assert len(stored.title) <= TITLE_LENGTH and stored.title.endswith("…")
+    assert not any(character in stored.title for character in "\x00\x1b\u202e")
+    web = Client()
+    await database_sync_to_async(web.force_login)(alice)
+    page = (await database_sync_to_async(web.get)(reverse("chat:conversation", args=[conversation_id]))).content
+    assert b"<img src=x" not in page and b"&lt;img src=x onerror=alert(1)&gt;" in page
+    await socket.disconnect()
+    assert_no_groups_left()

@@ -47,16 +47,22 @@ TITLE_INSTRUCTIONS = (
 QUOTES = "\"'`“”‘’«»„‚‹›「」『』"
 # Ends a title should not have (questions and exclamations keep theirs).
 TRAILING = ".,;:。、，；：…"
+# Characters a title never keeps, read as spaces: control characters (NUL cannot be stored in
+# PostgreSQL, an escape or a line feed breaks a sidebar row), lone surrogates (not text), and the
+# bidirectional controls that would run the rest of a sidebar row, a page title or an admin list
+# backwards (U+202E). Joiners stay: emoji sequences and Persian words need them.
+UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 THINKING = re.compile(r"<think>.*?(</think>|$)", re.DOTALL | re.IGNORECASE)
 LABEL = re.compile(r"^(title|titre|titel|título|titolo)\s*[:：]\s*", re.IGNORECASE)
 
 
 def clean_title(text):
     """The model's reply as a title: its first line without quotes, Markdown marks, a "Title:"
-    label or a full stop, whitespace collapsed, at most TITLE_LENGTH characters; "" if nothing is
-    left."""
+    label, a full stop or control characters (UNSHOWABLE), whitespace collapsed, at most
+    TITLE_LENGTH characters; "" if nothing is left."""
     text = THINKING.sub("", text)
     line = next((line for line in text.splitlines() if line.strip()), "")
+    line = UNSHOWABLE.sub(" ", line)
     line = LABEL.sub("", line.strip().strip("*#_ ").strip())
     previous = None
     while previous != line:  # "**“Title.”**" peels in several passes

@@ -23,6 +23,12 @@ from chat.models import TITLE_LENGTH
         ("<think>Still thinking when the tokens ran out", ""),
         ("", ""),
         ("  “ . ”  ", ""),
+        ("Sky\x00blue", "Sky blue"),
+        ("\u202eSky \u2066blue\u2069", "Sky blue"),
+        ("Sky\ud800 \x1b[31mblue\x7f", "Sky [31mblue"),
+        ("<b>Bold</b> & co", "<b>Bold</b> & co"),
+        ("👨\u200d👩\u200d👧 می\u200cخواهم", "👨\u200d👩\u200d👧 می\u200cخواهم"),
+        ("\x00\u202e", ""),
     ],
 )
 def test_a_reply_becomes_a_title(reply, title):
