@@ -29,7 +29,23 @@ if "--no-echo" in sys.argv:
     sys.argv.remove("--no-echo")
     ECHO = 1
 
-sys.path.insert(0, os.getcwd())
+# With --calls, also the Python function calls per delta on the loop's thread (where both relays'
+# Redis work runs), counted by cProfile: a measure of work that a loaded machine does not change.
+CALLS = "--calls" in sys.argv
+if CALLS:
+    sys.argv.remove("--calls")
+# With --round=N, no threads and no pacing: the loop adds one delta to each of N answers at a time
+# and waits for them at B, so that every round holds N deltas whatever the machine's load.
+ROUND = next((int(arg.split("=", 1)[1]) for arg in sys.argv if arg.startswith("--round=")), 0)
+sys.argv = [arg for arg in sys.argv if not arg.startswith("--round=")]
+
+# The checkout measured is the working directory's; this script's own folder (bench/, whose
+# profile.py would stand for the standard library's) is left off the path.
+sys.path[:] = [os.getcwd(), *(path for path in sys.path if path != os.path.dirname(os.path.abspath(__file__)))]
+
+import cProfile  # noqa: E402
+import pstats  # noqa: E402
+
 os.environ["CHAT_FLUSH_INTERVAL"] = "0"
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chatsite.settings")
 
@@ -52,9 +68,21 @@ async def measure(answers, deltas, rate, redis_pid):
     loop = asyncio.get_running_loop()
     relay_a, relay_b = Relay(loop), Relay(loop)
     received = [0]
+    waiting = {}  # the count of deltas at B that ends a round -> its future
 
     async def on_b(text):
         received[0] += 1
+        if received[0] in waiting:
+            waiting.pop(received[0]).set_result(None)
+
+    async def in_rounds():
+        for index in range(deltas):
+            for start in range(0, len(jobs), ROUND):
+                these = jobs[start : start + ROUND]
+                arrived = waiting[received[0] + len(these)] = loop.create_future()
+                for job in these:
+                    job.add("text", f"{index}@{time.monotonic_ns()} ")
+                await arrived
 
     async def on_a(text):
         pass
@@ -70,14 +98,25 @@ async def measure(answers, deltas, rate, redis_pid):
             await follower.release()
         jobs.append(AnswerJob(worker, str(uuid.uuid4()), group, loop))
     await asyncio.sleep(0.5)  # every subscription confirmed
+    profile = cProfile.Profile() if CALLS else None
+    if profile is not None:
+        profile.enable()
     began, redis_began, wall = time.process_time(), cpu_seconds(redis_pid), time.monotonic()
-    threads = [threading.Thread(target=feed, args=(job, deltas, rate)) for job in jobs]
-    for thread in threads:
-        thread.start()
+    if ROUND:
+        await in_rounds()
+    else:
+        for job in jobs:
+            threading.Thread(target=feed, args=(job, deltas, rate)).start()
     while received[0] < answers * deltas and time.monotonic() - wall < 120:
         await asyncio.sleep(0.005)
     cpu, redis_cpu = time.process_time() - began, cpu_seconds(redis_pid) - redis_began
+    calls = {}
+    if profile is not None:
+        profile.disable()
+        total = sum(entry[0] for entry in pstats.Stats(profile).stats.values())
+        calls = {"loop_calls_per_delta": round(total / (answers * deltas), 1)}
     return {
+        **calls,
         "answers": answers,
         "deltas": answers * deltas,
         "received_on_b": received[0],
