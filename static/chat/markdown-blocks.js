@@ -15,7 +15,8 @@ marked.use({ extensions: mathExtensions });
 const BLANK_BEFORE = /\n[ \t]*\n[ \t]*$/;
 const FENCE = /^ {0,3}(?:`{3,}|~{3,})/;
 
-function normalize(source) {
+/** "\r\n" and "\r" as "\n", as marked reads them: offsets in the source are offsets in its tokens. */
+export function normalize(source) {
   return source.replace(/\r\n?/g, "\n");
 }
 
@@ -89,5 +90,3 @@ export class BlockSplitter {
     return { done: tokens.slice(0, settled), open: tokens.slice(settled) };
   }
 }
-
-export { normalize };
