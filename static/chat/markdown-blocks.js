@@ -8,6 +8,17 @@ import { escapeHtml, mathExtensions } from "./math.js";
 export const marked = new Marked({ gfm: true, breaks: false });
 marked.use({ renderer: { html: ({ text }) => escapeHtml(text) } });
 marked.use({ extensions: mathExtensions });
+marked.use({
+  tokenizer: {
+    // marked passes text after an inline <script>, <pre>… tag through unescaped (a "raw block"),
+    // for the tag to interpret it. Here tags are shown as text, so what follows them is text
+    // too: "x <script> a <b" must read as it is written, not lose "<b" to the HTML parser.
+    inlineText(src) {
+      const found = this.rules.inline.text.exec(src);
+      return found ? { type: "text", raw: found[0], text: found[0], escaped: false } : false;
+    },
+  },
+});
 
 // Right before a block: a blank line. A blank line ends a paragraph, a table, a quote and an HTML
 // block of the kinds that end at one; what it does not end (a list, indented code) is decided by

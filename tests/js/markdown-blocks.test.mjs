@@ -154,6 +154,14 @@ describe("incremental Markdown equals one render of the final text", () => {
   });
 });
 
+describe("the grammar", () => {
+  test("text after an inline tag is text, as the tag is", () => {
+    const rendered = html(marked.lexer("x <script> a <b & c </scr\n\n<pre> d <i"));
+    // The second is an HTML block, shown as text whole.
+    assert.equal(rendered, "<p>x &#60;script&#62; a &lt;b &amp; c &lt;/scr</p>\n&#60;pre&#62; d &#60;i");
+  });
+});
+
 describe("settle", () => {
   test("keeps open what the next line can still change", () => {
     const open = (source) => settle(source).consumed;
