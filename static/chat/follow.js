@@ -1,8 +1,8 @@
 // Render scheduling and scroll-following for the message list. Views changed by frames are
-// marked dirty; one requestAnimationFrame callback (or, while an answer streams, one timer per
-// interval) renders whatever changed, so a burst of deltas costs one render. While the reader is
-// at the bottom the list follows the newest text; scrolled up, a "Jump to latest" button offers
-// the way back.
+// marked dirty; one requestAnimationFrame callback renders whatever changed, so a burst of deltas
+// costs one render, and there is never more than one render per frame whatever the display's
+// rate. While the reader is at the bottom the list follows the newest text; scrolled up, a "Jump
+// to latest" button offers the way back.
 
 // While an answer streams, its deltas are rendered at most this often. Each render costs the
 // browser a frame of style, layout and paint (and a scroll) however little changed: rendering
@@ -28,9 +28,9 @@ export class Follower {
       this.followBottom = this.isAtBottom();
       this.updateJumpButton();
     });
-    // Follows the bottom when the messages grow or the room for them changes (the composer
-    // growing, the window resizing). Resize observations are delivered after layout, so reading
-    // sizes here costs no extra layout; while following, renderDirty() has usually scrolled already.
+    // Follows the bottom when the messages grow or the room for them changes (a render, the
+    // composer growing, the window resizing). Resize observations are delivered after the frame's
+    // layout and before its paint: reading sizes and scrolling here costs no layout of its own.
     const followLatest = new ResizeObserver(() => {
       if (this.followBottom) this.scrollToBottom();
       this.updateJumpButton();
@@ -50,16 +50,21 @@ export class Follower {
   schedule(view, { streaming = false } = {}) {
     this.dirty.add(view);
     if (this.frameRequested) return;
-    if (!streaming || document.hidden) {
-      // A hidden tab gets no animation frames: it renders once, when it is shown again.
-      this.frameRequested = true;
-      requestAnimationFrame(() => this.renderDirty());
+    const wait = streaming ? this.lastRender + STREAMING_RENDER_INTERVAL - performance.now() : 0;
+    if (wait <= 0) {
+      this.requestFrame();
     } else if (this.renderTimer === null) {
-      // A task rather than a frame callback: the scroll below then has its scroll event dispatched
-      // in the frame that paints the render, where from a frame callback it would need one more.
-      const wait = Math.max(0, this.lastRender + STREAMING_RENDER_INTERVAL - performance.now());
-      this.renderTimer = setTimeout(() => this.renderDirty(), wait);
+      this.renderTimer = setTimeout(() => this.requestFrame(), wait);
     }
+  }
+
+  /** One render on the next frame; a hidden tab gets no frames and renders once it is shown. */
+  requestFrame() {
+    clearTimeout(this.renderTimer);
+    this.renderTimer = null;
+    if (this.frameRequested) return;
+    this.frameRequested = true;
+    requestAnimationFrame(() => this.renderDirty());
   }
 
   /** `view` left the page: nothing to render for it. */
@@ -74,15 +79,13 @@ export class Follower {
 
   renderDirty() {
     this.frameRequested = false;
-    clearTimeout(this.renderTimer);
-    this.renderTimer = null;
     if (this.dirty.size === 0) return;
     this.lastRender = performance.now();
     for (const view of this.dirty) view.render();
     this.dirty.clear();
-    // Sizes are read once, after all the writes: one layout, which the frame then reuses. The
-    // ResizeObserver follows growth that comes from anywhere else (a window resize, images).
-    if (this.followBottom) this.scrollToBottom();
+    // No scroll here: reading the list's height right after the writes forced a layout on every
+    // render (a third of the main thread while streaming). The ResizeObserver above follows the
+    // growth after the frame's own layout, before its paint.
   }
 
   isAtBottom() {

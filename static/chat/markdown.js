@@ -3,23 +3,15 @@
 // output is shown as text, not interpreted: a model quoting `<img onerror=...>` means the
 // characters, not an image.
 
-import { Marked } from "../vendor/marked.esm.js";
 import DOMPurify from "../vendor/purify.es.mjs";
 import hljs from "../vendor/highlight.min.js";
-import { mathExtensions, typeset } from "./math.js";
+import { BlockSplitter, marked, normalize } from "./markdown-blocks.js";
+import { typeset } from "./math.js";
 
-// Beyond these sizes a code block is shown without colours: highlighting is linear in the text
-// and runs again on every animation frame while the block is still streaming.
+// Beyond these sizes a code block is shown without colours: highlighting is linear in the text.
+// A block is highlighted once, when it is final (a fence still streaming is shown plain).
 const HIGHLIGHT_LIMIT = 20_000;
 const AUTO_DETECT_LIMIT = 5_000;
-
-function escapeHtml(text) {
-  return text.replace(/[&<>"']/g, (char) => `&#${char.charCodeAt(0)};`);
-}
-
-const marked = new Marked({ gfm: true, breaks: false });
-marked.use({ renderer: { html: ({ text }) => escapeHtml(text) } });
-marked.use({ extensions: mathExtensions });
 
 // Markdown makes no media, SVG or MathML, and only <img> may fetch anything on its own: every other
 // way of loading a URL (srcset, poster, <source>, SVG <image>…) is forbidden outright.
@@ -108,13 +100,15 @@ function sanitize(html) {
 
 function highlight(code, { streaming }) {
   const text = code.textContent;
-  if (text.length > HIGHLIGHT_LIMIT) return;
+  // The open block of a streaming text is rendered again on every update: highlighting it each
+  // time cost more than the rest of the render; it is coloured once it is final.
+  if (streaming || text.length > HIGHLIGHT_LIMIT) return;
   const match = /(?:^|\s)language-([\w+#.-]+)/.exec(code.className);
   const language = match && hljs.getLanguage(match[1]) ? match[1] : null;
   let result;
   if (language) {
     result = hljs.highlight(text, { language, ignoreIllegals: true });
-  } else if (!streaming && !match && text.length <= AUTO_DETECT_LIMIT) {
+  } else if (!match && text.length <= AUTO_DETECT_LIMIT) {
     result = hljs.highlightAuto(text);
   } else {
     return;
@@ -209,10 +203,6 @@ const CHUNK_BLOCKS = 16;
 const SLICE_CHARS = 10_000;
 const SLICE_MS = 10;
 
-function normalize(source) {
-  return source.replace(/\r\n?/g, "\n");
-}
-
 function firstDifference(one, other) {
   const length = Math.min(one.length, other.length);
   let index = 0;
@@ -223,18 +213,19 @@ function firstDifference(one, other) {
 /**
  * Renders a growing Markdown text into a container at a cost bounded by its last block.
  *
- * Top-level blocks followed by another block cannot change when text is appended, so they are
- * rendered once and kept ("committed"), in chunks of CHUNK_BLOCKS blocks; only the open last
- * block (the "tail") is parsed and rendered again on each update. Text arrives through
- * `append()` (a delta: no work on what came before) or `set()` (the whole text, e.g. a snapshot
- * after a reconnect) and reaches the page on `render()` (follow.js calls it at most ten times a
- * second while an answer streams).
+ * Blocks that no text appended can change (markdown-blocks.js says which) are rendered once and
+ * kept ("committed"), in chunks of CHUNK_BLOCKS blocks; only the open rest (the "tail") is parsed
+ * and rendered again on each update. Text arrives through `append()` (a delta: no work on what
+ * came before) or `set()` (the whole text, e.g. a snapshot after a reconnect) and reaches the
+ * page on `render()` (follow.js calls it at most once per animation frame, and at most ten times
+ * a second while an answer streams).
  *
  * `finish()` renders the final text. When it starts with what was committed (the usual case),
  * only the rest is rendered. When it differs, the chunks from the first one that differs are
  * rendered again; when it defines reference links, which can change any block above them, all
  * of them are. Rendering a lot again happens in slices, the old rendering staying on the page
- * until the new one replaces it at once.
+ * until the new one replaces it at once. Either way the page ends as one render of the final
+ * text would make it.
  */
 export class MarkdownStream {
   constructor(container) {
@@ -244,9 +235,8 @@ export class MarkdownStream {
 
   clear() {
     this.container.replaceChildren();
-    this.committed = ""; // the source of the committed blocks
-    this.rest = ""; // the source after them: the open block, rendered again on each update
-    this.carriage = false; // the text ends with "\r", which a "\n" in the next delta completes
+    // The committed source (`splitter.committed`) and the open rest after it.
+    this.splitter = new BlockSplitter();
     this.replacement = null; // a whole text from set(), for the next render()
     this.dirty = false;
     this.finished = false;
@@ -255,6 +245,11 @@ export class MarkdownStream {
     this.tail = document.createElement("div");
     this.tail.className = "markdown-tail";
     this.container.append(this.tail);
+  }
+
+  /** The source of the committed blocks. */
+  get committed() {
+    return this.splitter.committed;
   }
 
   /** The whole text so far; on the page after the next render(). */
@@ -271,10 +266,7 @@ export class MarkdownStream {
     } else if (this.replacement !== null || this.finished) {
       this.set((this.replacement ?? this.committed) + delta);
     } else {
-      let text = this.carriage ? `\r${delta}` : delta;
-      this.carriage = text.endsWith("\r");
-      if (this.carriage) text = text.slice(0, -1);
-      this.rest += normalize(text);
+      this.splitter.append(delta);
       this.dirty = true;
     }
   }
@@ -289,46 +281,32 @@ export class MarkdownStream {
   render() {
     if (!this.dirty) return;
     this.dirty = false;
-    if (this.replacement !== null) {
-      let text = this.replacement;
-      this.replacement = null;
-      this.carriage = text.endsWith("\r");
-      if (this.carriage) text = text.slice(0, -1);
-      const source = normalize(text);
-      this.dropChunks(this.keptChunks(source));
-      if (this.finished) {
-        this.finished = false;
-        this.container.append(this.tail);
-      }
-      this.rest = source.slice(this.committed.length);
+    if (this.replacement !== null) this.replace();
+    const start = this.committed.length;
+    const { done, open } = this.splitter.split();
+    if (done.length > 0) this.fillChunks(done, this.chunks, start, (element) => this.tail.before(element));
+    this.tail.replaceChildren(renderTokens(open, { streaming: true }));
+  }
+
+  /** Takes the text given to set(): keeps the chunks it starts with, the rest is open again. */
+  replace() {
+    const text = this.replacement;
+    this.replacement = null;
+    // A "\r" at the end may be the first half of a "\r\n" the next delta completes.
+    const carriage = text.endsWith("\r");
+    const source = normalize(carriage ? text.slice(0, -1) : text);
+    this.dropChunks(this.keptChunks(source));
+    if (this.finished) {
+      this.finished = false;
+      this.container.append(this.tail);
     }
-    const rest = this.rest;
-    const tokens = marked.lexer(rest);
-    let last = tokens.length - 1;
-    while (last >= 0 && tokens[last].type === "space") last -= 1;
-    let settled = 0;
-    let consumed = 0;
-    for (let index = 0; index < last; index += 1) {
-      const raw = tokens[index].raw;
-      if (!rest.startsWith(raw, consumed)) break; // the lexer rewrote its input: do not commit
-      consumed += raw.length;
-      settled = index + 1;
-    }
-    if (settled > 0) {
-      this.fillChunks(tokens.slice(0, settled), this.chunks, this.committed.length, (element) =>
-        this.tail.before(element),
-      );
-      this.committed += rest.slice(0, consumed);
-      this.rest = rest.slice(consumed);
-    }
-    this.tail.replaceChildren(renderTokens(tokens.slice(settled), { streaming: true }));
+    this.splitter.reset(this.committed, source.slice(this.committed.length), carriage);
   }
 
   /** Renders the final text; see the class comment for what is kept. */
   finish(text) {
     const source = normalize(text);
     this.replacement = null;
-    this.carriage = false;
     this.dirty = false;
     if (this.slicing?.source === source) return; // already on its way
     this.slicing = null;
@@ -344,8 +322,7 @@ export class MarkdownStream {
     this.tail.remove();
     const place = (element) => this.container.append(element);
     this.fillChunks(marked.lexer(source.slice(start)), this.chunks, start, place);
-    this.committed = source;
-    this.rest = "";
+    this.splitter.reset(source);
     this.finished = true;
   }
 
@@ -366,8 +343,7 @@ export class MarkdownStream {
     this.tail.remove();
     this.container.append(fragment);
     this.chunks.push(...slicing.chunks);
-    this.committed = slicing.source;
-    this.rest = "";
+    this.splitter.reset(slicing.source);
     this.finished = true;
     this.slicing = null;
   }
@@ -392,7 +368,7 @@ export class MarkdownStream {
   /** Removes the chunks after the first `keep`, and their blocks from what is committed. */
   dropChunks(keep) {
     if (keep >= this.chunks.length) return;
-    this.committed = this.committed.slice(0, this.chunks[keep].start);
+    this.splitter.reset(this.committed.slice(0, this.chunks[keep].start));
     for (const chunk of this.chunks.splice(keep)) chunk.element.remove();
   }
 

@@ -44,7 +44,8 @@ export function matchMath(src) {
   return null;
 }
 
-function escapeHtml(text) {
+/** Text as HTML text: markdown-blocks.js shows raw HTML in model output this way too. */
+export function escapeHtml(text) {
   return text.replace(/[&<>"']/g, (char) => `&#${char.charCodeAt(0)};`);
 }
 
