@@ -120,7 +120,13 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # Worker threads write while requests read: WAL lets readers go on during a write, and
     # IMMEDIATE transactions take the write lock up front instead of failing half-way.
-    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    # Connections persist (DATABASE_CONN_MAX_AGE), as on PostgreSQL: the last connection to close
+    # checkpoints the WAL into the database and deletes it (fsyncs, 10-25 ms on a small disk),
+    # and the next one to open makes it again. Closed after every call, each database call of
+    # a send (its session check, the verb, the claim) could pay that (docs/benchmarks.md).
+    # This process's writers take turns on a lock of its own rather than in SQLite's busy
+    # handler, which sleeps between tries (chatsite/sqlite_writer/base.py).
+    DATABASES["default"]["ENGINE"] = "chatsite.sqlite_writer"
     DATABASES["default"]["OPTIONS"] = {
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
         "transaction_mode": "IMMEDIATE",

@@ -134,13 +134,24 @@ def retries():
 def short_busy_timeout():
     """SQLite writers wait 20 s for a lock before they fail; here 1 s, so that a retry comes soon.
 
-    Connections opened from now on take it (each thread opens its own; with CONN_MAX_AGE 0 the
-    worker's threads open a new one for each answer and each heartbeat).
+    Connections opened from now on take it: each thread opens its own, and the test's worker and
+    database pool have threads of their own. asgiref's one thread outlives the tests, and its
+    connection persists (CONN_MAX_AGE): it is closed before and after, so it opens with the
+    timeout of the test it serves.
     """
     options = connection.settings_dict.get("OPTIONS", {})
     before = options.get("timeout")
     if connection.vendor == "sqlite":
+        close_orm_thread_connections()
         options["timeout"] = 1
     yield
     if connection.vendor == "sqlite":
+        close_orm_thread_connections()
         options["timeout"] = before
+
+
+def close_orm_thread_connections():
+    from asgiref.sync import SyncToAsync
+    from django.db import connections
+
+    SyncToAsync.single_thread_executor.submit(connections.close_all).result(timeout=10)

@@ -376,7 +376,7 @@ async def test_an_ended_socket_stops_receiving_the_answer_it_followed(alice, ups
 def database_url():
     """The test database as a DATABASE_URL for another process."""
     database = connection.settings_dict
-    if database["ENGINE"] == "django.db.backends.sqlite3":
+    if connection.vendor == "sqlite":
         return f"sqlite:///{database['NAME']}"
     return (
         f"postgres://{database['USER']}:{database['PASSWORD']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
