@@ -43,6 +43,9 @@ def run(function, *args):
     return asyncio.run(answered(function)(*args))
 
 
+# answered() runs on Channels' database thread, which closes that thread's stale connections
+# first (close_old_connections): database access, with connections kept open between calls.
+@pytest.mark.django_db
 def test_answered_runs_the_call_and_raises_domain_exceptions_as_client_errors():
     assert run(lambda a, b: a + b, 2, 3) == 5
 
