@@ -43,7 +43,7 @@ test-fast: dev-packages
 	$(JS_TESTS)
 	$(BIN)/python -m pytest tests/unit -q
 
-# Benchmarks: figures printed and written to docs/benchmarks.md (about 10 minutes on 2 cores).
+# Benchmarks: figures printed and written to docs/benchmarks.md (about 15 minutes on 2 cores).
 bench: setup
 	$(BIN)/python -m bench.run
 
