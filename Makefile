@@ -37,9 +37,9 @@ test: setup
 	$(BIN)/python -m pytest
 	bash scripts/with-services.sh $(BIN)/python -m pytest -q --ignore=tests/browser --ignore=tests/test_scale_out.py
 
-# Only the Python packages (and Node, there with npm): the unit tests need no browser, database,
-# system service or model.
-test-fast: dev-packages
+# Only the Python packages and the browser libraries (the Node tests import marked from
+# static/vendor): the unit tests need no browser, database, system service or model.
+test-fast: dev-packages browser-packages
 	$(JS_TESTS)
 	$(BIN)/python -m pytest tests/unit -q
 
