@@ -771,11 +771,6 @@ class Conversation(models.Model):
         tree = self.tree()
         return tree.frames(self.current_path(tree))
 
-    def upstream_input(self, before):
-        """The path to the answer `before` (exclusive) as Open Responses message items, with
-        every file read (see AnswerInput.pairs)."""
-        return [item for _, item in self.answer_input(before).pairs()]
-
     def answer_input(self, before, tree=None, max_output_tokens=None):
         """The AnswerInput of the answer `before` (a row of this conversation): its path, from
         `tree` (read when not given), and its attachments (one query, when it has any).

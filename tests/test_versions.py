@@ -387,6 +387,11 @@ async def test_bad_version_frames_get_an_error_and_change_nothing(alice, upstrea
 # --- the tree, the migration and the records -----------------------------------------------
 
 
+def upstream_input(conversation, before):
+    """The message items the answer `before` is sent (AnswerInput.pairs), its files read."""
+    return [item for _, item in conversation.answer_input(before).pairs()]
+
+
 @pytest.mark.django_db
 def test_upstream_input_follows_the_answers_own_path_and_skips_textless_turns(alice):
     conversation = conversation_with_answer(alice, "one", "ONE")
@@ -394,13 +399,13 @@ def test_upstream_input_follows_the_answers_own_path_and_skips_textless_turns(al
     failed = conversation.queue_answer(first_answer.parent)
     Message.objects.filter(pk=failed.pk).update(status=Message.Status.FAILED)
     _, later = conversation.start_exchange("two", after=first_answer)
-    assert conversation.upstream_input(before=later) == [
+    assert upstream_input(conversation, later) == [
         {"type": "message", "role": "user", "content": "one"},
         {"type": "message", "role": "assistant", "content": "ONE"},
         {"type": "message", "role": "user", "content": "two"},
     ]
     _, after_failed = conversation.start_exchange("three", after=failed)
-    assert [item["content"] for item in conversation.upstream_input(before=after_failed)] == ["one", "three"]
+    assert [item["content"] for item in upstream_input(conversation, after_failed)] == ["one", "three"]
 
 
 @pytest.mark.django_db
