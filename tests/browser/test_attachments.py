@@ -388,11 +388,13 @@ def test_editing_a_message_shows_its_files_and_sends_only_those_kept(chat, upstr
 
 def test_attaching_sending_and_viewing_work_with_the_keyboard_alone(chat, upstream):
     box = composer(chat)
-    box.focus()
-    chat.keyboard.type("By keyboard")
-    chat.keyboard.press("Tab")
-    expect(chat.get_by_role("button", name="Attach files")).to_be_focused()
+    # The wait for the file chooser starts first: Playwright asks the browser to hand it file
+    # choosers without waiting for the answer, and a lone key press could overtake that request.
     with chat.expect_file_chooser() as chooser:
+        box.focus()
+        chat.keyboard.type("By keyboard")
+        chat.keyboard.press("Tab")
+        expect(chat.get_by_role("button", name="Attach files")).to_be_focused()
         chat.keyboard.press("Enter")
     chooser.value.set_files([png_file("keys.png", width=240, height=160), text_file("extra.txt")])
     wait_uploaded(chat, "keys.png", "extra.txt")
