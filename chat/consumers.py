@@ -14,7 +14,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError
 
-from chat import frames, protocol, providers
+from chat import frames, protocol, providers, socket_writes
 from chat.errors import INTERNAL_ERROR, ClientError, answered, answered_on
 from chat.follower import Follower, FollowState
 from chat.models import Conversation, Message
@@ -99,13 +99,16 @@ class FrameSend:
     session's attributes, a setting read: ~2 % of a loaded server's samples, docs/benchmarks.md).
     Outside AuthMiddlewareStack in chatsite/asgi.py; the consumer sends its text frames through
     it (ChatConsumer.send_text), everything else through Channels' chain as before.
+
+    Under daphne those text frames are framed and written to the socket at once, and so are
+    the connection's other bytes (chat.socket_writes), rather than on the reactor's next turn.
     """
 
     def __init__(self, inner):
         self.inner = inner
 
     async def __call__(self, scope, receive, send):
-        return await self.inner({**scope, FRAME_SEND: send}, receive, send)
+        return await self.inner({**scope, FRAME_SEND: socket_writes.text_sender(send)}, receive, send)
 
 
 class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):

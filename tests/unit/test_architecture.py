@@ -24,6 +24,7 @@ LAYERS = [
         "answering.buffer",
         "answering.database",
         "answering.context",
+        "socket_writes",
     },
     {"providers"},
     {"models"},
