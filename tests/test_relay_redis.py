@@ -13,7 +13,7 @@ from asgiref.sync import sync_to_async
 
 from chat import protocol
 from chat.follower import Follower
-from chat.relay import Relay, read_shared_snapshot, snapshot_keys
+from chat.relay import Relay, followers_key, read_shared_snapshot, snapshot_keys
 from tests.services import redis_server  # noqa: F401  (a fixture, used by name)
 
 
@@ -60,10 +60,10 @@ async def until(condition, what, timeout=10):
         await asyncio.sleep(0.01)
 
 
-async def subscribed(client, relay, *groups):
+def followed(client, *relays, groups):
+    """Each relay is named in the followers set of each group once its follow returned."""
     for group in groups:
-        channel = relay._channel(group).encode()
-        await until(lambda channel=channel: dict(client.pubsub_numsub(channel)).get(channel) == 2, "not subscribed")
+        assert client.smembers(followers_key(group)) == {relay.origin.encode() for relay in relays}
 
 
 def done_event(message_id):
@@ -88,7 +88,7 @@ async def test_a_round_of_many_answers_reaches_the_other_process_in_order_with_s
     for group, tab_here, tab_there in zip(groups, tabs_here, tabs_there, strict=True):
         await tab_here.follow(group)  # the sender's tab: this process hears its own batches back
         await tab_there.follow(group)
-    await subscribed(client, here, *groups)
+    followed(client, here, there, groups=groups)
 
     sent = {message_id: [] for message_id in answers}
     for seq in range(1, 31):
@@ -132,7 +132,7 @@ async def test_a_redis_that_forgot_the_round_script_still_gets_every_round(clien
     tab_here, tab_there = Tab(here), Tab(there)
     await tab_here.follow(group)
     await tab_there.follow(group)
-    await subscribed(client, here, group)
+    followed(client, here, there, groups=[group])
     deltas = protocol.DeltaEvents(message_id)
     for seq in (1, 2):
         if seq == 2:
