@@ -3,8 +3,9 @@
 No daphne, no database, no upstream: ANSWERS threads add DELTAS deltas each at RATE per second
 (30 by default, as the relay benchmark's upstream) to answer jobs whose relay (process A's)
 publishes them through a real redis-server to a second relay (process B's) on the same loop;
-each conversation has one follower on each relay (the sender's tab on A, which also hears its own
-batches back, and the follower on B), whose socket's send only counts. CHAT_FLUSH_INTERVAL=0:
+each conversation has one follower on each relay (the sender's tab on A, and the follower on B),
+whose socket's send only counts. (Before rounds were routed to per-relay inboxes, A also heard
+its own batches back wherever its sender's tab followed: `--no-echo` leaves that tab out.) CHAT_FLUSH_INTERVAL=0:
 every delta is a frame. Process CPU time (A and B together) and redis-server's per delta relayed
 to B: robust to a loaded machine, unlike latencies, and the same script runs against another
 checkout for an A/B (run it with that checkout as the working directory). `--no-hiredis` hides
@@ -24,7 +25,7 @@ if "--no-hiredis" in sys.argv:
     sys.argv.remove("--no-hiredis")
     sys.modules["hiredis"] = None  # redis-py then finds no hiredis and uses its Python parser
 
-ECHO = 0  # 1 with --no-echo: no follower on A, which then hears none of its own batches back
+ECHO = 0  # 1 with --no-echo: no follower on A
 if "--no-echo" in sys.argv:
     sys.argv.remove("--no-echo")
     ECHO = 1

@@ -9,20 +9,27 @@ handler) cost about a millisecond of CPU per delta and serialised all sockets be
 - takes events from any thread (`publish`), wakes the loop once for however many are waiting,
   and calls the handlers of the sockets of this process that follow the conversation directly,
   in order;
-- with REDIS_URL set, also publishes them, batched per conversation, on a Redis pub/sub channel
-  of the conversation, to which every process with a socket following it is subscribed (one
-  subscription per process, not per socket). One PUBLISH per batch: channels_redis' group_send
-  and receive cost a dozen round trips per message, which at ten answers already saturated the
-  processes (docs/benchmarks.md).
+- with REDIS_URL set, also hands them to the other processes with a socket following the
+  conversation, through Redis: each relay listens on one pub/sub channel of its own (its inbox,
+  `inbox_channel`), and a conversation's Redis set (`followers_key`) names the inboxes of the relays
+  following it. One command per round (ROUND_SCRIPT) routes the round's events: each inbox named
+  for any of its conversations gets one PUBLISH holding all of them, and the relay that published
+  the round gets none (its own sockets had them directly). Per-conversation channels, which every
+  follower's process subscribed to, made a process hear (receive, read, discard) each of its own
+  batches back wherever it had a socket following too, and cost one message per conversation
+  and round (docs/benchmarks.md).
 
-In the same atomic command as each round's published batches (ROUND_SCRIPT, one per round for
-all its answers), the relay appends their deltas to the answers' snapshots (`read_shared_snapshot`):
-a socket of another process that subscribes and then reads the snapshot gets every delta after it,
-and none twice (seq filters the overlap).
+In the same atomic command the relay appends the round's deltas to the answers' snapshots
+(`read_shared_snapshot`): a relay of another process joins the conversation's set (and Redis
+confirms it) before its socket reads the snapshot, so the socket gets every delta after it, and
+none twice (seq filters the overlap).
 
-Pub/sub delivers to whoever is connected at the moment: when the subscription connection breaks,
-the sockets of this process are brought up to date again from the snapshots (`resync`), as a
-reconnecting browser is.
+Pub/sub delivers to whoever is connected at the moment: when the inbox's connection breaks, the
+relay subscribes again, joins its conversations' sets again, then brings this process's sockets
+up to date from the snapshots (`resync`), as a reconnecting browser is. Nothing of a relay is
+left in Redis to grow after its process dies: a round whose PUBLISH to an inbox reaches no one
+takes that inbox out of the sets it was found in, and a set expires unless a live relay renews
+its membership (MEMBERSHIP_TTL).
 
 A socket follows one conversation at a time (`follow` / `unfollow`).
 
@@ -37,6 +44,7 @@ The relays of a process, one per event loop, are its runtime's (chat/runtime.py)
 
 import asyncio
 import collections
+import contextlib
 import heapq
 import itertools
 import json
@@ -54,7 +62,23 @@ logger = logging.getLogger(__name__)
 
 SNAPSHOT_TTL = 3600  # an answer streaming longer than an hour without a delta is long dead
 FINISHED_SNAPSHOT_TTL = 60
-CHANNEL_PREFIX = b"chatsite:relay:"  # then the group: a conversation's events
+INBOX_PREFIX = "chatsite:inbox:"  # then a relay's origin: the rounds routed to that relay
+# A conversation's set of the inboxes following it lives this long unless renewed; each relay
+# renews its own memberships four times as often (a socket may follow a quiet conversation for
+# days). A relay that died is in no set an hour later.
+MEMBERSHIP_TTL = 3600
+MEMBERSHIP_RENEWAL = MEMBERSHIP_TTL / 4
+SUBSCRIBE_TIMEOUT = 10  # seconds for Redis to confirm a relay's inbox subscription
+
+
+def inbox_channel(origin):
+    """The pub/sub channel the relay whose origin is `origin` hears the other processes' rounds on."""
+    return f"{INBOX_PREFIX}{origin}"
+
+
+def followers_key(group):
+    """The Redis set of the origins of the relays with a socket following `group`."""
+    return f"chatsite:followers:{group}"
 
 
 def snapshot_keys(message_id):
@@ -88,59 +112,90 @@ def publish_stops(client, message_ids_by_worker):
     pipeline.execute()
 
 
-# One round's writes as one command. Redis runs a script atomically, as it ran the transaction
-# it replaces (MULTI, an APPEND and an EXPIRE per answer and stream, a SET per answer, a PUBLISH
-# per conversation, EXEC), so a reader's MGET still sees a snapshot whose texts and seq agree; but
-# the client packs one command and reads one reply per round, not two replies per command (its
-# QUEUED and its result), which cost more of the process's CPU than the commands themselves
-# (docs/benchmarks.md). KEYS: the stream keys appended to, the seq keys set, the keys of answers
-# that finished. ARGV: those three counts, the two lives, the texts appended, the seqs, then
-# (channel, message) pairs to publish.
-ROUND_SCRIPT = """
+# One round's writes as one command. Redis runs a script atomically, so a reader's MGET sees a
+# snapshot whose texts and seq agree, and a relay joins a conversation's set either before a round
+# (and hears it) or after (and finds it in the snapshot); the client packs one command and reads one
+# reply per round, where a MULTI/EXEC read two per command (docs/benchmarks.md). KEYS: the stream
+# keys appended to, the seq keys set, the keys of answers that finished, then one followers set per
+# conversation of the round. ARGV: those three counts, the two lives, the publishing relay's
+# origin, the texts appended, the seqs, then one section (`encode_section`) per conversation.
+# Each inbox named in the sets, but the publisher's, gets its sections in one PUBLISH; an inbox
+# that nobody hears any more (its process died) is taken out of the sets it was found in.
+ROUND_SCRIPT = (
+    """
 local appended, seqs, finished = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 for i = 1, appended do
-  redis.call('APPEND', KEYS[i], ARGV[5 + i])
+  redis.call('APPEND', KEYS[i], ARGV[6 + i])
   redis.call('EXPIRE', KEYS[i], ARGV[4])
 end
 for i = appended + 1, appended + seqs do
-  redis.call('SET', KEYS[i], ARGV[5 + i], 'EX', ARGV[4])
+  redis.call('SET', KEYS[i], ARGV[6 + i], 'EX', ARGV[4])
 end
 for i = appended + seqs + 1, appended + seqs + finished do
   redis.call('EXPIRE', KEYS[i], ARGV[5])
 end
-for i = 6 + appended + seqs, #ARGV, 2 do
-  redis.call('PUBLISH', ARGV[i], ARGV[i + 1])
+local inboxes, order = {}, {}
+for i = appended + seqs + finished + 1, #KEYS do
+  local section = ARGV[6 + i - finished]
+  for _, origin in ipairs(redis.call('SMEMBERS', KEYS[i])) do
+    if origin ~= ARGV[6] then
+      local routed = inboxes[origin]
+      if routed == nil then
+        routed = {sections = {}, sets = {}}
+        inboxes[origin] = routed
+        order[#order + 1] = origin
+      end
+      routed.sections[#routed.sections + 1] = section
+      routed.sets[#routed.sets + 1] = KEYS[i]
+    end
+  end
+end
+for _, origin in ipairs(order) do
+  local routed = inboxes[origin]
+  if redis.call('PUBLISH', '"""
+    + INBOX_PREFIX
+    + """' .. origin, table.concat(routed.sections, '\\n')) == 0 then
+    for _, key in ipairs(routed.sets) do
+      redis.call('SREM', key, origin)
+    end
+  end
 end
 return 0
 """
+)
 
-# What of an event travels in its batch's first line: the stream, the delta and a continued
+# What of an event travels in its section's fields: the stream, the delta and a continued
 # answer's start are for the snapshot only (`Round.add`), and the frame goes as it was encoded.
 LEFT_OUT = ("frame", "stream", "delta", "start")
 
 
-def encode_batch(origin, events):
-    """One published message: the publishing relay's origin (32 hex digits), then the events'
-    own fields as one JSON list, then each event's frame as it was encoded once, one per line
-    (JSON has no raw newline), so that no frame is encoded again and a receiver decodes one JSON
-    document per message however many events it carries."""
+def encode_section(group, events):
+    """One conversation's part of a published message: the group, then the events' own fields as
+    one JSON list, then each event's frame as it was encoded once, one per line (neither a group
+    name nor JSON has a raw newline), so that no frame is encoded again and a receiver decodes
+    one JSON document per conversation however many events it carries. The round script joins
+    an inbox's sections with newlines."""
     fields = [{key: value for key, value in event.items() if key not in LEFT_OUT} for event in events]
-    return "\n".join((origin, json.dumps(fields), *(event["frame"] for event in events)))
+    return "\n".join((group, json.dumps(fields), *(event["frame"] for event in events)))
 
 
-def decode_batch(data):
-    """The events of a message `encode_batch` made (bytes), its origin line left out."""
-    _, fields, *frames = data.decode().split("\n")
-    events = json.loads(fields)
-    for event, frame in zip(events, frames, strict=True):
-        event["frame"] = frame
-    return events
+def decode_inbox(data):
+    """[(group, events)] of a message the round script published to an inbox (bytes)."""
+    lines = data.decode().split("\n")
+    sections, at = [], 0
+    while at < len(lines):
+        group, events = lines[at], json.loads(lines[at + 1])
+        for event, frame in zip(events, lines[at + 2 : at + 2 + len(events)], strict=True):
+            event["frame"] = frame
+        sections.append((group, events))
+        at += 2 + len(events)
+    return sections
 
 
 class Round:
     """What one publishing round writes to Redis, gathered from its events in order (pure): per
     answer that streamed its new text per stream and its last seq, the answers that finished,
-    and per conversation the events to publish."""
+    and per conversation the events to route."""
 
     def __init__(self):
         self.snapshots = {}  # message id -> [last seq, {stream: [deltas]}], in order of arrival
@@ -163,23 +218,26 @@ class Round:
             self.finished.append(event["message"])
         self.by_group.setdefault(group, []).append(event)
 
-    def script_arguments(self, origin, channel_of):
-        """(keys, args) of ROUND_SCRIPT for this round."""
+    def script_arguments(self, origin):
+        """(keys, args) of ROUND_SCRIPT for this round, published by the relay `origin`, as bytes:
+        redis-py's encoder passes bytes through at once, where it checks a str or an int against
+        five types first, which for a round's several arguments per answer cost more than the
+        encoding itself (docs/benchmarks.md)."""
         appended, texts, seq_keys, seqs = [], [], [], []
         for message_id, (seq, streams) in self.snapshots.items():
             seq_key, *stream_keys = snapshot_keys(message_id)
             for stream, deltas in streams.items():
-                appended.append(stream_keys[protocol.STREAM_NAMES.index(stream)])
-                texts.append("".join(deltas))
-            seq_keys.append(seq_key)
-            seqs.append(seq)
+                appended.append(stream_keys[protocol.STREAM_NAMES.index(stream)].encode())
+                texts.append("".join(deltas).encode())
+            seq_keys.append(seq_key.encode())
+            seqs.append(b"%d" % seq)
         # The database has a finished answer's final state now; readers look there first.
-        finished = [key for message_id in self.finished for key in snapshot_keys(message_id)]
-        publishes = []
-        for group, events in self.by_group.items():
-            publishes += (channel_of(group), encode_batch(origin, events))
-        counts = (len(appended), len(seq_keys), len(finished), SNAPSHOT_TTL, FINISHED_SNAPSHOT_TTL)
-        return [*appended, *seq_keys, *finished], [*counts, *texts, *seqs, *publishes]
+        finished = [key.encode() for message_id in self.finished for key in snapshot_keys(message_id)]
+        sets = [followers_key(group).encode() for group in self.by_group]
+        sections = [encode_section(group, events).encode() for group, events in self.by_group.items()]
+        counts = [b"%d" % count for count in (len(appended), len(seq_keys), len(finished))]
+        lives = [b"%d" % SNAPSHOT_TTL, b"%d" % FINISHED_SNAPSHOT_TTL, origin.encode()]
+        return [*appended, *seq_keys, *finished, *sets], [*counts, *lives, *texts, *seqs, *sections]
 
 
 class Relay:
@@ -187,7 +245,7 @@ class Relay:
         self.loop = loop
         self.cross_process = bool(settings.REDIS_URL)
         self.origin = uuid.uuid4().hex
-        self._own_batches = f"{self.origin}\n".encode()
+        self.channel = inbox_channel(self.origin)  # where the other processes' rounds reach it
         self.followers = collections.defaultdict(dict)  # group -> {follower: None}, in joining order
 
         self._lock = threading.Lock()
@@ -205,7 +263,9 @@ class Relay:
         self._pubsub = None
         self._round_script = None
         self._listener = None
-        self._subscribed = set()
+        self._renewer = None
+        self._inbox_open = False
+        self._joined = set()  # the groups whose followers set names this relay
         self._membership = asyncio.Lock()
         self._stops = None  # (channel, callback) once this process hears its stops here
 
@@ -214,17 +274,21 @@ class Relay:
     async def follow(self, group, follower):
         """Hand the group's events to `follower` (a chat.follower.Follower) from now on."""
         self.followers[group][follower] = None
-        if self.cross_process and group not in self._subscribed:
+        if self.cross_process and group not in self._joined:
             async with self._membership:
-                if group in self.followers and group not in self._subscribed:
-                    await self._connect()
-                    await self._pubsub.subscribe(self._channel(group))
-                    self._subscribed.add(group)
+                if group in self.followers and group not in self._joined:
+                    await self._open_inbox()
+                    # Awaited: once Redis has it, every round of the group reaches this relay,
+                    # and what came before is in the snapshot the socket reads next.
+                    await self._join(group)
+                    self._joined.add(group)
                     self._keep_listening()
 
     def _keep_listening(self):
         if self._listener is None or self._listener.done():
             self._listener = self.loop.create_task(self._listen())
+        if self._renewer is None or self._renewer.done():
+            self._renewer = self.loop.create_task(self._renew_memberships())
 
     # --- stops for this process, from the other processes ------------------------------------
 
@@ -243,7 +307,7 @@ class Relay:
         channel = stop_channel(worker_id)
         try:
             async with self._membership:
-                await self._connect()
+                await self._open_inbox()  # first: nothing reads the subscription before it
                 await self._pubsub.subscribe(channel)
                 self._stops = (channel.encode(), on_stop)
                 self._keep_listening()
@@ -266,15 +330,15 @@ class Relay:
         if following:
             return
         del self.followers[group]
-        if self.cross_process and group in self._subscribed:
+        if self.cross_process and group in self._joined:
             async with self._membership:
-                if group in self.followers or group not in self._subscribed:
+                if group in self.followers or group not in self._joined:
                     return
-                self._subscribed.discard(group)
+                self._joined.discard(group)
                 try:
-                    await self._pubsub.unsubscribe(self._channel(group))
+                    await self._redis.srem(followers_key(group), self.origin)
                 except Exception:
-                    logger.warning("Could not unsubscribe from %s; its messages will be dropped", group)
+                    logger.warning("Could not leave %s; its rounds reach this relay, which drops them", group)
 
     # --- publishing, from any thread ----------------------------------------------------------
 
@@ -367,42 +431,91 @@ class Relay:
 
     # --- other processes ----------------------------------------------------------------------
 
-    @staticmethod
-    def _channel(group):
-        return f"{CHANNEL_PREFIX.decode()}{group}"
-
     async def _connect(self):
         if self._redis is None:
             import redis.asyncio
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
 
-            # The subscription waits for messages as long as a conversation is quiet: no read
-            # timeout, but TCP keepalive, so that a dead connection is still noticed.
             self._redis = redis.asyncio.Redis.from_url(
                 settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=5, socket_keepalive=True
             )
-            self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             self._round_script = self._redis.register_script(ROUND_SCRIPT)
+            # The inbox waits for messages as long as the conversations are quiet: no read
+            # timeout, but TCP keepalive, so that a dead connection is still noticed. No retry:
+            # redis-py would reconnect and subscribe again without a word, and the rounds of the
+            # gap (and this relay's memberships, which they took away) would be lost unnoticed;
+            # the listener does it instead, and brings the sockets up to date (`_resubscribe`).
+            subscriber = redis.asyncio.Redis.from_url(
+                settings.REDIS_URL,
+                socket_timeout=None,
+                socket_connect_timeout=5,
+                socket_keepalive=True,
+                retry=Retry(NoBackoff(), 0),
+            )
+            self._pubsub = subscriber.pubsub()
+
+    async def _open_inbox(self):
+        """Subscribe to this relay's inbox (once, under the membership lock, before any listener
+        reads the subscription) and wait for Redis to confirm it: a round that names this relay
+        after it joins a set must reach it."""
+        await self._connect()
+        if not self._inbox_open:
+            await self._pubsub.subscribe(self.channel)
+            await self._confirmed()
+            self._inbox_open = True
+
+    async def _confirmed(self):
+        """Wait for the confirmation of the inbox's subscription (the first channel subscribed)."""
+        deadline = self.loop.time() + SUBSCRIBE_TIMEOUT
+        while self.loop.time() < deadline:
+            message = await self._pubsub.get_message(timeout=deadline - self.loop.time())
+            if message and message["type"] == "subscribe" and message["channel"] == self.channel.encode():
+                return
+        raise TimeoutError(f"Redis did not confirm the subscription to {self.channel}")
+
+    async def _join(self, *groups):
+        """Name this relay in the followers sets of `groups`, each to live MEMBERSHIP_TTL."""
+        pipeline = self._redis.pipeline(transaction=False)
+        for group in groups:
+            pipeline.sadd(followers_key(group), self.origin)
+            pipeline.expire(followers_key(group), MEMBERSHIP_TTL)
+        await pipeline.execute()
+
+    async def _renew_memberships(self):
+        """Join the sets of the groups followed again, every MEMBERSHIP_RENEWAL: a set lives only
+        while a live relay renews it."""
+        while True:
+            await asyncio.sleep(MEMBERSHIP_RENEWAL)
+            async with self._membership:
+                groups = [group for group in self._joined if group in self.followers]
+                try:
+                    if groups:
+                        await self._join(*groups)
+                except Exception:
+                    logger.warning("Could not renew this relay's memberships; trying again later", exc_info=True)
 
     async def _publish_to_other_processes(self):
         """One command per round for every answer in it (ROUND_SCRIPT): the snapshots brought up
-        to date (one APPEND per answer and stream, one seq), then one PUBLISH per conversation.
-        The busier the server, the bigger the rounds and the fewer the commands per delta."""
+        to date (one APPEND per answer and stream, one seq), then one PUBLISH per other relay
+        following any of its conversations. The busier the server, the bigger the rounds and the
+        fewer the commands per delta."""
         await self._connect()
         while self._outgoing:
             batch, self._outgoing = self._outgoing, []
             round_ = Round()
             for group, event in batch:
                 round_.add(group, event)
-            keys, args = round_.script_arguments(self.origin, self._channel)
+            keys, args = round_.script_arguments(self.origin)
             try:
                 await self._round_script(keys=keys, args=args)
             except Exception:
                 logger.exception("Could not pass %s events to the other processes", len(batch))
 
     async def _listen(self):
-        """Batches from the other processes, handed to this process's sockets."""
+        """Rounds from the other processes, handed to this process's sockets, and stops."""
         failures = 0
-        while self._subscribed or self._stops:
+        while True:
             try:
                 message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
             except asyncio.CancelledError:
@@ -419,30 +532,31 @@ class Relay:
             if self._stops is not None and message["channel"] == self._stops[0]:
                 self._stopped(message["data"])
                 continue
-            data = message["data"]
-            if data.startswith(self._own_batches):
-                # This process delivered them already: it hears its own batches back wherever
-                # a socket of its own follows the conversation too (the sender's tab, say).
-                continue
-            group = message["channel"][len(CHANNEL_PREFIX) :].decode()
-            for event in decode_batch(data):
-                await self.deliver(group, event)
+            for group, events in decode_inbox(message["data"]):
+                for event in events:
+                    await self.deliver(group, event)
 
     async def _resubscribe(self):
-        """After a broken subscription: subscribe again, then bring every socket up to date, since
-        whatever was published meanwhile did not reach this process."""
+        """After a broken subscription: subscribe again, join the sets again (a round that found
+        nobody on the inbox meanwhile took this relay out of them), then bring every socket up to
+        date, since whatever was published meanwhile did not reach this process. A failure is
+        raised on the listener's next read, which tries again."""
         async with self._membership:
             try:
-                await self._pubsub.reset()
-                groups = [group for group in self._subscribed if group in self.followers]
-                channels = [self._channel(group) for group in groups]
+                await self._pubsub.aclose()
+                channels = [self.channel]
                 if self._stops is not None:
                     # Stops published meanwhile are on their rows: the next heartbeat finds them.
                     channels.append(self._stops[0].decode())
-                if channels:
-                    await self._pubsub.subscribe(*channels)
+                await self._pubsub.subscribe(*channels)
+                await self._confirmed()
+                groups = [group for group in self._joined if group in self.followers]
+                if groups:
+                    await self._join(*groups)
             except Exception:
                 logger.exception("Could not subscribe again; retrying")
+                with contextlib.suppress(Exception):
+                    await self._pubsub.aclose()  # the next read fails, and the listener tries again
                 return
         for following in list(self.followers.values()):
             for follower in tuple(following):

@@ -1,7 +1,9 @@
-"""The relay between processes on a real Redis (tests/services.py): two relays on one loop stand
-for two processes. A round of events from many answers reaches the other process whole and in
-order, the process that published it does not deliver it twice, and the shared snapshot the round
-left agrees with what was delivered (the one command per round, chat/relay.py's ROUND_SCRIPT)."""
+"""The relay between processes on a real Redis (tests/services.py): relays on one loop stand for
+processes. A round of events from many answers reaches the other process whole and in order, the
+process that published it does not deliver it twice, and the shared snapshot the round left agrees
+with what was delivered (the one command per round, chat/relay.py's ROUND_SCRIPT). Each round goes
+once to each other relay following any of its conversations (its inbox), to no other, and nothing
+of a relay that is gone stays in Redis."""
 
 import asyncio
 import json
@@ -9,11 +11,13 @@ import uuid
 
 import pytest
 import redis
+import redis.asyncio
 from asgiref.sync import sync_to_async
 
 from chat import protocol
-from chat.follower import Follower
-from chat.relay import Relay, read_shared_snapshot, snapshot_keys
+from chat import relay as relay_module
+from chat.follower import Follower, FollowState
+from chat.relay import MEMBERSHIP_TTL, Relay, decode_inbox, followers_key, read_shared_snapshot, snapshot_keys
 from tests.services import redis_server  # noqa: F401  (a fixture, used by name)
 
 
@@ -35,7 +39,11 @@ class Tab:
 
     def __init__(self, relay):
         self.frames = []
-        self.follower = Follower(relay, self.send, None)
+        self.follower = Follower(relay, self.send, self.read_state)
+
+    async def read_state(self, conversation_id):
+        """The conversation as the follower reads it again after a broken subscription."""
+        return FollowState({"id": conversation_id}, [], ())
 
     async def send(self, text):
         self.frames.append(json.loads(text))
@@ -60,10 +68,10 @@ async def until(condition, what, timeout=10):
         await asyncio.sleep(0.01)
 
 
-async def subscribed(client, relay, *groups):
+def followed(client, *relays, groups):
+    """Each relay is named in the followers set of each group once its follow returned."""
     for group in groups:
-        channel = relay._channel(group).encode()
-        await until(lambda channel=channel: dict(client.pubsub_numsub(channel)).get(channel) == 2, "not subscribed")
+        assert client.smembers(followers_key(group)) == {relay.origin.encode() for relay in relays}
 
 
 def done_event(message_id):
@@ -88,7 +96,7 @@ async def test_a_round_of_many_answers_reaches_the_other_process_in_order_with_s
     for group, tab_here, tab_there in zip(groups, tabs_here, tabs_there, strict=True):
         await tab_here.follow(group)  # the sender's tab: this process hears its own batches back
         await tab_there.follow(group)
-    await subscribed(client, here, *groups)
+    followed(client, here, there, groups=groups)
 
     sent = {message_id: [] for message_id in answers}
     for seq in range(1, 31):
@@ -132,7 +140,7 @@ async def test_a_redis_that_forgot_the_round_script_still_gets_every_round(clien
     tab_here, tab_there = Tab(here), Tab(there)
     await tab_here.follow(group)
     await tab_there.follow(group)
-    await subscribed(client, here, group)
+    followed(client, here, there, groups=[group])
     deltas = protocol.DeltaEvents(message_id)
     for seq in (1, 2):
         if seq == 2:
@@ -142,5 +150,122 @@ async def test_a_redis_that_forgot_the_round_script_still_gets_every_round(clien
     assert [frame["seq"] for frame in tab_there.frames] == [1, 2]
     shared = await sync_to_async(read_shared_snapshot)(client, message_id)
     assert (shared.seq, shared.text) == (2, "part 1 part 2 ")
+    await tab_here.follower.close()
+    await tab_there.follower.close()
+
+
+class Inbox:
+    """What Redis publishes to one relay's inbox, heard beside the relay itself."""
+
+    def __init__(self, url, relay):
+        self.client = redis.asyncio.Redis.from_url(url)
+        self.pubsub = self.client.pubsub()
+        self.channel = relay.channel
+        self.messages = []
+
+    async def __aenter__(self):
+        await self.pubsub.subscribe(self.channel)
+        while (await self.pubsub.get_message(timeout=5))["type"] != "subscribe":
+            pass
+        return self
+
+    async def __aexit__(self, *exc_info):
+        await self.pubsub.aclose()
+        await self.client.aclose()
+
+    async def heard(self, quiet=0.3):
+        """The messages published to the inbox until it has been quiet for `quiet` seconds."""
+        while (message := await self.pubsub.get_message(ignore_subscribe_messages=True, timeout=quiet)) is not None:
+            self.messages.append(decode_inbox(message["data"]))
+        return self.messages
+
+
+@pytest.mark.asyncio
+async def test_a_round_reaches_each_other_process_once_and_only_with_the_conversations_it_follows(client, redis_url):
+    loop = asyncio.get_running_loop()
+    here, there, elsewhere = Relay(loop), Relay(loop), Relay(loop)
+    groups = [f"chat.conversation.{uuid.uuid4()}" for _ in range(2)]
+    tabs = {relay: [Tab(relay) for _ in groups] for relay in (here, there, elsewhere)}
+    for relay in (here, there):
+        for group, tab in zip(groups, tabs[relay], strict=True):
+            await tab.follow(group)
+    await tabs[elsewhere][0].follow(groups[0])
+    answers = [str(uuid.uuid4()) for _ in groups]
+
+    async with Inbox(redis_url, here) as inbox_here, Inbox(redis_url, there) as inbox_there:
+        async with Inbox(redis_url, elsewhere) as inbox_elsewhere:
+            for seq in (1, 2, 3):  # one round: nothing awaited between the publishes
+                for group, message_id in zip(groups, answers, strict=True):
+                    here.publish(group, protocol.DeltaEvents(message_id).event(seq, "text", f"{seq} "))
+            await until(lambda: [len(tab.frames) for tab in tabs[there]] == [3, 3], "not delivered there")
+            await until(lambda: len(tabs[elsewhere][0].frames) == 3, "not delivered elsewhere")
+            heard = [await inbox.heard() for inbox in (inbox_here, inbox_there, inbox_elsewhere)]
+
+    assert heard[0] == [], "the publishing process hears none of its own rounds"
+    assert [[(group, len(events)) for group, events in message] for message in heard[1]] == [
+        [(groups[0], 3), (groups[1], 3)]
+    ], "one message for the round, with both conversations"
+    assert [[(group, len(events)) for group, events in message] for message in heard[2]] == [[(groups[0], 3)]]
+    assert tabs[elsewhere][1].frames == []
+    for relay in (here, there):
+        assert [tab.deltas(message_id) for tab, message_id in zip(tabs[relay], answers, strict=True)] == [
+            [("message.delta", seq, f"{seq} ") for seq in (1, 2, 3)]
+        ] * 2
+    for relay_tabs in tabs.values():
+        for tab in relay_tabs:
+            await tab.follower.close()
+
+
+@pytest.mark.asyncio
+async def test_nothing_of_a_relay_that_is_gone_stays_in_redis(client):
+    """A process that died never left its conversations' sets: the first round that finds its
+    inbox unheard takes it out, the sets expire unless renewed, and leaving empties them."""
+    loop = asyncio.get_running_loop()
+    here, there = Relay(loop), Relay(loop)
+    group, message_id = f"chat.conversation.{uuid.uuid4()}", str(uuid.uuid4())
+    tab_here, tab_there = Tab(here), Tab(there)
+    await tab_here.follow(group)
+    await tab_there.follow(group)
+    client.sadd(followers_key(group), uuid.uuid4().hex)  # a relay whose process was killed
+
+    here.publish(group, protocol.DeltaEvents(message_id).event(1, "text", "one "))
+    await until(lambda: len(tab_there.frames) == 1, "not delivered")
+    followed(client, here, there, groups=[group])
+    assert 0 < client.ttl(followers_key(group)) <= MEMBERSHIP_TTL
+
+    await tab_there.follower.close()
+    followed(client, here, groups=[group])
+    await tab_here.follower.close()
+    assert not client.exists(followers_key(group))
+
+
+@pytest.mark.asyncio
+async def test_a_relay_renews_its_memberships_while_it_follows(client, monkeypatch):
+    monkeypatch.setattr(relay_module, "MEMBERSHIP_RENEWAL", 0.05)
+    relay = Relay(asyncio.get_running_loop())
+    group = f"chat.conversation.{uuid.uuid4()}"
+    tab = Tab(relay)
+    await tab.follow(group)
+    client.delete(followers_key(group))  # as if it had expired
+    await until(lambda: client.smembers(followers_key(group)) == {relay.origin.encode()}, "not renewed")
+    assert 0 < client.ttl(followers_key(group)) <= MEMBERSHIP_TTL
+    await tab.follower.close()
+
+
+@pytest.mark.asyncio
+async def test_a_relay_whose_inbox_connection_broke_joins_again_and_brings_its_sockets_up_to_date(client):
+    loop = asyncio.get_running_loop()
+    here, there = Relay(loop), Relay(loop)
+    group, message_id = f"chat.conversation.{uuid.uuid4()}", str(uuid.uuid4())
+    tab_here, tab_there = Tab(here), Tab(there)
+    await tab_here.follow(group)
+    await tab_there.follow(group)
+    client.srem(followers_key(group), there.origin)  # as a round that found its inbox unheard does
+    assert client.client_kill_filter(_type="pubsub") >= 2
+
+    await until(lambda: client.smembers(followers_key(group)) == {here.origin.encode(), there.origin.encode()}, "")
+    await until(lambda: [frame["type"] for frame in tab_there.frames] == ["conversation.subscribed"], "no resync")
+    here.publish(group, protocol.DeltaEvents(message_id).event(1, "text", "after "))
+    await until(lambda: tab_there.deltas(message_id) == [("message.delta", 1, "after ")], "not delivered after")
     await tab_here.follower.close()
     await tab_there.follower.close()
