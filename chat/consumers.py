@@ -1,8 +1,9 @@
 """The websocket consumer at /ws/chat/: checks, routes and forwards (docs/protocol.md).
 
-Frames are parsed by chat/frames.py, acted on by one model verb each (chat/models.py, in the ORM's
-thread, returning frames), refused through chat/errors.py; the followed conversation's events
-reach the socket through its chat/follower.py Follower, which the relay calls directly.
+Frames are parsed by chat/frames.py, acted on by one model verb each (chat/models.py, returning
+frames; an answering frame's verb runs with its session check in one call on the runtime's
+database pool), refused through chat/errors.py; the followed conversation's events reach the
+socket through its chat/follower.py Follower, which the relay calls directly.
 """
 
 import asyncio
