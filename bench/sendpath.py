@@ -13,10 +13,12 @@ runs against another checkout for an A/B.
 """
 
 import argparse
+import atexit
 import cProfile
 import io
 import os
 import pstats
+import shutil
 import sys
 import tempfile
 import time
@@ -24,6 +26,7 @@ import uuid
 from pathlib import Path
 
 FOLDER = tempfile.mkdtemp(prefix="bench-sendpath-")
+atexit.register(shutil.rmtree, FOLDER, ignore_errors=True)
 os.environ.update(
     DJANGO_SETTINGS_MODULE="chatsite.settings",
     DJANGO_DEBUG="0",
