@@ -1,8 +1,9 @@
 """The websocket consumer at /ws/chat/: checks, routes and forwards (docs/protocol.md).
 
-Frames are parsed by chat/frames.py, acted on by one model verb each (chat/models.py, in the ORM's
-thread, returning frames), refused through chat/errors.py; the followed conversation's events
-reach the socket through its chat/follower.py Follower, which the relay calls directly.
+Frames are parsed by chat/frames.py, acted on by one model verb each (chat/models.py, returning
+frames; an answering frame's verb runs with its session check in one call on the runtime's
+database pool), refused through chat/errors.py; the followed conversation's events reach the
+socket through its chat/follower.py Follower, which the relay calls directly.
 """
 
 import asyncio
@@ -46,10 +47,16 @@ def current_loop():
     return asyncio.get_running_loop()
 
 
-async def ready_worker(model):
+# The frames that answer: their session check runs in the same call on the database pool as
+# their work, right before it (ChatConsumer.answer), one hop to the pool for the frame instead
+# of two; every other frame is checked on its own before it is handled.
+ANSWERING_FRAMES = frozenset({protocol.CHAT_SEND, protocol.CHAT_REGENERATE, protocol.CHAT_EDIT, protocol.CHAT_CONTINUE})
+
+
+def ready_worker(model):
     """This process's worker (the runtime's, started with the server), once the upstream for
-    `model` is configured. The session was checked before the frame; the send rate and the budget
-    are checked where the answer is stored, in one transaction with it."""
+    `model` is configured. The session was checked before; the send rate and the budget are
+    checked where the answer is stored, in one transaction with it."""
     worker = current().worker
     if worker is None:
         raise ClientError("unavailable", "The server is not taking answers just now: try again in a moment.")
@@ -190,11 +197,17 @@ class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
             return  # refused at connect, or its session ended: closing
         client_id = None
         try:
-            # Whatever the frame, it acts only while the session lets it (chat/authority.py).
-            await self.check_session()
-            content = frames.decode(text_data, bytes_data)
-            client_id = frames.client_id_of(content)
-            frame = frames.parse(content)
+            # Whatever the frame, it acts, and is answered, only while the session lets it
+            # (chat/authority.py); parsing it reads nothing and changes nothing.
+            try:
+                content = frames.decode(text_data, bytes_data)
+                client_id = frames.client_id_of(content)
+                frame = frames.parse(content)
+            except Exception:
+                await self.check_session()
+                raise
+            if content["type"] not in ANSWERING_FRAMES:
+                await self.check_session()
             await getattr(self, content["type"].replace(".", "_"))(frame)
         except SessionEnded as ended:
             await self.end(ended.code)
@@ -210,7 +223,7 @@ class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
     async def chat_send(self, frame):
         await self.answer(
             frame,
-            frame.model or providers.default_model(),
+            lambda: frame.model or providers.default_model(),
             Conversation.objects.send,
             frame.conversation,
             frame.text,
@@ -241,18 +254,31 @@ class ChatConsumer(SessionBoundMixin, AsyncWebsocketConsumer):
     async def answer_message(self, frame, role, verb, *arguments, **keywords):
         """`answer` for a verb on the user's message `frame.message` (of `role`, when given): the
         model is the frame's, else the one that message's conversation answers with."""
-        located = await answered_on(self.database_executor, Message.objects.locate)(self.user, frame.message, role)
-        await self.answer(frame, frame.model or located.model, verb, frame.message, *arguments, **keywords)
 
-    async def answer(self, frame, model, verb, *arguments, **keywords):
-        """The path every answering frame takes: the worker, ready for `model`; the verb (a
-        Conversation.objects verb) storing the frame on the database pool for that worker; then
-        `deliver`. `arguments` and `keywords` are the verb's own, after the user."""
-        worker = await ready_worker(model)
-        stored = await answered_on(self.database_executor, verb)(
-            self.user, *arguments, model=frame.model, client_id=frame.client_id, worker_id=worker.id, **keywords
+        def model_of():
+            return frame.model or Message.objects.locate(self.user, frame.message, role).model
+
+        await self.answer(frame, model_of, verb, frame.message, *arguments, **keywords)
+
+    async def answer(self, frame, model_of, verb, *arguments, **keywords):
+        """The path every answering frame takes: its work in one call on the database pool
+        (`store_frame`), then `deliver`. `model_of()` is the model to answer with (it may read);
+        `arguments` and `keywords` are the verb's own, after the user."""
+        stored, worker = await answered_on(self.database_executor, self.store_frame)(
+            frame, model_of, verb, arguments, keywords
         )
         await self.deliver(stored, worker)
+
+    def store_frame(self, frame, model_of, verb, arguments, keywords):
+        """`answer`'s work, on a thread of the database pool: the session check, the worker
+        ready for the model, and the verb (a Conversation.objects verb) storing the frame for
+        that worker; (the verb's models.Stored, the worker)."""
+        self.session_lets_act()
+        worker = ready_worker(model_of())
+        stored = verb(
+            self.user, *arguments, model=frame.model, client_id=frame.client_id, worker_id=worker.id, **keywords
+        )
+        return stored, worker
 
     async def chat_select(self, frame):
         located = await answered(Message.objects.locate)(self.user, frame.message)

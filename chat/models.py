@@ -163,27 +163,37 @@ class ConversationQuerySet(models.QuerySet):
                     snippets[conversation_id] = found
         return snippets
 
-    def idle_for_update(self, conversation_id, model=None):
-        """A conversation locked until the transaction ends, with no answer being written.
+    def locked_with_tree(self, which, model=None, *, missing=None, idle=True):
+        """(the conversation `which` (a Q) names, locked until the transaction ends, its
+        MessageTree); `missing` (Conversation.DoesNotExist when not given) when no conversation
+        matches. With `idle`, Conversation.hold_for_answer: ConversationBusy while an answer is
+        queued or streaming, and a `model` becomes the conversation's model.
 
-        Raises ConversationBusy while an answer is queued or streaming: the next answer must see
-        the previous one in its input. A `model` becomes the conversation's model.
+        The tree is read after the lock, in a statement of its own, so that it holds every
+        answer committed before (under PostgreSQL's READ COMMITTED a waiting lock re-reads only
+        the locked row): the verbs take the busy check, the messages they act on, the path and
+        the versions' rows from it, with no query of their own.
         """
-        conversation = self.select_for_update().get(pk=conversation_id)
-        if conversation.messages.unfinished().exists():
-            raise ConversationBusy
-        if model and model != conversation.model:
-            conversation.model = model
-            conversation.save(update_fields=["model"])
-        return conversation
+        try:
+            # of=self: a conversation found through its messages locks the conversation's row only.
+            conversation = self.select_for_update(of=("self",)).get(which)
+        except Conversation.DoesNotExist:
+            raise (missing or Conversation.DoesNotExist)() from None
+        tree = conversation.tree()
+        if idle:
+            conversation.hold_for_answer(tree, model)
+        return conversation, tree
 
-    # --- the client's actions: one verb each (chat.consumers calls them in the ORM's thread) ----
+    # --- the client's actions: one verb each (chat.consumers calls them on the database pool) --
     #
-    # Each does the idempotency check, the lock, the tree and the write, in one transaction, and
-    # returns frames built here: no model instance crosses to the event loop. They raise
-    # Conversation.DoesNotExist or Message.DoesNotExist for what is unknown or another user's,
-    # WrongMessage, ConversationBusy while an answer is being written, and SendRefused when the
-    # owner's limits do not admit the send (chat/errors.py names each for the client).
+    # Each locks the owner's row and reads what admits a send (UsageEntryQuerySet.admit: the
+    # idempotency check, the send rate, the budget), locks the conversation and reads its tree
+    # once, writes, in one transaction, and returns frames built here: no model instance crosses
+    # to the event loop. They raise Conversation.DoesNotExist or Message.DoesNotExist for what
+    # is unknown or another user's, WrongMessage, ConversationBusy while an answer is being
+    # written, and SendRefused when the owner's limits do not admit the send (chat/errors.py
+    # names each for the client). Every verb takes the owner's lock first, then the
+    # conversation's: one order for all, so that two of them never wait for each other.
 
     @transaction.atomic
     def send(
@@ -195,53 +205,75 @@ class ConversationQuerySet(models.QuerySet):
         sees), else the conversation's current path. `attachments` are ids of the user's unsent
         uploads (Attachment.DoesNotExist for any other).
         """
-        earlier = Stored.replayed(user, client_id)
-        if earlier is not None:
-            return earlier
-        attached = Attachment.objects.for_message(user, attachments)
         created = conversation_id is None
+        admission = UsageEntry.objects.admit(user.pk, client_id, new_conversation=created)
+        if admission.replayed:
+            return Stored.replayed(user, client_id)
+        attached = Attachment.objects.for_message(user, attachments)
         if created:
             conversation = self.create(
                 owner=user,
                 # A message of files alone is named after its first file until the model names it.
                 title=Conversation.title_from(text if text.strip() else attached[0].name),
                 model=model or providers.default_model(),
-                instructions=AccountSettings.of(user).default_instructions,
+                instructions=admission.default_instructions,
             )
+            tree = MessageTree(())  # nothing to read
         else:
-            conversation = self.owned_by(user).idle_for_update(conversation_id, model)
+            conversation, tree = self.owned_by(user).locked_with_tree(Q(pk=conversation_id), model)
         parent = None
         if parent_id is not None:
-            parent = conversation.messages.get(pk=parent_id, role=Message.Role.ASSISTANT)
+            parent = tree.message(parent_id)
+            if parent.role != Message.Role.ASSISTANT:
+                raise Message.DoesNotExist("A message follows an answer.")
         messages = conversation.start_exchange(
-            text, client_id=client_id, worker_id=worker_id, after=parent, attachments=attached
+            text,
+            client_id=client_id,
+            worker_id=worker_id,
+            after=parent,
+            attachments=attached,
+            tree=tree,
+            admission=admission,
         )
         return Stored.of(conversation, messages, created=created)
+
+    def locked_for(self, user, message_id, role=None):
+        """(the conversation of the user's message `message_id`, locked, its tree, the
+        message's row in it), as `locked_with_tree` without the busy check, which the verb makes
+        after its own; Message.DoesNotExist for another user's message, WrongMessage for one not
+        of `role` (when given)."""
+        conversation, tree = self.owned_by(user).locked_with_tree(
+            Q(messages__pk=message_id), missing=Message.DoesNotExist, idle=False
+        )
+        message = tree.message(message_id)
+        if role is not None and message.role != role:
+            raise WrongMessage(WRONG_ROLE[role])
+        return conversation, tree, message
 
     @transaction.atomic
     def regenerate(self, user, answer_id, *, model=None, client_id="", worker_id=None):
         """A new queued version of the user's answer `answer_id`, beside it."""
-        earlier = Stored.replayed(user, client_id)
-        if earlier is not None:
-            return earlier
-        answer = Message.objects.target(user, answer_id, Message.Role.ASSISTANT)
-        conversation = answer.conversation
-        return Stored.of(
-            conversation, conversation.regenerate(answer, model=model, client_id=client_id, worker_id=worker_id)
+        admission = UsageEntry.objects.admit(user.pk, client_id)
+        if admission.replayed:
+            return Stored.replayed(user, client_id)
+        conversation, tree, answer = self.locked_for(user, answer_id, Message.Role.ASSISTANT)
+        messages = conversation.regenerate(
+            answer, model=model, client_id=client_id, worker_id=worker_id, tree=tree, admission=admission
         )
+        return Stored.of(conversation, messages)
 
     @transaction.atomic
     def continue_answer(self, user, answer_id, *, model=None, client_id="", worker_id=None):
         """A new queued version of the user's stopped or cut-short answer `answer_id`, beside it,
         that goes on from its text (Conversation.continue_answer)."""
-        earlier = Stored.replayed(user, client_id)
-        if earlier is not None:
-            return earlier
-        answer = Message.objects.target(user, answer_id)
-        conversation = answer.conversation
-        return Stored.of(
-            conversation, conversation.continue_answer(answer, model=model, client_id=client_id, worker_id=worker_id)
+        admission = UsageEntry.objects.admit(user.pk, client_id)
+        if admission.replayed:
+            return Stored.replayed(user, client_id)
+        conversation, tree, answer = self.locked_for(user, answer_id)
+        messages = conversation.continue_answer(
+            answer, model=model, client_id=client_id, worker_id=worker_id, tree=tree, admission=admission
         )
+        return Stored.of(conversation, messages)
 
     @transaction.atomic
     def edit(self, user, message_id, text, *, model=None, client_id="", worker_id=None, attachments=None):
@@ -250,15 +282,21 @@ class ConversationQuerySet(models.QuerySet):
         `attachments` None keeps the message's attachments; a list of ids is exactly the new
         version's: ids of the message's own attachments or of the user's unsent uploads.
         """
-        earlier = Stored.replayed(user, client_id)
-        if earlier is not None:
-            return earlier
-        message = Message.objects.target(user, message_id, Message.Role.USER)
-        conversation = message.conversation
-        kept = Attachment.objects.by_message([message.id])[message.id]
+        admission = UsageEntry.objects.admit(user.pk, client_id)
+        if admission.replayed:
+            return Stored.replayed(user, client_id)
+        conversation, tree, message = self.locked_for(user, message_id, Message.Role.USER)
+        kept = Conversation.attachments_of([message]).get(message.id, [])
         attached = kept if attachments is None else Attachment.objects.for_message(user, attachments, kept=kept)
         stored = conversation.edit(
-            message, text, model=model, client_id=client_id, worker_id=worker_id, attachments=attached
+            message,
+            text,
+            model=model,
+            client_id=client_id,
+            worker_id=worker_id,
+            attachments=attached,
+            tree=tree,
+            admission=admission,
         )
         return Stored.of(conversation, stored)
 
@@ -330,7 +368,9 @@ class Stored:
 
     @classmethod
     def of(cls, conversation, messages, *, created=False, replayed=False):
-        tree = MessageTree.versions_of(conversation, messages)
+        # The tree the verb read under its lock, with what it stored (queue_answer); a replay's
+        # versions are read.
+        tree = MessageTree.versions_of(conversation, messages) if replayed else messages[-1].queued_tree
         return cls(
             conversation_id=str(conversation.id),
             group=conversation.group_name,
@@ -507,6 +547,19 @@ class MessageTree:
         self.children = defaultdict(list)
         for message in self.messages:
             self.children[message.parent_id].append(message)
+
+    def message(self, message_id):
+        """This tree's row of the message `message_id`; Message.DoesNotExist when it has none."""
+        try:
+            return self.by_id[message_id if isinstance(message_id, uuid.UUID) else uuid.UUID(str(message_id))]
+        except (KeyError, ValueError):
+            raise Message.DoesNotExist(f"No message {message_id} in this conversation.") from None
+
+    def add(self, message):
+        """`message`, just stored (the newest of its conversation), joins the tree."""
+        self.messages.append(message)
+        self.by_id[message.id] = message
+        self.children[message.parent_id].append(message)
 
     @classmethod
     def versions_of(cls, conversation, messages):
@@ -795,41 +848,70 @@ class Conversation(models.Model):
             fields.append("updated_at")
         self.save(update_fields=fields)
 
+    def hold_for_answer(self, tree, model=None):
+        """Raise ConversationBusy while an answer of `tree` (this conversation's, read under its
+        lock: Conversation.objects.locked_with_tree) is queued or streaming: the next answer must
+        see the previous one in its input. A `model` becomes the conversation's model."""
+        if any(message.status in Message.UNFINISHED for message in tree.messages):
+            raise ConversationBusy
+        if model and model != self.model:
+            self.model = model
+            self.save(update_fields=["model"])
+
+    def locked(self, tree, model=None):
+        """(this conversation locked and idle, its tree): `tree` when the verb read it under the
+        lock already, with this row, else both read now."""
+        if tree is None:
+            return Conversation.objects.locked_with_tree(Q(pk=self.pk), model)
+        self.hold_for_answer(tree, model)
+        return self, tree
+
     # No savepoint of its own (here and in queue_answer): inside a verb's transaction a failure
     # rolls back the whole send anyway, and each savepoint is two statements on every send.
     @transaction.atomic(savepoint=False)
-    def start_exchange(self, text, client_id="", worker_id=None, after=None, attachments=()):
+    def start_exchange(self, text, client_id="", worker_id=None, after=None, attachments=(), tree=None, admission=None):
         """Store the user's message (with `attachments`, rows) and the assistant's answer to come,
-        queued on a worker.
+        queued on a worker. `tree` is the conversation's, when the verb read it (under the lock),
+        and `admission` what it read of the owner's limits (UsageEntryQuerySet.admit).
 
         The message follows the answer `after`, else the end of the current path.
         """
+        tree = self.tree() if tree is None else tree
         if after is not None:
             after_id = after.id
         else:
-            after_id = self.current_id or self.messages.values_list("id", flat=True).last()
+            after_id = self.current_id or (tree.messages[-1].id if tree.messages else None)
         if not self.title and after_id is None:
             # Started empty (start_empty): the first message names it, as a new conversation's does.
             self.title = Conversation.title_from(text)
             self.save(update_fields=["title"])
         user_message = self.messages.create(
-            role=Message.Role.USER, text=text, status=Message.Status.COMPLETED, client_id=client_id, parent_id=after_id
+            role=Message.Role.USER,
+            text=text,
+            status=Message.Status.COMPLETED,
+            client_id=client_id,
+            parent_id=after_id,
+            # Counted with it, so that linking its attachments writes the links only.
+            attachment_count=len(attachments),
         )
         MessageAttachment.link(user_message, attachments)
-        answer = self.queue_answer(user_message, worker_id=worker_id)
+        tree.add(user_message)
+        answer = self.queue_answer(user_message, worker_id=worker_id, tree=tree, admission=admission)
         return user_message, answer
 
     @transaction.atomic(savepoint=False)
-    def queue_answer(self, question, client_id="", worker_id=None, continuing=None):
+    def queue_answer(self, question, client_id="", worker_id=None, continuing=None, tree=None, admission=None):
         """A queued answer to the user message `question`; the path now ends with it. It starts
-        as the text of the answer `continuing`, when given, and goes on from there.
+        as the text of the answer `continuing`, when given, and goes on from there. `tree` (read
+        when not given) and `admission` as for start_exchange; the answer joins the tree, which
+        it carries (`queued_tree`) for Stored.of's frames.
 
         Raises SendRateExceeded or BudgetSpent when the owner's limits do not admit it, and
         ModelCannotRead when the conversation's model cannot take an attachment the answer's
         input would carry (any on the path up to `question`); the transaction that stores the
         send then stores none of it.
         """
-        tree = self.tree()
+        tree = self.tree() if tree is None else tree
         path = [*tree.ancestors(question), question]
         attached = self.attachments_of(path)
         content.check_model_takes(self.model, [found for message in path for found in attached.get(message.id, ())])
@@ -848,8 +930,10 @@ class Conversation(models.Model):
         # Built from the rows read above, for the reservation's estimate and for the worker's
         # claim (AnswerInput): neither reads the path again.
         answer_input = AnswerInput.of(self, answer, path, attached, tree.token_rate())
-        entry = UsageEntry.objects.reserve(answer, self, answer_input.characters())
+        entry = UsageEntry.objects.reserve(answer, self, answer_input.characters(), admission)
         answer.queued_input = dataclasses.replace(answer_input, max_output_tokens=entry.max_output_tokens)
+        tree.add(answer)
+        answer.queued_tree = tree
         return answer
 
     def input_characters(self, before):
@@ -857,24 +941,30 @@ class Conversation(models.Model):
         return self.answer_input(before).characters()
 
     @transaction.atomic(savepoint=False)  # inside the verb's transaction (see start_exchange)
-    def regenerate(self, answer, *, model=None, client_id="", worker_id=None):
-        """A new queued version of `answer`, beside it; the earlier one stays stored.
+    def regenerate(self, answer, *, model=None, client_id="", worker_id=None, tree=None, admission=None):
+        """A new queued version of `answer`, beside it; the earlier one stays stored. `tree` and
+        `admission` as for start_exchange.
 
         Raises ConversationBusy while an answer is being written and ValueError when `answer`
         answers nothing (a row older than versions).
         """
-        conversation = Conversation.objects.idle_for_update(self.pk, model)
+        conversation, tree = self.locked(tree, model)
         if answer.role != Message.Role.ASSISTANT:
             raise WrongMessage(WRONG_ROLE[Message.Role.ASSISTANT])
         if answer.parent_id is None:
             raise WrongMessage("That answer has no question to answer again.")
-        question = conversation.messages.get(pk=answer.parent_id)
-        return [conversation.queue_answer(question, client_id=client_id, worker_id=worker_id)]
+        question = tree.message(answer.parent_id)
+        return [
+            conversation.queue_answer(
+                question, client_id=client_id, worker_id=worker_id, tree=tree, admission=admission
+            )
+        ]
 
-    @transaction.atomic
-    def continue_answer(self, answer, *, model=None, client_id="", worker_id=None):
+    @transaction.atomic(savepoint=False)  # inside the verb's transaction (see start_exchange)
+    def continue_answer(self, answer, *, model=None, client_id="", worker_id=None, tree=None, admission=None):
         """A new queued version of `answer`, beside it, whose text starts as `answer`'s and which
         asks the model to go on from there (Message.continuation_input); `answer` stays stored.
+        `tree` and `admission` as for start_exchange.
 
         Only for an answer that was stopped, cut short or interrupted and has text: raises
         CannotContinue otherwise, and ConversationBusy while another answer is being written.
@@ -884,9 +974,9 @@ class Conversation(models.Model):
         if not answer.is_finished:
             # Told apart from a busy conversation: this very answer is the one being written.
             raise CannotContinue("not_finished", "That answer is still being written: wait for it or press Stop.")
-        conversation = Conversation.objects.idle_for_update(self.pk, model)
-        # Read again under the lock: what is continued is the text as it ended.
-        answer = conversation.messages.get(pk=answer.pk)
+        conversation, tree = self.locked(tree, model)
+        # From the tree read under the lock: what is continued is the text as it ended.
+        answer = tree.message(answer.pk)
         refusal = CONTINUE_REFUSALS.get(answer.status)
         if refusal is not None:
             raise CannotContinue("not_continuable", refusal)
@@ -894,18 +984,23 @@ class Conversation(models.Model):
             raise CannotContinue("not_continuable", "That answer has no text to go on from: regenerate it instead.")
         if answer.parent_id is None:
             raise WrongMessage("That answer has no question to answer.")
-        question = conversation.messages.get(pk=answer.parent_id)
-        return [conversation.queue_answer(question, client_id=client_id, worker_id=worker_id, continuing=answer)]
+        question = tree.message(answer.parent_id)
+        queued = conversation.queue_answer(
+            question, client_id=client_id, worker_id=worker_id, continuing=answer, tree=tree, admission=admission
+        )
+        return [queued]
 
     @transaction.atomic(savepoint=False)  # inside the verb's transaction (see start_exchange)
-    def edit(self, message, text, *, model=None, client_id="", worker_id=None, attachments=()):
+    def edit(
+        self, message, text, *, model=None, client_id="", worker_id=None, attachments=(), tree=None, admission=None
+    ):
         """A new version of the user message `message` with `text` and `attachments` (rows),
-        beside it, and its queued answer.
+        beside it, and its queued answer. `tree` and `admission` as for start_exchange.
 
         The earlier message and everything after it stay stored. Raises ConversationBusy while an
         answer is being written.
         """
-        conversation = Conversation.objects.idle_for_update(self.pk, model)
+        conversation, tree = self.locked(tree, model)
         if message.role != Message.Role.USER:
             raise WrongMessage(WRONG_ROLE[Message.Role.USER])
         user_message = conversation.messages.create(
@@ -914,9 +1009,11 @@ class Conversation(models.Model):
             status=Message.Status.COMPLETED,
             client_id=client_id,
             parent_id=message.parent_id,
+            attachment_count=len(attachments),
         )
         MessageAttachment.link(user_message, attachments)
-        answer = conversation.queue_answer(user_message, worker_id=worker_id)
+        tree.add(user_message)
+        answer = conversation.queue_answer(user_message, worker_id=worker_id, tree=tree, admission=admission)
         return [user_message, answer]
 
     @transaction.atomic
@@ -926,8 +1023,7 @@ class Conversation(models.Model):
         Returns that path's frames. Raises ConversationBusy while an answer is being written: the answer
         being written is always on the current path, where the page can show and stop it.
         """
-        conversation = Conversation.objects.idle_for_update(self.pk)
-        tree = conversation.tree()
+        conversation, tree = Conversation.objects.locked_with_tree(Q(pk=self.pk))
         leaf = tree.newest_leaf(tree.by_id[message.id])
         conversation.move_to(leaf, touch=False)
         self.current = leaf
@@ -1508,6 +1604,35 @@ def next_midnight():
     return timezone.make_aware(datetime.datetime.combine(tomorrow, datetime.time.min))
 
 
+@dataclasses.dataclass(frozen=True)
+class Admission:
+    """What decides whether an owner's send may go, read under the lock on the owner's row at
+    the start of the send's transaction (UsageEntryQuerySet.admit): today's budget and spending,
+    the send rate's window, whether the frame was a retry, the defaults of a new conversation."""
+
+    user_id: int
+    username: str
+    now: datetime.datetime
+    day: datetime.date
+    budget: int  # tokens a day; 0: unlimited
+    spent: int
+    reserved: int
+    # The oldest of the last CHAT_SENDS_PER_MINUTE sends within the window; None: below the limit.
+    oldest_recent_send: datetime.datetime | None
+    replayed: bool  # the user's earlier frame with this client id stored something
+    default_instructions: str
+
+    def check_send_rate(self):
+        """Raise SendRateExceeded when the user sent CHAT_SENDS_PER_MINUTE answers in the last minute.
+
+        A sliding window over the ledger itself, where every admitted send leaves its entry: no
+        minute boundary to send twice the limit across, no counter to keep apart from the sends.
+        """
+        if self.oldest_recent_send is not None:
+            window = datetime.timedelta(seconds=SEND_RATE_WINDOW)
+            raise SendRateExceeded(max(1, math.ceil((self.oldest_recent_send + window - self.now).total_seconds())))
+
+
 class UsageEntryQuerySet(models.QuerySet):
     def spending(self):
         """(tokens spent, tokens reserved by answers still being written) over these entries."""
@@ -1548,57 +1673,194 @@ class UsageEntryQuerySet(models.QuerySet):
             .order_by("model")
         )
 
-    def reserve(self, answer, conversation, input_characters):
+    def reserve(self, answer, conversation, input_characters, admission=None):
         """Admit the queued `answer` against its owner's send rate and budget, and hold what it
         may cost until it ends; raises SendRateExceeded or BudgetSpent.
 
         Runs in the transaction that stores the answer, after locking the owner's user row: the
         sends of one user are decided one at a time, whichever thread or process they reach, so
         they cannot all pass one check on the same figures. (On SQLite, where rows are not
-        locked, the site's IMMEDIATE transactions give the same order.) The entry holds the
-        input's estimate and what the answer may write: with a budget, its max_output_tokens,
-        which is at most what today's spending and every other reservation leave of the budget
-        (see `output_allowance`). So answers in parallel, and each one alone, stay within the
-        budget but for what they read: their input, which is only estimated beforehand
-        (`input_characters`, AnswerInput.characters()).
+        locked, the site's IMMEDIATE transactions give the same order.) `admission` is what the
+        verb read under that lock at its start (`admit`); without one, it is read here. The
+        entry holds the input's estimate and what the answer may write: with a budget, its
+        max_output_tokens, which is at most what today's spending and every other reservation
+        leave of the budget (see `allowance`). So answers in parallel, and each one alone, stay
+        within the budget but for what they read: their input, which is only estimated
+        beforehand (`input_characters`, AnswerInput.characters()).
         """
-        user_id = conversation.owner_id
+        admission = admission or self.admit(conversation.owner_id)
+        admission.check_send_rate()
         provider = providers.provider_for(answer.model)
-        username = self._lock_owner(user_id)
-        now = timezone.now()
-        self.check_send_rate(user_id, now)
-        day = timezone.localdate(answer.created_at)
-        cap, held = self.output_allowance(
-            user_id,
-            day,
+        cap, held = self.allowance(
+            admission.budget,
+            admission.spent,
+            admission.reserved,
             provider.max_output_tokens,
             settings.CHAT_RESERVED_ANSWER_TOKENS,
             context_tokens=provider.context_tokens,
         )
         input_tokens = tokens_for(input_characters)
         return self.create(
-            user_id=user_id,
-            username=username,
+            user_id=admission.user_id,
+            username=admission.username,
             message_id=answer.id,
             model=answer.model,
-            day=day,
+            day=admission.day,
             estimated_input_tokens=input_tokens,
             reserved_tokens=input_tokens + held,
             max_output_tokens=cap,
-            created_at=now,
+            created_at=admission.now,
         )
+
+    def admit(self, user_id, client_id="", *, new_conversation=False):
+        """The owner's row locked until the transaction ends (see `reserve`), and what a send's
+        checks read, as an Admission: two statements, the lock and one read of the rest.
+
+        The read is a statement of its own after the lock, not subqueries of the locking one:
+        under PostgreSQL's READ COMMITTED a lock that waited re-reads the locked row only, and
+        the spending another send committed meanwhile is seen by the next statement. Read
+        whether the user's earlier frame with `client_id` stored something (Stored.replayed)
+        and, for a `new_conversation`, the owner's default instructions, in the same read."""
+        username = self._lock_owner(user_id)
+        now = timezone.now()
+        day = timezone.localdate(now)
+        connection = connections[self.db]
+        figures = self._admission_figures(connection, user_id, day, now, client_id, new_conversation)
+        names = list(figures)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT " + ", ".join(f"({figures[name][0]})" for name in names),
+                [parameter for name in names for parameter in figures[name][1]],
+            )
+            read = dict(zip(names, cursor.fetchone(), strict=True))
+        oldest = read.get("oldest")
+        convert = getattr(connection.ops, "convert_datetimefield_value", None)  # SQLite's text, made a datetime
+        if oldest is not None and convert is not None:
+            oldest = convert(oldest, None, connection)
+        return Admission(
+            user_id=user_id,
+            username=username,
+            now=now,
+            day=day,
+            budget=read["budget"] if read["budget"] is not None else settings.CHAT_DAILY_TOKEN_BUDGET,
+            spent=read["spent"],
+            reserved=read["reserved"],
+            oldest_recent_send=oldest,
+            replayed=bool(read.get("replayed")),
+            default_instructions=read.get("instructions") or "",
+        )
+
+    @staticmethod
+    def _admission_figures(connection, user_id, day, now, client_id, new_conversation):
+        """{name: (a scalar subquery, its parameters)} of what `admit` reads: one SELECT of them.
+
+        Written out rather than built by the ORM: compiling these subqueries cost ~40 times what
+        running them does (12 ms against 0.3 ms on the benchmark machine, bench/sendpath.py), on
+        every send. The same reads as AccountLimits.budget_of, UsageEntryQuerySet.spending, the
+        send rate's window (CHAT_SENDS_PER_MINUTE), MessageQuerySet.sent_with and
+        AccountSettings.of; tests/test_budgets.py and tests/test_model_verbs.py hold them."""
+        quote, ops = connection.ops.quote_name, connection.ops
+
+        def table(model):
+            return quote(model._meta.db_table)
+
+        def column(model, name):
+            return quote(model._meta.get_field(name).column)
+
+        entries, owner = table(UsageEntry), column(UsageEntry, "user")
+        today = f"FROM {entries} WHERE {owner} = %s AND {column(UsageEntry, 'day')} = %s"
+        on_today = [user_id, ops.adapt_datefield_value(day)]
+        budget = column(AccountLimits, "daily_token_budget")
+        figures = {
+            "budget": (
+                f"SELECT {budget} FROM {table(AccountLimits)} WHERE {column(AccountLimits, 'user')} = %s",
+                [user_id],
+            ),
+            "spent": (f"SELECT COALESCE(SUM({column(UsageEntry, 'total_tokens')}), 0) {today}", on_today),
+            "reserved": (
+                f"SELECT COALESCE(SUM({column(UsageEntry, 'reserved_tokens')}), 0) {today} "
+                f"AND {column(UsageEntry, 'recorded_at')} IS NULL",
+                on_today,
+            ),
+        }
+        figures.update(
+            UsageEntryQuerySet._optional_figures(ops, table, column, user_id, now, client_id, new_conversation)
+        )
+        return figures
+
+    @staticmethod
+    def _optional_figures(ops, table, column, user_id, now, client_id, new_conversation):
+        """The figures of `_admission_figures` that only some sends read: the send rate's (when
+        it is on), the replay check (with a client id) and a new conversation's instructions."""
+        figures = {}
+        entries, owner = table(UsageEntry), column(UsageEntry, "user")
+        limit = settings.CHAT_SENDS_PER_MINUTE
+        if limit:
+            # The oldest of the last `limit` sends: the next send may go once it leaves the window.
+            created = column(UsageEntry, "created_at")
+            figures["oldest"] = (
+                f"SELECT {created} FROM {entries} WHERE {owner} = %s AND {column(UsageEntry, 'purpose')} = %s "
+                f"AND {created} > %s ORDER BY {created} DESC LIMIT 1 OFFSET %s",
+                [
+                    user_id,
+                    UsageEntry.Purpose.ANSWER.value,
+                    ops.adapt_datetimefield_value(now - datetime.timedelta(seconds=SEND_RATE_WINDOW)),
+                    limit - 1,
+                ],
+            )
+        if client_id:
+            messages, conversations = table(Message), table(Conversation)
+            joined = f"{messages}.{column(Message, 'conversation')} = {conversations}.{column(Conversation, 'id')}"
+            figures["replayed"] = (
+                f"EXISTS (SELECT 1 FROM {messages} JOIN {conversations} ON {joined} "
+                f"WHERE {conversations}.{column(Conversation, 'owner')} = %s "
+                f"AND {messages}.{column(Message, 'client_id')} = %s)",
+                [user_id, client_id],
+            )
+        if new_conversation:
+            instructions = column(AccountSettings, "default_instructions")
+            figures["instructions"] = (
+                f"SELECT {instructions} FROM {table(AccountSettings)} WHERE {column(AccountSettings, 'user')} = %s",
+                [user_id],
+            )
+        return figures
 
     def _lock_owner(self, user_id):
-        """Lock the user's row until the transaction ends (see `reserve`); their username."""
-        users = get_user_model().objects.select_for_update(
+        """Lock the user's row until the transaction ends (see `reserve`); their username.
+
+        Written out, as `_admission_figures` is, for what the ORM's compiling costs on every send."""
+        connection, user_model = connections[self.db], get_user_model()
+        features, quote, meta = connection.features, connection.ops.quote_name, user_model._meta
+        lock = ""
+        if features.has_select_for_no_key_update:
             # Rows that merely refer to the user (a new conversation) need not wait for the lock.
-            no_key=connections[self.db].features.has_select_for_no_key_update
-        )
-        return users.filter(pk=user_id).values_list(get_user_model().USERNAME_FIELD, flat=True).get()
+            lock = " FOR NO KEY UPDATE"
+        elif features.has_select_for_update:
+            lock = " FOR UPDATE"
+        username = quote(meta.get_field(user_model.USERNAME_FIELD).column)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT {username} FROM {quote(meta.db_table)} WHERE {quote(meta.pk.column)} = %s{lock}", [user_id]
+            )
+            row = cursor.fetchone()
+        if row is None:
+            raise user_model.DoesNotExist("No such user.")
+        return row[0]
 
     def output_allowance(self, user_id, day, limit, unbudgeted_hold, context_tokens=None):
-        """(max_output_tokens to send or None, tokens to hold for the output) of a request made
-        now for the user, under the owner's lock; raises BudgetSpent when nothing is left.
+        """`allowance` for a request made now for the user, under the owner's lock, with the
+        budget and today's spending read here."""
+        budget = AccountLimits.budget_of(user_id)
+        if not budget:
+            return limit, unbudgeted_hold
+        spent, reserved = self.filter(user_id=user_id, day=day).spending()
+        return self.allowance(budget, spent, reserved, limit, unbudgeted_hold, context_tokens)
+
+    @staticmethod
+    def allowance(budget, spent, reserved, limit, unbudgeted_hold, context_tokens=None):
+        """(max_output_tokens to send or None, tokens to hold for the output) of a request of an
+        owner with a daily `budget` (0: none) who `spent` and `reserved` that much today; raises
+        BudgetSpent when nothing is left.
 
         Without a budget: `limit` (the model's, or None: nothing is sent), holding
         `unbudgeted_hold`. With one: the rest of the budget after today's spending and every
@@ -1610,10 +1872,8 @@ class UsageEntryQuerySet(models.QuerySet):
         other requests hold the budget it admits nothing, since each such floor would spend past
         the budget and what they do not use comes back when they end.
         """
-        budget = AccountLimits.budget_of(user_id)
         if not budget:
             return limit, unbudgeted_hold
-        spent, reserved = self.filter(user_id=user_id, day=day).spending()
         rest = budget - spent - reserved
         if rest <= 0 or (reserved and rest < MIN_OUTPUT_TOKENS):
             raise BudgetSpent(budget, spent)
@@ -1678,23 +1938,6 @@ class UsageEntryQuerySet(models.QuerySet):
             estimated=estimated,
             recorded_at=timezone.now(),
         )
-
-    def check_send_rate(self, user_id, now):
-        """Raise SendRateExceeded when the user sent CHAT_SENDS_PER_MINUTE answers in the last minute.
-
-        A sliding window over the ledger itself, where every admitted send leaves its entry: no
-        minute boundary to send twice the limit across, no counter to keep apart from the sends.
-        """
-        limit = settings.CHAT_SENDS_PER_MINUTE
-        if not limit:
-            return
-        window = datetime.timedelta(seconds=SEND_RATE_WINDOW)
-        sends = self.filter(user_id=user_id, purpose=UsageEntry.Purpose.ANSWER)
-        recent = sends.filter(created_at__gt=now - window).order_by("-created_at")
-        # The oldest of the last `limit` sends: the next send may go once it leaves the window.
-        oldest = recent.values_list("created_at", flat=True)[limit - 1 : limit].first()
-        if oldest is not None:
-            raise SendRateExceeded(max(1, math.ceil((oldest + window - now).total_seconds())))
 
     def record(self, message):
         """Write what the ended answer `message` spent to its entry, once.
@@ -2312,5 +2555,6 @@ class MessageAttachment(models.Model):
             cls(message=message, attachment=attachment, position=position)
             for position, attachment in enumerate(attachments)
         )
-        message.attachment_count = len(attachments)
-        message.save(update_fields=["attachment_count"])
+        if message.attachment_count != len(attachments):  # not counted when it was stored
+            message.attachment_count = len(attachments)
+            message.save(update_fields=["attachment_count"])

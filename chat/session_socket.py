@@ -74,10 +74,15 @@ class SessionBoundMixin:
 
     async def check_session(self):
         if self.database_executor is None:
-            check = database_sync_to_async(session_ending)
+            check = database_sync_to_async(self.session_lets_act)
         else:
-            check = DatabaseSyncToAsync(session_ending, thread_sensitive=False, executor=self.database_executor)
-        code = await check(self.session_key, self.user.pk)
+            check = DatabaseSyncToAsync(self.session_lets_act, thread_sensitive=False, executor=self.database_executor)
+        await check()
+
+    def session_lets_act(self):
+        """Raise SessionEnded unless the socket's session still lets it act; on a thread that may
+        use the database (check_session's, or the one a frame's work runs on already)."""
+        code = session_ending(self.session_key, self.user.pk)
         if code is not None:
             raise SessionEnded(code)
 

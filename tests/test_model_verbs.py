@@ -149,8 +149,14 @@ def test_frames_never_query_and_a_path_reads_in_one_query_however_long(alice, dj
 # versions' rows were cut: 22, 21, 22 and 23; then 16, 15, 16 and 16, before the output cap,
 # Continue and attachments joined the send path (one more each; an edit also reads the
 # attachments it keeps): 17, 16, 17 and 18; then the reservation's estimate stopped reading the
-# path again (AnswerInput, built from the rows the verb read).
-SEND_STATEMENTS = {"new": 16, "existing": 15, "regenerate": 16, "edit": 17}
+# path again (AnswerInput, built from the rows the verb read): 16, 15, 16, 17 (and 19 for a
+# continue). Then each verb read the owner's limits in one statement after the owner's lock
+# (UsageEntryQuerySet.admit: the replay check, the send rate, the budget and spending, a new
+# conversation's instructions) and the conversation's tree once, under the conversation's lock,
+# for the busy check, the message acted on, the path and the versions' rows (locked_with_tree):
+# BEGIN, the owner's lock, its read, [the conversation's lock, its tree], the INSERTs of the
+# messages, the conversation's UPDATE, the ledger's INSERT, COMMIT.
+SEND_STATEMENTS = {"new": 9, "existing": 10, "regenerate": 9, "edit": 10, "continue": 9}
 
 
 def statements_of(action):
@@ -190,4 +196,7 @@ def test_a_send_costs_a_fixed_number_of_statements_however_long_the_conversation
     counted_verb("regenerate", lambda: Conversation.objects.regenerate(alice, answer.id, client_id="r"))
     question = Message.objects.filter(conversation=conversation, role=Message.Role.USER).last()
     counted_verb("edit", lambda: Conversation.objects.edit(alice, question.id, "edited", client_id="d"))
+    stopped = Message.objects.filter(conversation=conversation, role=Message.Role.ASSISTANT).last()
+    Message.objects.filter(pk=stopped.pk).update(status=Message.Status.INCOMPLETE, text="Cut sh")
+    counted_verb("continue", lambda: Conversation.objects.continue_answer(alice, stopped.id, client_id="c"))
     assert {verb: len(statements) for verb, statements in counted.items()} == SEND_STATEMENTS, counted

@@ -93,3 +93,71 @@ async def test_a_burst_of_sends_from_many_sockets_starts_every_answer_once(alice
     assert len(upstream.requests) == len(sockets)
     for communicator in sockets:
         await communicator.disconnect()
+
+
+class PoolCalls:
+    """Every call submitted to the runtime's database pool, named by the consumer's method it
+    runs (asgiref submits it wrapped in partials of its own)."""
+
+    KNOWN = ("store_frame", "session_lets_act")
+
+    def __init__(self, pool):
+        self.names = []
+        self.submit = pool.submit
+
+    def __call__(self, function, *args, **kwargs):
+        described = repr(function)
+        self.names.append(next((name for name in self.KNOWN if name in described), described))
+        return self.submit(function, *args, **kwargs)
+
+    def taken(self):
+        names, self.names = self.names, []
+        return names
+
+
+async def test_an_answering_frame_is_one_call_on_the_database_pool_its_session_check_included(
+    alice, upstream, worker, monkeypatch
+):
+    """chat.send (new and existing conversation), chat.regenerate, chat.edit and chat.continue:
+    the session check, the lookup and the verb are one hop to the pool, not one each; a frame
+    that does not answer (chat.subscribe) still has its check of its own before it acts."""
+    from chat.runtime import current
+
+    pool = current().database_pool()
+    calls = PoolCalls(pool)
+    monkeypatch.setattr(pool, "submit", calls)
+    for words in (["One"], ["Two"], ["Three"], ["Four"], ["Five"]):
+        upstream.queue(answer(words))
+    communicator, connected, _ = await connect(alice)
+    assert connected
+    calls.taken()  # whatever the handshake did
+
+    await communicator.send_json_to(send_frame("Hi", "one-hop-1"))
+    frames = await receive_until(communicator, "message.done")
+    conversation, first = frames[0]["conversation"]["id"], frames[-1]["message"]
+    assert calls.taken() == ["store_frame"]
+
+    await communicator.send_json_to(send_frame("Again", "one-hop-2", conversation))
+    frames = await receive_until(communicator, "message.done")
+    assert (frames[-1]["text"], calls.taken()) == ("Two", ["store_frame"])
+
+    await communicator.send_json_to({"type": "chat.regenerate", "message": first, "client_id": "one-hop-3"})
+    frames = await receive_until(communicator, "message.done")
+    assert (frames[-1]["text"], calls.taken()) == ("Three", ["store_frame"])
+
+    question = [frame for frame in frames if frame["type"] == "message.created"][0]["message"]["parent"]
+    await communicator.send_json_to({"type": "chat.edit", "message": question, "text": "Hi!", "client_id": "one-hop-4"})
+    frames = await receive_until(communicator, "message.done")
+    edited = frames[-1]["message"]
+    assert (frames[-1]["text"], calls.taken()) == ("Four", ["store_frame"])
+
+    await Message.objects.filter(pk=edited).aupdate(status=Message.Status.INCOMPLETE)
+    await communicator.send_json_to({"type": "chat.continue", "message": edited, "client_id": "one-hop-5"})
+    frames = await receive_until(communicator, "message.done")
+    assert (frames[-1]["text"], calls.taken()) == ("FourFive", ["store_frame"])
+
+    await communicator.send_json_to({"type": "chat.subscribe", "conversation": conversation})
+    await receive_until(communicator, "conversation.subscribed")
+    assert calls.taken() == ["session_lets_act"]
+    await communicator.disconnect()
+    assert len(upstream.requests) == 5

@@ -274,6 +274,14 @@ def frames_for(conversation, question, reply):
         "chat.select": {"type": "chat.select", "message": str(question.id)},
         "chat.edit": {"type": "chat.edit", "message": str(question.id), "text": "edited", "client_id": "e"},
         "chat.regenerate": {"type": "chat.regenerate", "message": str(reply.id), "client_id": "r"},
+        "chat.continue": {"type": "chat.continue", "message": str(reply.id), "client_id": "c"},
+        "chat.regenerate with a model": {
+            "type": "chat.regenerate",
+            "message": str(reply.id),
+            "model": "test-model",
+            "client_id": "m",
+        },
+        "chat.send without text": {"type": "chat.send", "conversation": str(conversation.id), "client_id": "t"},
         "unknown type": {"type": "chat.unknown"},
         "malformed": "not json at all",
     }
@@ -294,6 +302,9 @@ FRAME_NAMES = [
     "chat.select",
     "chat.edit",
     "chat.regenerate",
+    "chat.continue",
+    "chat.regenerate with a model",
+    "chat.send without text",
     "unknown type",
     "malformed",
 ]
