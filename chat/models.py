@@ -1524,8 +1524,7 @@ class UsageEntryQuerySet(models.QuerySet):
         written. `exhausted` (the composer is disabled) counts what was spent only: a tab cannot
         hear the end of another conversation's answer, and the gate refuses those sends anyway.
         """
-        budget = AccountLimits.budget_of(user_id)
-        used, reserved = self.filter(user_id=user_id, day=timezone.localdate()).spending()
+        budget, used, reserved = self.day_figures(user_id, timezone.localdate())
         return {
             "used": used,
             "reserved": reserved,
@@ -1534,6 +1533,38 @@ class UsageEntryQuerySet(models.QuerySet):
             "resets_at": next_midnight().isoformat(),
             "zone": timezone.get_current_timezone_name(),
         }
+
+    def day_figures(self, user_id, day):
+        """(budget, spent, reserved) of the user on `day`: AccountLimits.budget_of(user_id) and
+        spending() of the user's entries of that day, whatever this queryset's filters, read in
+        one statement.
+
+        Every answer's end reads these for its message.done frame, and every send and title
+        reservation under the owner's lock: written out here because Django builds the two
+        queries it stands for in ~20 times what the database takes to run this one
+        (bench/answerpath.py, docs/benchmarks.md). tests/test_budgets.py holds it to them.
+        """
+        connection = connections[self.db]
+        quote = connection.ops.quote_name
+
+        def column(model, field):
+            return quote(model._meta.get_field(field).column)
+
+        override = (
+            f"SELECT {column(AccountLimits, 'daily_token_budget')} FROM {quote(AccountLimits._meta.db_table)} "
+            f"WHERE {column(AccountLimits, 'user')} = %s"
+        )
+        sql = (
+            f"SELECT ({override}), COALESCE(SUM({column(UsageEntry, 'total_tokens')}), 0), "
+            f"COALESCE(SUM(CASE WHEN {column(UsageEntry, 'recorded_at')} IS NULL "
+            f"THEN {column(UsageEntry, 'reserved_tokens')} ELSE 0 END), 0) "
+            f"FROM {quote(UsageEntry._meta.db_table)} "
+            f"WHERE {column(UsageEntry, 'user')} = %s AND {column(UsageEntry, 'day')} = %s"
+        )
+        with connection.cursor() as cursor:
+            cursor.execute(sql, [user_id, user_id, connection.ops.adapt_datefield_value(day)])
+            budget, spent, reserved = cursor.fetchone()
+        return (settings.CHAT_DAILY_TOKEN_BUDGET if budget is None else budget), spent, reserved
 
     def usage_by_model(self, user_id, day):
         """[{model, answers, tokens}] the user's answers of `day` spent, per model, for the settings page
@@ -1610,10 +1641,9 @@ class UsageEntryQuerySet(models.QuerySet):
         other requests hold the budget it admits nothing, since each such floor would spend past
         the budget and what they do not use comes back when they end.
         """
-        budget = AccountLimits.budget_of(user_id)
+        budget, spent, reserved = self.day_figures(user_id, day)
         if not budget:
             return limit, unbudgeted_hold
-        spent, reserved = self.filter(user_id=user_id, day=day).spending()
         rest = budget - spent - reserved
         if rest <= 0 or (reserved and rest < MIN_OUTPUT_TOKENS):
             raise BudgetSpent(budget, spent)
