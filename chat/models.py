@@ -702,13 +702,22 @@ class Conversation(models.Model):
 
     # --- a title from the model (chat/answering/titles.py) ------------------------------------
 
+    def may_want_generated_title(self):
+        """Whether the model may still name this conversation, from this row alone (see
+        wants_generated_title, which also looks at its answers)."""
+        return (
+            settings.CHAT_GENERATED_TITLES
+            and self.title_source == Conversation.TitleSource.FIRST_WORDS
+            and self.imported_at is None
+        )
+
     def wants_generated_title(self, answer):
         """Whether `answer`, just ended, is the first answer of a conversation still named by its
         first words: then the model is asked for a title. Not for imported conversations, nor
         after a later answer (an earlier one already said something)."""
-        if not settings.CHAT_GENERATED_TITLES or self.title_source != Conversation.TitleSource.FIRST_WORDS:
+        if not self.may_want_generated_title():
             return False
-        if self.imported_at is not None or answer.role != Message.Role.ASSISTANT or not answer.text.strip():
+        if answer.role != Message.Role.ASSISTANT or not answer.text.strip():
             return False
         if answer.status not in Message.SAID:
             return False
@@ -1678,11 +1687,15 @@ class UsageEntryQuerySet(models.QuerySet):
             created_at=now,
         )
 
-    def record_title(self, entry_id, status, usage=None, streamed_characters=0, began=False):
-        """Write what the title request of entry `entry_id` spent, once: the upstream's usage
-        (an upstream.Usage) when it reported one, else an estimate as for answers (its input and
-        the text it streamed, when the upstream began); nothing when it never began."""
-        entry = self.get(pk=entry_id)
+    def record_title(self, entry, status, usage=None, streamed_characters=0, began=False):
+        """Write what the title request of `entry` (reserve_title's, or its id) spent, once: the
+        upstream's usage (an upstream.Usage) when it reported one, else an estimate as for
+        answers (its input and the text it streamed, when the upstream began); nothing when it
+        never began. The entry reserve_title returned is used as it is: its estimate is never
+        changed after, so it need not be read again."""
+        if not isinstance(entry, UsageEntry):
+            entry = self.get(pk=entry)
+        entry_id = entry.pk
         estimated = False
         if usage is not None and usage.total_tokens is not None:
             input_tokens, output_tokens, total_tokens = (
