@@ -16,7 +16,8 @@ excludes the phases it calls:
 - claim: AnswerJob.claim (the input fitted to the context and the one UPDATE);
 - open: AnswerJob.open (the upstream request up to its status line);
 - stream: AnswerJob.apply (reading and applying the events: the per-delta path);
-- checkpoint: AnswerJob.write_checkpoint (on the checkpointer's thread);
+- checkpoint: AnswerJob.write_checkpoint, or the round's checkpoint_values and
+  Message.objects.checkpoint_round where they exist (on the checkpointer's thread);
 - end: AnswerJob.finish and save_final, without the two below;
 - end: final save: Message.objects.finish_answer (the row, the ledger, in one transaction);
 - end: done frame: protocol.done_event (the message.done frame and the owner's budget);
@@ -126,6 +127,12 @@ def instrument(phases):
         ("save_final", "end"),
     ):
         phases.wrap(AnswerJob, attribute, phase)
+    # A round of checkpoints written at once, where the checkpointer does so (the branch of
+    # issue 19's round; before it each answer's went through write_checkpoint).
+    if hasattr(AnswerJob, "checkpoint_values"):
+        phases.wrap(AnswerJob, "checkpoint_values", "checkpoint")
+    if hasattr(Message.objects, "checkpoint_round"):
+        phases.wrap(Message.objects, "checkpoint_round", "checkpoint")
     phases.wrap(TitleWriter, "write", "title")
     phases.wrap(Message.objects, "finish_answer", "end: final save")
     phases.wrap(protocol, "done_event", "end: done frame")

@@ -61,6 +61,14 @@ def test_a_round_saves_every_answer_streaming_with_one_statement_and_leaves_an_e
         assert row.first_token_at == first_token_at and row.checkpointed_at is not None
     late = Message.objects.get(pk=ended)
     assert (late.text, late.status, late.checkpointed_at) == ("The end.", Message.Status.COMPLETED, None)
+    # A round of one, as most are but under load, is its one UPDATE.
+    with CaptureQueriesContext(connection) as captured:
+        Message.objects.checkpoint_round(
+            [(answers[0], first_token_at, {"text": "More", "reasoning": "", "refusal": ""})]
+        )
+    [written] = [query["sql"] for query in captured.captured_queries]
+    assert written.startswith('UPDATE "chat_message" SET "checkpointed_at" = ') and "times" not in written
+    assert Message.objects.get(pk=answers[0]).text == "More"
 
 
 class CheckpointerStatements:
