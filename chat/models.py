@@ -1033,10 +1033,10 @@ class MessageQuerySet(models.QuerySet):
         in one transaction: `checkpoints` are (message_id, first_token_at, texts of every stream).
 
         The checkpointer's round (chat/answering/checkpoints.py): one fixed UPDATE, written out
-        here and run with executemany for all the answers due. Each answer costs its row's write
-        and nothing else: Django building an UPDATE of these fields took ~0.9 ms for each answer
-        and interval, ten times the database's work (bench/answerpath.py, docs/benchmarks.md).
-        The values are prepared by their fields, as the ORM prepares them.
+        here and run with executemany for all the answers due, in place of an ORM UPDATE for
+        each answer and interval that Django took ~0.9 ms to build on the benchmark machine
+        (bench/answerpath.py: the checkpoints of an answer cost less than half as much now). The
+        values are prepared by their fields, as the ORM prepares them.
         """
         connection = connections[self.db]
         quote = connection.ops.quote_name
@@ -1557,7 +1557,8 @@ def next_midnight():
 
 class UsageEntryQuerySet(models.QuerySet):
     def spending(self):
-        """(tokens spent, tokens reserved by answers still being written) over these entries."""
+        """(tokens spent, tokens reserved by answers still being written) over these entries; the
+        definition that day_figures, written out in SQL, is held to."""
         totals = self.aggregate(
             spent=Coalesce(Sum("total_tokens"), 0),
             reserved=Coalesce(Sum("reserved_tokens", filter=Q(recorded_at=None)), 0),
@@ -1587,9 +1588,9 @@ class UsageEntryQuerySet(models.QuerySet):
         one statement.
 
         Every answer's end reads these for its message.done frame, and every send and title
-        reservation under the owner's lock: written out here because Django builds the two
-        queries it stands for in ~20 times what the database takes to run this one
-        (bench/answerpath.py, docs/benchmarks.md). tests/test_budgets.py holds it to them.
+        reservation under the owner's lock: written out here because Django took ~4 ms to build
+        the two queries it stands for, against ~0.1 ms to run this one, on the benchmark machine
+        (bench/answerpath.py). tests/test_budgets.py holds it to them.
         """
         connection = connections[self.db]
         quote = connection.ops.quote_name
