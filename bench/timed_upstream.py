@@ -12,7 +12,10 @@ two arrivals of one delta can be subtracted. Options of the tag:
 - `n`, `rate`: deltas and deltas per second (the schedule is absolute: delta i goes out at
   start + i / rate, whatever the previous writes cost);
 - `body`: `markers` (each delta is `"<i>@<monotonic ns> "`, the emission time in the text itself)
-  or `markdown` (slices of a generated Markdown document of `chars` characters).
+  or `markdown` (slices of a generated Markdown document of `chars` characters);
+- `title`: the words a later request for the same answer gets at once. A site that names a
+  conversation after its first answer asks the model again with that answer in its input, tag
+  and all (chat/answering/titles.py): without `title`, that request would play the answer again.
 
 The direct reader also gets a `bench.meta` event first: when the site's request arrived and when
 the upstream started answering it (CLOCK_MONOTONIC, the same clock in every process here).
@@ -94,6 +97,25 @@ HEAD = (
 )
 
 
+def title_bytes(spec):
+    """The whole response to a title request: the spec's `title`, a word a delta, then its end."""
+    words = [word + " " for word in spec["title"].split()]
+    words[-1] = words[-1].rstrip()
+    response = {"id": f"resp_title_{spec['id']}", "object": "response", "status": "in_progress", "model": "bench"}
+    where = {"item_id": "msg_title", "output_index": 0, "content_index": 0}
+    events = [{"type": "response.created", "sequence_number": 0, "response": response}]
+    events += [
+        {"type": "response.output_text.delta", "sequence_number": 1 + index, **where, "delta": word}
+        for index, word in enumerate(words)
+    ]
+    part = {"type": "output_text", "text": "".join(words), "annotations": []}
+    item = {"id": "msg_title", "type": "message", "status": "completed", "role": "assistant", "content": [part]}
+    usage = {"input_tokens": 60, "output_tokens": len(words), "total_tokens": 60 + len(words)}
+    completed = {**response, "status": "completed", "output": [item], "usage": usage}
+    events.append({"type": "response.completed", "sequence_number": 1 + len(words), "response": completed})
+    return HEAD + b"".join(event_bytes(event) for event in events) + b"0\r\n\r\n"
+
+
 class Answer:
     """One answer's readers: the site's connection, and the direct client's when paired."""
 
@@ -119,6 +141,7 @@ class TimedUpstream:
     def __init__(self):
         self.answers = {}
         self.served = 0
+        self.played = set()  # the answers played to their end, whose later requests are titles
 
     async def handle(self, reader, writer):
         try:
@@ -155,6 +178,10 @@ class TimedUpstream:
             return True
         role = headers.get("x-bench-role", "site")
         key = (spec["id"], spec.get("attempt", 0))
+        if key in self.played and spec.get("title"):
+            writer.write(title_bytes(spec))
+            await self.drain(writer)
+            return False
         answer = self.answers.get(key)
         if answer is None:
             answer = self.answers[key] = Answer(spec)
@@ -273,6 +300,7 @@ class TimedUpstream:
             writer.close()
         answer.finished.set()
         self.answers.pop(key, None)
+        self.played.add(key)
         self.served += 1
 
     @staticmethod

@@ -755,13 +755,22 @@ class Conversation(models.Model):
 
     # --- a title from the model (chat/answering/titles.py) ------------------------------------
 
+    def may_want_generated_title(self):
+        """Whether the model may still name this conversation, from this row alone (see
+        wants_generated_title, which also looks at its answers)."""
+        return (
+            settings.CHAT_GENERATED_TITLES
+            and self.title_source == Conversation.TitleSource.FIRST_WORDS
+            and self.imported_at is None
+        )
+
     def wants_generated_title(self, answer):
         """Whether `answer`, just ended, is the first answer of a conversation still named by its
         first words: then the model is asked for a title. Not for imported conversations, nor
         after a later answer (an earlier one already said something)."""
-        if not settings.CHAT_GENERATED_TITLES or self.title_source != Conversation.TitleSource.FIRST_WORDS:
+        if not self.may_want_generated_title():
             return False
-        if self.imported_at is not None or answer.role != Message.Role.ASSISTANT or not answer.text.strip():
+        if answer.role != Message.Role.ASSISTANT or not answer.text.strip():
             return False
         if answer.status not in Message.SAID:
             return False
@@ -1114,6 +1123,44 @@ class MessageQuerySet(models.QuerySet):
         return self.filter(pk=message_id, status=Message.Status.STREAMING).update(
             checkpointed_at=timezone.now(), first_token_at=first_token_at, **texts
         )
+
+    def checkpoint_round(self, checkpoints):
+        """Save the text so far of several answers being written, as `checkpoint` does for one,
+        in one transaction: `checkpoints` are (message_id, first_token_at, texts of every stream).
+
+        The checkpointer's round (chat/answering/checkpoints.py): one fixed UPDATE, written out
+        here and run with executemany for all the answers due, in place of an ORM UPDATE for
+        each answer and interval that Django took ~0.9 ms to build on the benchmark machine
+        (bench/answerpath.py: the checkpoints of an answer cost less than half as much now). The
+        values are prepared by their fields, as the ORM prepares them.
+        """
+        connection = connections[self.db]
+        quote = connection.ops.quote_name
+        field = Message._meta.get_field
+        texts_fields = [field(name) for name in protocol.STREAM_NAMES]
+        written = [field("checkpointed_at"), field("first_token_at"), *texts_fields]
+        sql = (
+            f"UPDATE {quote(Message._meta.db_table)} SET "
+            + ", ".join(f"{quote(column.column)} = %s" for column in written)
+            + f" WHERE {quote(field('id').column)} = %s AND {quote(field('status').column)} = %s"
+        )
+        now = field("checkpointed_at").get_db_prep_save(timezone.now(), connection)
+        rows = [
+            [
+                now,
+                field("first_token_at").get_db_prep_save(first_token_at, connection),
+                *(text_field.get_db_prep_save(texts[text_field.name], connection) for text_field in texts_fields),
+                field("id").get_db_prep_save(message_id, connection),
+                Message.Status.STREAMING.value,
+            ]
+            for message_id, first_token_at, texts in checkpoints
+        ]
+        if len(rows) == 1:  # as most rounds are, but under load: no transaction of its own
+            with connection.cursor() as cursor:
+                cursor.execute(sql, rows[0])
+            return
+        with transaction.atomic(using=self.db), connection.cursor() as cursor:
+            cursor.executemany(sql, rows)
 
     def interrupt(self, message_id, error_code, error_message):
         """End an answer that lost its worker as interrupted, keeping its last checkpoint; the
@@ -1633,9 +1680,40 @@ class Admission:
             raise SendRateExceeded(max(1, math.ceil((self.oldest_recent_send + window - self.now).total_seconds())))
 
 
+def sql_names(connection):
+    """(table(model), column(model, field name)): the quoted names of the SQL this module writes
+    out by hand, taken from the models, so that a renamed column cannot leave it behind."""
+    quote = connection.ops.quote_name
+
+    def table(model):
+        return quote(model._meta.db_table)
+
+    def column(model, name):
+        return quote(model._meta.get_field(name).column)
+
+    return table, column
+
+
+def read_figures(connection, figures):
+    """{name: value} of `figures` ({name: (a scalar subquery, its parameters)}), read in one SELECT."""
+    names = list(figures)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT " + ", ".join(f"({figures[name][0]})" for name in names),
+            [parameter for name in names for parameter in figures[name][1]],
+        )
+        return dict(zip(names, cursor.fetchone(), strict=True))
+
+
+def budget_or_default(budget):
+    """An owner's daily token budget as AccountLimits.budget_of gives it: theirs, else the site's."""
+    return settings.CHAT_DAILY_TOKEN_BUDGET if budget is None else budget
+
+
 class UsageEntryQuerySet(models.QuerySet):
     def spending(self):
-        """(tokens spent, tokens reserved by answers still being written) over these entries."""
+        """(tokens spent, tokens reserved by answers still being written) over these entries; the
+        definition that day_figures, written out in SQL, is held to."""
         totals = self.aggregate(
             spent=Coalesce(Sum("total_tokens"), 0),
             reserved=Coalesce(Sum("reserved_tokens", filter=Q(recorded_at=None)), 0),
@@ -1649,8 +1727,7 @@ class UsageEntryQuerySet(models.QuerySet):
         written. `exhausted` (the composer is disabled) counts what was spent only: a tab cannot
         hear the end of another conversation's answer, and the gate refuses those sends anyway.
         """
-        budget = AccountLimits.budget_of(user_id)
-        used, reserved = self.filter(user_id=user_id, day=timezone.localdate()).spending()
+        budget, used, reserved = self.day_figures(user_id, timezone.localdate())
         return {
             "used": used,
             "reserved": reserved,
@@ -1659,6 +1736,20 @@ class UsageEntryQuerySet(models.QuerySet):
             "resets_at": next_midnight().isoformat(),
             "zone": timezone.get_current_timezone_name(),
         }
+
+    def day_figures(self, user_id, day):
+        """(budget, spent, reserved) of the user on `day`: AccountLimits.budget_of(user_id) and
+        spending() of the user's entries of that day, whatever this queryset's filters, read in
+        one statement.
+
+        Every answer's end reads these for its message.done frame, and every title reservation
+        under the owner's lock: written out (`_day_figures`) because Django took ~4 ms to build
+        the two queries it stands for, against ~0.1 ms to run this one, on the benchmark machine
+        (bench/answerpath.py). tests/test_budgets.py holds it to them.
+        """
+        connection = connections[self.db]
+        read = read_figures(connection, self._day_figures(connection, user_id, day))
+        return budget_or_default(read["budget"]), read["spent"], read["reserved"]
 
     def usage_by_model(self, user_id, day):
         """[{model, answers, tokens}] the user's answers of `day` spent, per model, for the settings page
@@ -1725,14 +1816,9 @@ class UsageEntryQuerySet(models.QuerySet):
         now = timezone.now()
         day = timezone.localdate(now)
         connection = connections[self.db]
-        figures = self._admission_figures(connection, user_id, day, now, client_id, new_conversation)
-        names = list(figures)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT " + ", ".join(f"({figures[name][0]})" for name in names),
-                [parameter for name in names for parameter in figures[name][1]],
-            )
-            read = dict(zip(names, cursor.fetchone(), strict=True))
+        figures = self._day_figures(connection, user_id, day)
+        figures.update(self._optional_figures(connection, user_id, now, client_id, new_conversation))
+        read = read_figures(connection, figures)
         oldest = read.get("oldest")
         convert = getattr(connection.ops, "convert_datetimefield_value", None)  # SQLite's text, made a datetime
         if oldest is not None and convert is not None:
@@ -1742,7 +1828,7 @@ class UsageEntryQuerySet(models.QuerySet):
             username=username,
             now=now,
             day=day,
-            budget=read["budget"] if read["budget"] is not None else settings.CHAT_DAILY_TOKEN_BUDGET,
+            budget=budget_or_default(read["budget"]),
             spent=read["spent"],
             reserved=read["reserved"],
             oldest_recent_send=oldest,
@@ -1751,27 +1837,19 @@ class UsageEntryQuerySet(models.QuerySet):
         )
 
     @staticmethod
-    def _admission_figures(connection, user_id, day, now, client_id, new_conversation):
-        """{name: (a scalar subquery, its parameters)} of what `admit` reads: one SELECT of them.
+    def _day_figures(connection, user_id, day):
+        """{name: (a scalar subquery, its parameters)} of the owner's budget (None: the site's
+        default) and what they spent and hold reserved on `day`, for `read_figures`.
 
         Written out rather than built by the ORM: compiling these subqueries cost ~40 times what
         running them does (12 ms against 0.3 ms on the benchmark machine, bench/sendpath.py), on
-        every send. The same reads as AccountLimits.budget_of, UsageEntryQuerySet.spending, the
-        send rate's window (CHAT_SENDS_PER_MINUTE), MessageQuerySet.sent_with and
-        AccountSettings.of; tests/test_budgets.py and tests/test_model_verbs.py hold them."""
-        quote, ops = connection.ops.quote_name, connection.ops
-
-        def table(model):
-            return quote(model._meta.db_table)
-
-        def column(model, name):
-            return quote(model._meta.get_field(name).column)
-
-        entries, owner = table(UsageEntry), column(UsageEntry, "user")
-        today = f"FROM {entries} WHERE {owner} = %s AND {column(UsageEntry, 'day')} = %s"
-        on_today = [user_id, ops.adapt_datefield_value(day)]
+        every send and every answer's end. The same reads as AccountLimits.budget_of and
+        UsageEntryQuerySet.spending; tests/test_budgets.py holds them to those."""
+        table, column = sql_names(connection)
+        today = f"FROM {table(UsageEntry)} WHERE {column(UsageEntry, 'user')} = %s AND {column(UsageEntry, 'day')} = %s"
+        on_today = [user_id, connection.ops.adapt_datefield_value(day)]
         budget = column(AccountLimits, "daily_token_budget")
-        figures = {
+        return {
             "budget": (
                 f"SELECT {budget} FROM {table(AccountLimits)} WHERE {column(AccountLimits, 'user')} = %s",
                 [user_id],
@@ -1783,15 +1861,14 @@ class UsageEntryQuerySet(models.QuerySet):
                 on_today,
             ),
         }
-        figures.update(
-            UsageEntryQuerySet._optional_figures(ops, table, column, user_id, now, client_id, new_conversation)
-        )
-        return figures
 
     @staticmethod
-    def _optional_figures(ops, table, column, user_id, now, client_id, new_conversation):
-        """The figures of `_admission_figures` that only some sends read: the send rate's (when
-        it is on), the replay check (with a client id) and a new conversation's instructions."""
+    def _optional_figures(connection, user_id, now, client_id, new_conversation):
+        """The figures `admit` reads besides `_day_figures`, which only some sends need: the send
+        rate's window (CHAT_SENDS_PER_MINUTE, when it is on), the replay check (with a client id:
+        MessageQuerySet.sent_with) and a new conversation's instructions (AccountSettings.of);
+        tests/test_model_verbs.py holds them."""
+        ops, (table, column) = connection.ops, sql_names(connection)
         figures = {}
         entries, owner = table(UsageEntry), column(UsageEntry, "user")
         limit = settings.CHAT_SENDS_PER_MINUTE
@@ -1828,7 +1905,7 @@ class UsageEntryQuerySet(models.QuerySet):
     def _lock_owner(self, user_id):
         """Lock the user's row until the transaction ends (see `reserve`); their username.
 
-        Written out, as `_admission_figures` is, for what the ORM's compiling costs on every send."""
+        Written out, as `_day_figures` is, for what the ORM's compiling costs on every send."""
         connection, user_model = connections[self.db], get_user_model()
         features, quote, meta = connection.features, connection.ops.quote_name, user_model._meta
         lock = ""
@@ -1850,10 +1927,7 @@ class UsageEntryQuerySet(models.QuerySet):
     def output_allowance(self, user_id, day, limit, unbudgeted_hold, context_tokens=None):
         """`allowance` for a request made now for the user, under the owner's lock, with the
         budget and today's spending read here."""
-        budget = AccountLimits.budget_of(user_id)
-        if not budget:
-            return limit, unbudgeted_hold
-        spent, reserved = self.filter(user_id=user_id, day=day).spending()
+        budget, spent, reserved = self.day_figures(user_id, day)
         return self.allowance(budget, spent, reserved, limit, unbudgeted_hold, context_tokens)
 
     @staticmethod
@@ -1908,11 +1982,15 @@ class UsageEntryQuerySet(models.QuerySet):
             created_at=now,
         )
 
-    def record_title(self, entry_id, status, usage=None, streamed_characters=0, began=False):
-        """Write what the title request of entry `entry_id` spent, once: the upstream's usage
-        (an upstream.Usage) when it reported one, else an estimate as for answers (its input and
-        the text it streamed, when the upstream began); nothing when it never began."""
-        entry = self.get(pk=entry_id)
+    def record_title(self, entry, status, usage=None, streamed_characters=0, began=False):
+        """Write what the title request of `entry` (reserve_title's, or its id) spent, once: the
+        upstream's usage (an upstream.Usage) when it reported one, else an estimate as for
+        answers (its input and the text it streamed, when the upstream began); nothing when it
+        never began. The entry reserve_title returned is used as it is: its estimate is never
+        changed after, so it need not be read again."""
+        if not isinstance(entry, UsageEntry):
+            entry = self.get(pk=entry)
+        entry_id = entry.pk
         estimated = False
         if usage is not None and usage.total_tokens is not None:
             input_tokens, output_tokens, total_tokens = (

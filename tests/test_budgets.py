@@ -19,6 +19,7 @@ from django.contrib.auth import get_user_model
 from django.db import close_old_connections, connection
 from django.db.migrations.executor import MigrationExecutor
 from django.test import AsyncClient
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
@@ -186,6 +187,58 @@ def test_the_page_disables_the_composer_once_the_budget_is_spent_whatever_was_de
 
 
 # --- Answers without usage count by estimate ---------------------------------------------------
+
+
+def ledger_entry(user, day, total, reserved, recorded=True):
+    return UsageEntry.objects.create(
+        user=user,
+        username=user.username,
+        message_id=uuid.uuid4(),
+        day=day,
+        total_tokens=total,
+        reserved_tokens=reserved,
+        recorded_at=timezone.now() if recorded else None,
+    )
+
+
+def test_the_days_figures_read_in_one_statement_are_the_ledgers_and_the_owners_limit(alice, bob, settings):
+    """UsageEntryQuerySet.day_figures, written out in SQL for the answers' ends, says what the
+    ORM's definitions say (AccountLimits.budget_of and spending()) for every mix: no entry, the
+    site's budget, an override, unlimited, recorded and open entries, other days and other users."""
+    settings.CHAT_DAILY_TOKEN_BUDGET = 5000
+    today = timezone.localdate()
+
+    def figures(user, day):
+        expected = (AccountLimits.budget_of(user.pk), *UsageEntry.objects.filter(user=user, day=day).spending())
+        with CaptureQueriesContext(connection) as captured:
+            found = UsageEntry.objects.filter(user=bob).day_figures(user.pk, day)
+        assert len(captured.captured_queries) == 1
+        assert found == expected
+        return found
+
+    assert figures(alice, today) == (5000, 0, 0)
+    ledger_entry(alice, today, 30, 100)
+    ledger_entry(alice, today, 0, 250, recorded=False)
+    ledger_entry(alice, today - datetime.timedelta(days=1), 70, 90)
+    ledger_entry(bob, today, 11, 400, recorded=False)
+    assert figures(alice, today) == (5000, 30, 250)
+    assert figures(alice, today - datetime.timedelta(days=1)) == (5000, 70, 0)
+    assert figures(bob, today) == (5000, 11, 400)
+    AccountLimits.objects.create(user=alice, daily_token_budget=0)  # unlimited
+    assert figures(alice, today) == (0, 30, 250)
+    AccountLimits.objects.filter(user=alice).update(daily_token_budget=120)
+    assert figures(alice, today) == (120, 30, 250)
+    assert figures(bob, today)[0] == 5000
+    AccountLimits.objects.filter(user=alice).update(daily_token_budget=None)  # the site's again
+    assert figures(alice, today + datetime.timedelta(days=1)) == (5000, 0, 0)
+    assert limits.budget_status(alice) | {"resets_at": None, "zone": None} == {
+        "used": 30,
+        "reserved": 250,
+        "budget": 5000,
+        "exhausted": False,
+        "resets_at": None,
+        "zone": None,
+    }
 
 
 @pytest.mark.asyncio

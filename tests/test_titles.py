@@ -8,17 +8,19 @@ tells a title request from an answer by its instructions (`routed`), so each tes
 
 import asyncio
 import datetime
+import threading
 
 import pytest
 import time_machine
 from channels.db import database_sync_to_async
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db.backends.signals import connection_created
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
 from chat import limits
-from chat.answering.titles import TITLE_INSTRUCTIONS
+from chat.answering.titles import TITLE_INSTRUCTIONS, TITLE_THREAD
 from chat.models import (
     TITLE_ABANDONED_AFTER,
     TITLE_LENGTH,
@@ -145,6 +147,61 @@ async def test_later_answers_ask_for_no_title_and_a_first_answer_that_failed_wai
     await idle_titles()
     assert len(routed.picked_bodies) == 1
     assert len(upstream.requests) == 4
+    await socket.disconnect()
+
+
+class TitleThreadStatements:
+    """Every statement the titles' thread runs, but its transactions' own (BEGIN, savepoints)."""
+
+    def __init__(self):
+        self.statements = []
+        self.lock = threading.Lock()
+
+    def __call__(self, execute, sql, params, many, context):
+        if not sql.startswith(("BEGIN", "SAVEPOINT", "RELEASE")):
+            with self.lock:
+                self.statements.append(sql)
+        return execute(sql, params, many, context)
+
+    def install(self, sender, connection, **kwargs):
+        if threading.current_thread().name.startswith(TITLE_THREAD) and self not in connection.execute_wrappers:
+            connection.execute_wrappers.append(self)
+
+    def taken(self):
+        with self.lock:
+            taken, self.statements = self.statements, []
+        return taken
+
+
+@pytest.fixture
+def title_statements():
+    """Requested before `worker`, so that the titles' thread's connection carries the recorder."""
+    recorder = TitleThreadStatements()
+    connection_created.connect(recorder.install)
+    yield recorder
+    connection_created.disconnect(recorder.install)
+
+
+@pytest.mark.asyncio
+async def test_a_title_costs_a_fixed_number_of_statements_and_a_later_answer_costs_its_thread_none(
+    alice, upstream, title_statements, worker
+):
+    """The titles' thread reads the answer and whether an earlier one spoke, reserves (the
+    owner's lock, the day's figures, the entry), records the entry it holds and stores the
+    title; a later answer, whose conversation the end read already, is not handed to it."""
+    route(upstream, titles(answer(["Sky colours"]), answer(ANSWER), answer(["Again."])))
+    socket, _, _ = await connect(alice)
+    conversation_id, _ = await first_exchange(socket)
+    await receive_until(socket, "conversation.updated", timeout=15)
+    await idle_titles()
+    first = title_statements.taken()
+    assert [sql.split(None, 1)[0] for sql in first] == ["SELECT"] * 4 + ["INSERT", "UPDATE", "UPDATE"], first
+
+    await socket.send_json_to({"type": "chat.send", "conversation": conversation_id, "text": "¿Y de noche?"})
+    await receive_until(socket, "message.done", timeout=15)
+    await idle_titles()
+    assert title_statements.taken() == []
+    assert (await conversation_of(conversation_id)).title == "Sky colours"
     await socket.disconnect()
 
 

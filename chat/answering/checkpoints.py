@@ -2,7 +2,9 @@
 
 Answer threads only hand their job over: a slow or unavailable database delays checkpoints (they
 are for crash safety), never a stream. Failed checkpoints are tried again after a wait that grows
-while the database stays unavailable; each round writes the newest text of each job.
+while the database stays unavailable; each round writes the newest text of each job, all of them
+in one transaction and one statement (MessageQuerySet.checkpoint_round), or one at a time when
+the database refuses the round (so that one answer's refused text holds back no other's).
 """
 
 import logging
@@ -18,6 +20,7 @@ from chat.answering.database import (
     log_retry,
     reset_connections,
 )
+from chat.models import Message
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class Checkpointer:
                 if time.monotonic() - last_reset >= 1.0:  # expired connections, about once a second
                     last_reset = time.monotonic()
                     reset_connections()
-                failed = [job for job in jobs if not self._write(job, wait)]
+                failed = self._write_round(jobs, wait)
                 if not failed:
                     wait = RETRY_FIRST_WAIT
                     continue
@@ -72,6 +75,23 @@ class Checkpointer:
                 wait = min(wait * 2, RETRY_LONGEST_WAIT)
         finally:
             connections.close_all()  # a stopped worker leaves no connection open
+
+    @classmethod
+    def _write_round(cls, jobs, wait):
+        """Save the round's checkpoints; the jobs to try again (the database was unavailable)."""
+        due = [(job, values) for job in jobs if (values := job.checkpoint_values()) is not None]
+        if not due:
+            return []
+        try:
+            Message.objects.checkpoint_round([values for _, values in due])
+        except TRANSIENT_DATABASE_ERRORS as error:
+            for job, _ in due:
+                log_retry("checkpoint", job.message_id, error, wait)
+            return [job for job, _ in due]
+        except Exception:
+            logger.warning("A round of %s checkpoints was refused; writing them one at a time", len(due), exc_info=True)
+            return [job for job, _ in due if not cls._write(job, wait)]
+        return []
 
     @staticmethod
     def _write(job, wait):

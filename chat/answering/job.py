@@ -128,13 +128,21 @@ class AnswerJob:
         self.last_checkpoint = now
         self.worker.checkpointer.request(self)
 
-    def write_checkpoint(self):
-        """Save the text so far (bounded writes, crash safety); on the checkpointer's thread."""
+    def checkpoint_values(self):
+        """(message id, first token time, texts) to save as a checkpoint (bounded writes, crash
+        safety), or None once the job is ending (its end saves all); on the checkpointer's thread,
+        which writes those of a round together (MessageQuerySet.checkpoint_round)."""
         with self.lock:
             if self.ending:
-                return
-            texts, first_token_at = self.buffer.texts(), self.first_token_at
-        Message.objects.checkpoint(self.message_id, first_token_at=first_token_at, **texts)
+                return None
+            return self.message_id, self.first_token_at, self.buffer.texts()
+
+    def write_checkpoint(self):
+        """Save the text so far on its own (the checkpointer's fallback for a refused round)."""
+        values = self.checkpoint_values()
+        if values is not None:
+            message_id, first_token_at, texts = values
+            Message.objects.checkpoint(message_id, first_token_at=first_token_at, **texts)
 
     # --- run: claim, open, apply, finish ----------------------------------------------------
 

@@ -117,6 +117,10 @@ class TitleWriter:
         (the rest is checked on the title's thread); never blocks, never raises."""
         if not settings.CHAT_GENERATED_TITLES or message.status not in Message.SAID:
             return None
+        if Message.conversation.is_cached(message) and not message.conversation.may_want_generated_title():
+            # Read with the answer's end (finish_answer): most answers are not a conversation's
+            # first, and the title's thread need not read them again to find that out.
+            return None
         try:
             return self.pool.submit(self.write, str(message.id), loop)
         except RuntimeError:  # the worker is closing
@@ -153,7 +157,7 @@ class TitleWriter:
             logger.info("No title for conversation %s: its owner's budget is spent", conversation.pk)
             return None
         reply = self.ask(conversation.model, input_items, entry.max_output_tokens)
-        UsageEntry.objects.record_title(entry.pk, reply.status, reply.usage, len(reply.text), reply.began)
+        UsageEntry.objects.record_title(entry, reply.status, reply.usage, len(reply.text), reply.began)
         title = clean_title(reply.text) if reply.status in Message.SAID else ""
         if not title:
             logger.info("No title for conversation %s: the model gave none (%s)", conversation.pk, reply.status)
