@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import PASSWORD, answers, chunks, composer, log_in, send, wait_until_idle
-from tests.upstream import Status, answer, response_object, sse, transcript, usage_object
+from tests.upstream import Gate, Status, answer, response_object, sse, transcript, usage_object
 
 pytestmark = pytest.mark.browser
 
@@ -295,7 +295,12 @@ def test_a_dropped_connection_reconnects_and_catches_up(chat, upstream):
 
 def test_an_answer_waits_visibly_in_the_queue(chat, context, upstream):
     """The live server has one answer thread: a second answer waits and says so."""
-    upstream.queue(answer([f"first{number} " for number in range(20)], pause=0.1))
+    # The first answer holds the one thread until the second is seen waiting (a gate, not a
+    # pause: on a loaded machine a timed answer could end before the second tab is connected).
+    gate = Gate()
+    first = answer([f"first{number} " for number in range(20)])
+    first.insert(next(i for i, step in enumerate(first) if isinstance(step, bytes) and b"first5" in step), gate)
+    upstream.queue(first)
     send(chat, "First question")
     expect(answers(chat).first).to_contain_text("first1")
 
@@ -307,6 +312,7 @@ def test_an_answer_waits_visibly_in_the_queue(chat, context, upstream):
     waiting = answers(other).first
     expect(waiting.get_by_text("Queued", exact=True)).to_be_visible()
     expect(other.get_by_role("button", name="Stop")).to_be_visible()
+    gate.event.set()
     expect(waiting).to_contain_text("Your turn now.", timeout=15_000)
     expect(other.get_by_role("button", name="Send")).to_be_visible()
     wait_until_idle(chat)
