@@ -4,11 +4,7 @@
 // rate. While the reader is at the bottom the list follows the newest text; scrolled up, a "Jump
 // to latest" button offers the way back.
 
-// While an answer streams, its deltas are rendered at most this often. Each render costs the
-// browser a frame of style, layout and paint (and a scroll) however little changed: rendering
-// every delta frame (~30 a second from a fast model) cost about three times as much main thread
-// as rendering at this pace (docs/benchmarks.md). Anything else renders on the next frame.
-const STREAMING_RENDER_INTERVAL = 100;
+import { RenderPace } from "./pace.js";
 
 // Closer to the bottom than this (in CSS pixels) counts as at the bottom.
 const BOTTOM_SLACK = 48;
@@ -22,7 +18,12 @@ export class Follower {
     this.frameRequested = false;
     this.renderTimer = null;
     this.lastRender = -Infinity;
+    this.pace = new RenderPace();
     this.followBottom = true;
+    // A message posted in a frame's callback is delivered after that frame's style, layout and
+    // paint: the time until then is what the render cost the main thread.
+    this.costChannel = new MessageChannel();
+    this.costChannel.port1.onmessage = ({ data }) => this.pace.measured(performance.now() - data);
 
     this.scroller.addEventListener("scroll", () => {
       this.followBottom = this.isAtBottom();
@@ -46,11 +47,15 @@ export class Follower {
     });
   }
 
-  /** Renders `view` on the next frame or, for a delta (`streaming`), once the interval is over. */
+  /**
+   * Renders `view` on the next frame or, for a delta (`streaming`), once the streaming interval
+   * since the last render is over: at most ten renders a second, fewer when renders cost more
+   * (pace.js).
+   */
   schedule(view, { streaming = false } = {}) {
     this.dirty.add(view);
     if (this.frameRequested) return;
-    const wait = streaming ? this.lastRender + STREAMING_RENDER_INTERVAL - performance.now() : 0;
+    const wait = streaming ? this.lastRender + this.pace.interval - performance.now() : 0;
     if (wait <= 0) {
       this.requestFrame();
     } else if (this.renderTimer === null) {
@@ -83,6 +88,7 @@ export class Follower {
     this.lastRender = performance.now();
     for (const view of this.dirty) view.render();
     this.dirty.clear();
+    this.costChannel.port2.postMessage(this.lastRender);
     // No scroll here: reading the list's height right after the writes forced a layout on every
     // render (a third of the main thread while streaming). The ResizeObserver above follows the
     // growth after the frame's own layout, before its paint.

@@ -119,6 +119,27 @@ function highlight(code, { streaming }) {
   code.classList.add("hljs");
 }
 
+/**
+ * Compiles the grammar of the language a streaming fence names, in a task of its own, before the
+ * fence is final. Compiling is most of the first highlight of a language (tens of ms on a slow
+ * machine: the longest task of a streaming answer was the render that committed its first code
+ * block); once compiled, highlighting that block in the render that commits it is cheap.
+ */
+class GrammarWarmer {
+  constructor() {
+    this.requested = new Set();
+  }
+
+  /** `token`: the last block of the open tail. */
+  prepare(token) {
+    if (token?.type !== "code" || !token.lang || OPENING_FENCE.test(token.raw)) return;
+    const language = token.lang.split(/\s/, 1)[0];
+    if (this.requested.has(language) || !hljs.getLanguage(language)) return;
+    this.requested.add(language);
+    setTimeout(() => hljs.highlight("", { language, ignoreIllegals: true }), 0);
+  }
+}
+
 function decorateCodeBlock(pre, options) {
   const code = pre.querySelector("code");
   if (!code) return;
@@ -230,6 +251,7 @@ function firstDifference(one, other) {
 export class MarkdownStream {
   constructor(container) {
     this.container = container;
+    this.grammars = new GrammarWarmer();
     this.clear();
   }
 
@@ -286,6 +308,7 @@ export class MarkdownStream {
     const { done, open } = this.splitter.split();
     if (done.length > 0) this.fillChunks(done, this.chunks, start, (element) => this.tail.before(element));
     this.tail.replaceChildren(renderTokens(open, { streaming: true }));
+    this.grammars.prepare(open.findLast((token) => token.type !== "space"));
   }
 
   /** Takes the text given to set(): keeps the chunks it starts with, the rest is open again. */

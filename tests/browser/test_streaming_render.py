@@ -119,3 +119,46 @@ def test_html_and_links_cut_across_deltas_never_run(page, upstream):
     assert page.evaluate(BODIES) == streamed
     assert page.evaluate(DANGERS) == []
     assert page.evaluate("window.pwned") == 0
+
+
+# The page's own highlight.js, for the test to read a grammar's state (window.testHljs).
+IMPORT_HLJS = """async () => {
+  const entry = performance.getEntriesByType("resource").find((item) => /\\/highlight[^/]*\\.js/.test(item.name));
+  window.testHljs = (await import(entry.name)).default;
+}"""
+COMPILED = "(language) => Boolean(window.testHljs.getLanguage(language).isCompiled)"
+
+
+def test_a_fence_s_language_is_compiled_while_the_fence_streams_and_the_block_highlighted_once_final(page, upstream):
+    """Compiling a grammar is most of a language's first highlight: it is done in a task of its
+    own while the fence streams, not in the render that commits the block. A fence that names an
+    alias, an unknown language or no language at all is shown all the same."""
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    log_in(page)
+    pieces = [
+        "Code:\n\n```python\n",
+        "def step(value):\n    return value * 2\n",
+        "```\n\n```py\nprint(1)\n```\n\n```notalanguage\nplain\n```\n\n```\nno language\n```\n\nAfter.\n",
+    ]
+    steps = answer(pieces, pause=0.01)
+    index = next(position for position, step in enumerate(steps) if isinstance(step, bytes) and b"return value" in step)
+    gate = Gate()
+    steps.insert(index + 1, gate)
+    upstream.queue(steps)
+    page.evaluate(IMPORT_HLJS)
+    assert page.evaluate(COMPILED, "python") is False
+    send(page, "Show me some code")
+    reply = answers(page).first
+    expect(reply.locator(".message-body")).to_contain_text("return value * 2")
+    # The fence is still open: shown plain, its grammar compiled ahead of the commit.
+    page.wait_for_function(COMPILED, arg="python")
+    assert reply.locator("code.hljs").count() == 0
+    gate.event.set()
+    wait_until_idle(page)
+    expect(reply).to_have_attribute("data-status", "completed")
+    expect(reply.locator("code.language-python.hljs")).to_have_count(1)
+    expect(reply.locator("code.language-py.hljs")).to_have_count(1)
+    expect(reply.locator("code.language-notalanguage")).to_have_text("plain\n")
+    expect(reply.locator(".message-body")).to_contain_text("no language")
+    assert errors == []
