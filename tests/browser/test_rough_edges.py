@@ -24,9 +24,9 @@ new MutationObserver(record).observe(document, { subtree: true, childList: true,
 def test_a_reload_mid_answer_never_shows_less_than_before(chat, upstream):
     """Rough edge 5: the page rendered the last checkpoint (up to a second old) before the snapshot."""
     parts = [f"piece{number:03} " for number in range(120)]
-    # Held before piece060 until the reloaded page has drawn what came before: the reload comes
-    # mid-answer, and the rest streams in after it.
-    steps, gate = held(answer(parts, pause=0.05), before="piece060 ")
+    # Held before piece100 until the reloaded page has drawn what came before: the reload comes
+    # mid-answer (the stream still flowing, so the last checkpoint lags it), and never after its end.
+    steps, gate = held(answer(parts, pause=0.05), before="piece100 ")
     upstream.queue(steps)
     send(chat, "A long answer to reload in")
     reply = answers(chat).first
@@ -35,7 +35,7 @@ def test_a_reload_mid_answer_never_shows_less_than_before(chat, upstream):
     before = len(reply.locator(".message-body").text_content())
     chat.add_init_script(RECORD_LENGTHS)
     chat.reload()
-    expect(answers(chat).first).to_contain_text("piece059")
+    expect(answers(chat).first).to_contain_text("piece099")
     gate.event.set()
     wait_until_idle(chat)
     expect(answers(chat).first).to_contain_text("piece119")
