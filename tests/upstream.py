@@ -6,7 +6,7 @@ A scenario is a list of steps the handler performs in order:
 - `Pause(seconds)`: a silence (slow first byte, stall, pacing); a client hanging up meanwhile is
   noticed at once and recorded as `disconnected`;
 - `Gate(event)`: a silence until the test sets the `threading.Event` (a cue rather than a guess
-  at how long something takes), noticed like a `Pause`;
+  at how long something takes), noticed like a `Pause`; `held(steps, before=...)` puts one in;
 - `Hangup()`: the connection is dropped without the terminating chunk (a truncated body);
 - `Status(code, body, headers)`: as the first step (after any `Pause`, which then delays the
   status line), an HTTP error answer before any stream.
@@ -291,6 +291,22 @@ def answer(
     if done_marker:
         steps.append(b"data: [DONE]\n\n")
     return steps
+
+
+def held(steps, before):
+    """`steps` with a Gate just before the first step holding `before`, and that gate.
+
+    `before` is a delta's text (str) or bytes the step contains. The stream stops there until the
+    test opens the gate, so what the test does and checks while an answer is still being written
+    happens while it is: a `pause=` only guesses how long that takes, and a loaded machine may
+    reach the answer's end first.
+    """
+    needle = b'"delta": ' + json.dumps(before, ensure_ascii=False).encode() if isinstance(before, str) else before
+    index = next((index for index, step in enumerate(steps) if isinstance(step, bytes) and needle in step), None)
+    if index is None:
+        raise ValueError(f"no step of the scenario holds {needle!r}")
+    gate = Gate()
+    return [*steps[:index], gate, *steps[index:]], gate
 
 
 # A response id as LiteLLM's proxy makes them: the provider's id and routing data, base64 encoded.

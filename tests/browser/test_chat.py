@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import PASSWORD, answers, chunks, composer, log_in, send, wait_until_idle
-from tests.upstream import Gate, Status, answer, response_object, sse, transcript, usage_object
+from tests.upstream import Status, answer, held, response_object, sse, transcript, usage_object
 
 pytestmark = pytest.mark.browser
 
@@ -36,7 +36,9 @@ See [the tutorial](https://docs.python.org/3/tutorial/datastructures.html) for m
 def test_an_answer_streams_in_and_is_kept_with_its_usage(page, upstream, screenshots):
     log_in(page)
     words = [f"word{number} " for number in range(1, 21)]
-    upstream.queue(answer(words, pause=0.15, usage=usage_object(12, 20)))
+    # Held before word11 until the streaming state is checked: still streaming by cue, not by pace.
+    steps, gate = held(answer(words, pause=0.15, usage=usage_object(12, 20)), before="word11 ")
+    upstream.queue(steps)
     send(page, "Tell me twenty words")
 
     reply = answers(page).first
@@ -46,6 +48,7 @@ def test_an_answer_streams_in_and_is_kept_with_its_usage(page, upstream, screens
     expect(composer(page)).to_have_value("")
     page.screenshot(path=screenshots / "chat-streaming.png", animations="disabled")
 
+    gate.event.set()
     wait_until_idle(page)
     expect(reply).to_contain_text("word20")
     expect(reply).to_contain_text("12 in / 20 out · 32 tokens")
@@ -102,13 +105,17 @@ def test_markdown_is_rendered_with_highlighted_code_and_looks_tidy(chat, context
 
 
 def test_stop_ends_the_answer_and_keeps_its_text(chat, upstream):
-    upstream.queue(answer([f"part{number} " for number in range(40)], pause=0.2))
+    # Held before part3 so that Stop comes mid-answer; opened once cancelled, what the upstream
+    # would still send must not show.
+    steps, gate = held(answer([f"part{number} " for number in range(40)], pause=0.2), before="part3 ")
+    upstream.queue(steps)
     send(chat, "Count slowly")
     reply = answers(chat).first
     expect(reply).to_contain_text("part2")
     chat.get_by_role("button", name="Stop").click()
 
     expect(reply.get_by_text("Cancelled", exact=True)).to_be_visible()
+    gate.event.set()
     wait_until_idle(chat)
     kept = reply.inner_text()
     assert "part2" in kept and "part39" not in kept
@@ -121,12 +128,14 @@ def test_stop_ends_the_answer_and_keeps_its_text(chat, upstream):
 
 
 def test_escape_stops_the_answer(chat, upstream):
-    upstream.queue(answer([f"part{number} " for number in range(40)], pause=0.2))
+    steps, gate = held(answer([f"part{number} " for number in range(40)], pause=0.2), before="part2 ")
+    upstream.queue(steps)
     send(chat, "Count slowly again")
     reply = answers(chat).first
     expect(reply).to_contain_text("part1")
     composer(chat).press("Escape")
     expect(reply.get_by_text("Cancelled", exact=True)).to_be_visible()
+    gate.event.set()
 
 
 def test_a_failed_answer_shows_the_error_and_can_be_retried(chat, upstream, screenshots):
@@ -250,12 +259,16 @@ def test_markup_in_model_output_does_not_run(chat, upstream):
 
 def test_a_reload_mid_answer_resumes_it_without_gaps_or_repeats(chat, upstream):
     parts = [f"chunk{number} " for number in range(30)]
-    upstream.queue(answer(parts, pause=0.1))
+    # Held before chunk10 until the reloaded page shows the answer still being written.
+    steps, gate = held(answer(parts, pause=0.1), before="chunk10 ")
+    upstream.queue(steps)
     send(chat, "Stream for a while")
     expect(answers(chat).first).to_contain_text("chunk3")
     chat.reload()
     reply = answers(chat).first
     expect(chat.get_by_role("button", name="Stop")).to_be_visible()
+    expect(reply).to_contain_text("chunk9")
+    gate.event.set()
     wait_until_idle(chat)
     expect(reply.locator(".message-body")).to_have_text("".join(parts).strip())
 
@@ -278,7 +291,9 @@ def test_a_dropped_connection_reconnects_and_catches_up(chat, upstream):
         }"""
     )
     parts = [f"piece{number} " for number in range(30)]
-    upstream.queue(answer(parts, pause=0.1))
+    # Held before piece10 until the page has reconnected: the rest comes after the blip.
+    steps, gate = held(answer(parts, pause=0.1), before="piece10 ")
+    upstream.queue(steps)
     send(chat, "Keep going through a network blip")
     reply = answers(chat).first
     expect(reply).to_contain_text("piece3")
@@ -287,6 +302,7 @@ def test_a_dropped_connection_reconnects_and_catches_up(chat, upstream):
     page_side.close()
     server_side.close()
     expect(chat.get_by_role("status")).to_have_text("Connected")
+    gate.event.set()
     wait_until_idle(chat)
     assert len(connections) == 2
     assert "Reconnecting…" in chat.evaluate("window.connectionStates")
@@ -297,9 +313,7 @@ def test_an_answer_waits_visibly_in_the_queue(chat, context, upstream):
     """The live server has one answer thread: a second answer waits and says so."""
     # The first answer holds the one thread until the second is seen waiting (a gate, not a
     # pause: on a loaded machine a timed answer could end before the second tab is connected).
-    gate = Gate()
-    first = answer([f"first{number} " for number in range(20)])
-    first.insert(next(i for i, step in enumerate(first) if isinstance(step, bytes) and b"first5" in step), gate)
+    first, gate = held(answer([f"first{number} " for number in range(20)]), before="first5 ")
     upstream.queue(first)
     send(chat, "First question")
     expect(answers(chat).first).to_contain_text("first1")
@@ -355,7 +369,10 @@ def test_the_composer_keys(chat):
 
 def test_scrolling_up_stops_following_and_offers_a_jump_to_the_latest(chat, upstream):
     lines = [f"Line {number} of a long answer.\n\n" for number in range(80)]
-    upstream.queue(answer(lines, pause=0.05))
+    # Held before line 40 until the reader has scrolled up; the rest then streams in while they
+    # read (the position is checked once it has all arrived, not after a while).
+    steps, gate = held(answer(lines, pause=0.05), before="Line 40 of a long answer.\n\n")
+    upstream.queue(steps)
     send(chat, "Write many lines")
     reply = answers(chat).first
     expect(reply).to_contain_text("Line 30 ")
@@ -366,7 +383,8 @@ def test_scrolling_up_stops_following_and_offers_a_jump_to_the_latest(chat, upst
     chat.mouse.wheel(0, -600)
     expect(jump).to_be_visible()
     position = scroller.evaluate("element => element.scrollTop")
-    chat.wait_for_timeout(500)
+    gate.event.set()
+    expect(reply).to_contain_text("Line 79 ")
     assert scroller.evaluate("element => element.scrollTop") == position, "it scrolled away from the reader"
     jump.click()
     expect(jump).to_be_hidden()
@@ -687,11 +705,14 @@ def test_a_final_text_that_differs_from_the_streamed_one_is_rendered_from_where_
 
 def test_finished_blocks_stay_the_same_elements_while_the_answer_streams_on(chat, upstream):
     paragraphs = [f"Paragraph {number} of a long answer.\n\n" for number in range(60)]
-    upstream.queue(answer(paragraphs, pause=0.03))
+    # Held before paragraph 10 until the first paragraph's element is taken, mid-answer.
+    steps, gate = held(answer(paragraphs, pause=0.03), before="Paragraph 10 of a long answer.\n\n")
+    upstream.queue(steps)
     send(chat, "Write paragraphs")
     reply = answers(chat).first
     expect(reply).to_contain_text("Paragraph 3 ")
     first = reply.locator(".markdown-chunk p").first.element_handle()
+    gate.event.set()
     wait_until_idle(chat)
     expect(reply).to_contain_text("Paragraph 59 ")
     assert first.evaluate("node => node.isConnected && node.textContent"), "the first paragraph was replaced"

@@ -5,20 +5,14 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import answers, send, wait_until_idle
-from tests.upstream import Gate, answer
+from tests.upstream import answer, held
 
 pytestmark = pytest.mark.browser
 
 
 def gated(deltas):
     """An answer whose deltas stream at once and whose end waits for the returned gate."""
-    gate = Gate()
-    steps = answer(deltas)
-    end_of_deltas = next(
-        index for index, step in enumerate(steps) if isinstance(step, bytes) and b"response.output_text.done" in step
-    )
-    steps.insert(end_of_deltas, gate)
-    return steps, gate
+    return held(answer(deltas), before=b"response.output_text.done")
 
 
 def versions(reply):

@@ -1,14 +1,13 @@
 """Math in answers: typeset by KaTeX while streaming and after a reload, never in code or prices,
 under the site's strict Content Security Policy, in the chat and in the admin's transcript."""
 
-import json
 import re
 
 import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import answers, log_in, send, wait_until_idle
-from tests.upstream import Gate, answer
+from tests.upstream import answer, held
 
 pytestmark = pytest.mark.browser
 
@@ -32,12 +31,7 @@ FORMULAS = [
 
 def gated_answer(first, rest):
     """An answer that stops after `first` until the returned gate opens."""
-    gate = Gate()
-    steps = answer([first, *rest], pause=0.02)
-    marker = json.dumps(first, ensure_ascii=False)[1:-1].encode()
-    index = next(position for position, step in enumerate(steps) if isinstance(step, bytes) and marker in step)
-    steps.insert(index + 1, gate)
-    return steps, gate
+    return held(answer([first, *rest], pause=0.02), before=rest[0])
 
 
 def sources(reply):

@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import answers, log_in, row_action, send, wait_until_idle
-from tests.upstream import Gate, answer
+from tests.upstream import answer, held
 
 pytestmark = pytest.mark.browser
 
@@ -24,7 +24,10 @@ new MutationObserver(record).observe(document, { subtree: true, childList: true,
 def test_a_reload_mid_answer_never_shows_less_than_before(chat, upstream):
     """Rough edge 5: the page rendered the last checkpoint (up to a second old) before the snapshot."""
     parts = [f"piece{number:03} " for number in range(120)]
-    upstream.queue(answer(parts, pause=0.05))
+    # Held before piece100 until the reloaded page has drawn what came before: the reload comes
+    # mid-answer (the stream still flowing, so the last checkpoint lags it), and never after its end.
+    steps, gate = held(answer(parts, pause=0.05), before="piece100 ")
+    upstream.queue(steps)
     send(chat, "A long answer to reload in")
     reply = answers(chat).first
     expect(reply).to_contain_text("piece030")
@@ -32,6 +35,8 @@ def test_a_reload_mid_answer_never_shows_less_than_before(chat, upstream):
     before = len(reply.locator(".message-body").text_content())
     chat.add_init_script(RECORD_LENGTHS)
     chat.reload()
+    expect(answers(chat).first).to_contain_text("piece099")
+    gate.event.set()
     wait_until_idle(chat)
     expect(answers(chat).first).to_contain_text("piece119")
     lengths = [length for length in chat.evaluate("window.answerLengths") if length]
@@ -48,9 +53,7 @@ def test_the_login_page_offers_password_reset_once(page):
 
 def test_edit_stays_out_of_sight_while_an_answer_streams(chat, upstream):
     """Rough edge 4: the disabled Edit's dimming outranked the rule that hides it until hover."""
-    gate = Gate()
-    steps = answer(["Streaming ", "slowly."])
-    steps.insert(len(steps) // 2, gate)
+    steps, gate = held(answer(["Streaming ", "slowly."]), before="slowly.")
     upstream.queue(steps)
     send(chat, "Watch the Edit button")
     expect(chat.get_by_role("button", name="Stop")).to_be_visible()
@@ -91,11 +94,9 @@ def test_the_conversation_settings_close_after_sending(chat, upstream):
 def test_a_long_code_blocks_header_stays_in_sight_and_waits_for_its_language(chat, upstream):
     """Rough edge 9: the Copy header scrolled away with long code, and a streaming block read
     "code" (or half its language's name) until its opening line ended."""
-    gate = Gate()
     lines = "".join(f"print({number})\n" for number in range(150))
-    steps = answer(["Here:\n\n```pyt", f"hon\n{lines}```\n\nDone."], pause=0.05)
-    marker = next(index for index, step in enumerate(steps) if isinstance(step, bytes) and b"```pyt" in step)
-    steps.insert(marker + 1, gate)
+    rest = f"hon\n{lines}```\n\nDone."
+    steps, gate = held(answer(["Here:\n\n```pyt", rest], pause=0.05), before=rest)
     upstream.queue(steps)
     send(chat, "Long code please")
     reply = answers(chat).first

@@ -2,14 +2,14 @@
 streamed answer's DOM is the DOM of the same answer after a reload, and HTML or a link cut
 across deltas is text or a safe link at every step, never markup that runs."""
 
-import json
+import itertools
 import random
 
 import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import answers, log_in, send, wait_until_idle
-from tests.upstream import Gate, answer
+from tests.upstream import answer, held
 
 pytestmark = pytest.mark.browser
 
@@ -92,12 +92,9 @@ def test_html_and_links_cut_across_deltas_never_run(page, upstream):
     log_in(page)
     steps = answer(HOSTILE, pause=0.01)
     gates = []
-    for piece in HOSTILE[:-1]:
+    for piece, following in itertools.pairwise(HOSTILE):
         # The stream waits after each piece, so the page renders every half-written state.
-        marker = json.dumps(piece, ensure_ascii=False)[1:-1].encode()
-        index = next(position for position, step in enumerate(steps) if isinstance(step, bytes) and marker in step)
-        gate = Gate()
-        steps.insert(index + 1, gate)
+        steps, gate = held(steps, before=following)
         gates.append((piece, gate))
     upstream.queue(steps)
     send(page, "Show me some HTML")

@@ -6,7 +6,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import answers, send, wait_until_idle
-from tests.upstream import Status, answer
+from tests.upstream import Status, answer, held
 
 pytestmark = pytest.mark.browser
 
@@ -150,12 +150,15 @@ def test_retry_on_a_failed_answer_makes_a_new_version(chat, upstream):
 
 def test_actions_wait_while_an_answer_is_written(chat, upstream):
     ask(chat, upstream, "Quick one", "Done.")
-    upstream.queue(answer([f"word{number} " for number in range(12)], pause=0.15))
+    # Held before word6 until the actions are seen waiting: mid-answer by cue, not by pace.
+    steps, gate = held(answer([f"word{number} " for number in range(12)], pause=0.15), before="word6 ")
+    upstream.queue(steps)
     answers(chat).first.get_by_role("button", name="Regenerate").click()
     expect(chat.get_by_role("button", name="Stop")).to_be_visible()
     expect(questions(chat).first.get_by_role("button", name="Edit")).to_be_disabled()
     expect(answers(chat).first.get_by_role("button", name="Regenerate")).to_be_hidden()
     expect(answers(chat).first.get_by_role("button", name="Previous version")).to_be_disabled()
+    gate.event.set()
     wait_until_idle(chat)
     expect(questions(chat).first.get_by_role("button", name="Edit")).to_be_enabled()
     expect(answers(chat).first.get_by_role("button", name="Previous version")).to_be_enabled()
