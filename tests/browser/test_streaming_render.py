@@ -138,10 +138,7 @@ def test_a_fence_s_language_is_compiled_while_the_fence_streams_and_the_block_hi
         "def step(value):\n    return value * 2\n",
         "```\n\n```py\nprint(1)\n```\n\n```notalanguage\nplain\n```\n\n```\nno language\n```\n\nAfter.\n",
     ]
-    steps = answer(pieces, pause=0.01)
-    index = next(position for position, step in enumerate(steps) if isinstance(step, bytes) and b"return value" in step)
-    gate = Gate()
-    steps.insert(index + 1, gate)
+    steps, gate = held(answer(pieces, pause=0.01), before=pieces[2])
     upstream.queue(steps)
     page.evaluate(IMPORT_HLJS)
     assert page.evaluate(COMPILED, "python") is False
