@@ -1711,15 +1711,6 @@ def budget_or_default(budget):
 
 
 class UsageEntryQuerySet(models.QuerySet):
-    def spending(self):
-        """(tokens spent, tokens reserved by answers still being written) over these entries; the
-        definition that day_figures, written out in SQL, is held to."""
-        totals = self.aggregate(
-            spent=Coalesce(Sum("total_tokens"), 0),
-            reserved=Coalesce(Sum("reserved_tokens", filter=Q(recorded_at=None)), 0),
-        )
-        return totals["spent"], totals["reserved"]
-
     def budget_status(self, user_id):
         """Today's spending against the user's budget, for the page, the done frame and the gate.
 
@@ -1738,9 +1729,9 @@ class UsageEntryQuerySet(models.QuerySet):
         }
 
     def day_figures(self, user_id, day):
-        """(budget, spent, reserved) of the user on `day`: AccountLimits.budget_of(user_id) and
-        spending() of the user's entries of that day, whatever this queryset's filters, read in
-        one statement.
+        """(budget, spent, reserved) of the user on `day`: AccountLimits.budget_of(user_id) and the
+        sums of the user's entries of that day (spent; reserved while unrecorded), whatever this
+        queryset's filters, read in one statement.
 
         Every answer's end reads these for its message.done frame, and every title reservation
         under the owner's lock: written out (`_day_figures`) because Django took ~4 ms to build
@@ -1924,12 +1915,6 @@ class UsageEntryQuerySet(models.QuerySet):
             raise user_model.DoesNotExist("No such user.")
         return row[0]
 
-    def output_allowance(self, user_id, day, limit, unbudgeted_hold, context_tokens=None):
-        """`allowance` for a request made now for the user, under the owner's lock, with the
-        budget and today's spending read here."""
-        budget, spent, reserved = self.day_figures(user_id, day)
-        return self.allowance(budget, spent, reserved, limit, unbudgeted_hold, context_tokens)
-
     @staticmethod
     def allowance(budget, spent, reserved, limit, unbudgeted_hold, context_tokens=None):
         """(max_output_tokens to send or None, tokens to hold for the output) of a request of an
@@ -1966,7 +1951,7 @@ class UsageEntryQuerySet(models.QuerySet):
         username = self._lock_owner(user_id)
         now = timezone.now()
         day = timezone.localdate(now)
-        cap, held = self.output_allowance(user_id, day, limit, limit)
+        cap, held = self.allowance(*self.day_figures(user_id, day), limit, limit)
         input_tokens = tokens_for(input_characters)
         return self.create(
             user_id=user_id,

@@ -461,6 +461,27 @@ def http_get(url, headers=None, timeout=5):
         return error.code, error.headers, error.read()
 
 
+def migrated_site_env(database, upstream_url, password, **variables):
+    """site_env for a site on a new SQLite file `database` answering `test-model` from the test
+    upstream at `upstream_url`, migrated, with the account alice (`password`)."""
+    env = site_env(
+        DATABASE_URL=f"sqlite:///{database}",
+        DJANGO_DEBUG="1",
+        OPENRESPONSES_BASE_URL=upstream_url,
+        OPENRESPONSES_API_KEY="sk-test",
+        OPENRESPONSES_MODELS="test-model",
+        **variables,
+    )
+    manage(env, "migrate", "--noinput")
+    manage(
+        env,
+        "shell",
+        "-c",
+        f"from django.contrib.auth.models import User; User.objects.create_user('alice', password='{password}')",
+    )
+    return env
+
+
 class Daphne:
     """`daphne -b 127.0.0.1 -p PORT chatsite.asgi:application` in a subprocess, with its own log."""
 

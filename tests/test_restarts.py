@@ -13,7 +13,7 @@ import pytest
 import requests
 import websockets
 
-from tests.services import Daphne, manage, site_env
+from tests.services import Daphne, migrated_site_env
 from tests.upstream import UpstreamServer, answer
 
 pytestmark = pytest.mark.timeout(180)
@@ -32,22 +32,13 @@ def upstream_server():
 @pytest.fixture
 def site(tmp_path, upstream_server):
     database = tmp_path / "db.sqlite3"
-    env = site_env(
-        DATABASE_URL=f"sqlite:///{database}",
-        DJANGO_DEBUG="1",
-        OPENRESPONSES_BASE_URL=upstream_server.base_url,
-        OPENRESPONSES_API_KEY="sk-test",
-        OPENRESPONSES_MODELS="test-model",
+    env = migrated_site_env(
+        database,
+        upstream_server.base_url,
+        PASSWORD,
         CHAT_CHECKPOINT_INTERVAL="0.2",
         CHAT_HEARTBEAT_INTERVAL="0.5",
         CHAT_HEARTBEAT_TIMEOUT="3",
-    )
-    manage(env, "migrate", "--noinput")
-    manage(
-        env,
-        "shell",
-        "-c",
-        f"from django.contrib.auth.models import User; User.objects.create_user('alice', password='{PASSWORD}')",
     )
     server = Daphne("restart", env, tmp_path)
     server.start()

@@ -17,7 +17,7 @@ import requests
 import websockets
 
 from chat import protocol
-from tests.services import Daphne, manage, site_env
+from tests.services import Daphne, migrated_site_env
 from tests.upstream import (
     Gate,
     UpstreamServer,
@@ -44,21 +44,7 @@ def upstream_server():
 
 @pytest.fixture
 def site(tmp_path, upstream_server):
-    env = site_env(
-        DATABASE_URL=f"sqlite:///{tmp_path / 'db.sqlite3'}",
-        DJANGO_DEBUG="1",
-        OPENRESPONSES_BASE_URL=upstream_server.base_url,
-        OPENRESPONSES_API_KEY="sk-test",
-        OPENRESPONSES_MODELS="test-model",
-        CHAT_GENERATED_TITLES="0",
-    )
-    manage(env, "migrate", "--noinput")
-    manage(
-        env,
-        "shell",
-        "-c",
-        f"from django.contrib.auth.models import User; User.objects.create_user('alice', password='{PASSWORD}')",
-    )
+    env = migrated_site_env(tmp_path / "db.sqlite3", upstream_server.base_url, PASSWORD)
     server = Daphne("socket-writes", env, tmp_path).start()
     server.database = tmp_path / "db.sqlite3"
     yield server
